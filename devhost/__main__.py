@@ -1,0 +1,160 @@
+"""`python -m devhost serve` serves the app; `python -m devhost run` (what `make run` calls)
+also prepares local.settings.json and starts Azurite beside it."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ROOT / "local.settings.json"
+SAMPLE = ROOT / "local.settings.sample.json"
+GENERATED = ("TOKEN_SIGNING_KEY", "SNAPSHOT_SIGNING_KEY")
+
+
+def load_settings(path: Path = SETTINGS) -> None:
+    """Export local.settings.json `Values` unless the variable is already set (as Core Tools does)."""
+    if not path.exists():
+        return
+    for key, value in json.loads(path.read_text()).get("Values", {}).items():
+        os.environ.setdefault(key, str(value))
+
+
+def prepare_settings() -> str | None:
+    """Create local.settings.json from the sample, filling secrets that are still placeholders.
+    Returns the admin password when this call generated it."""
+    if not SETTINGS.exists():
+        shutil.copyfile(SAMPLE, SETTINGS)
+    data = json.loads(SETTINGS.read_text())
+    values = data.setdefault("Values", {})
+    generated = None
+    for key in GENERATED:
+        if "change-me" in values.get(key, "change-me") and "change-me" in os.environ.get(key, "change-me"):
+            values[key] = secrets.token_urlsafe(48)
+    if not values.get("LOCAL_ADMIN_PASSWORD") and not os.environ.get("LOCAL_ADMIN_PASSWORD"):
+        generated = values["LOCAL_ADMIN_PASSWORD"] = secrets.token_urlsafe(12)
+    SETTINGS.write_text(json.dumps(data, indent=2) + "\n")
+    os.chmod(SETTINGS, 0o600)
+    return generated
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def azurite_connection_string(blob_port: int, table_port: int) -> str:
+    key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+    return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};"
+            f"BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
+            f"TableEndpoint=http://127.0.0.1:{table_port}/devstoreaccount1;")
+
+
+def start_azurite(blob_port: int, table_port: int, *, location: Path | None) -> list[subprocess.Popen]:
+    """azurite-blob and azurite-table (no queue), with the flags Node 20's Azurite needs."""
+    bin_dir = ROOT / "node_modules" / ".bin"
+    common = ["--silent", "--disableTelemetry", "--skipApiVersionCheck"]
+    common += ["--location", str(location)] if location else ["--inMemoryPersistence"]
+    procs = [subprocess.Popen([str(bin_dir / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort",
+                               str(blob_port), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True),
+             subprocess.Popen([str(bin_dir / "azurite-table"), "--tableHost", "127.0.0.1", "--tablePort",
+                               str(table_port), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    deadline = time.monotonic() + 30
+    while not (port_open(blob_port) and port_open(table_port)):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            stop(procs)
+            raise SystemExit("Azurite did not start; run 'npm ci' and check that Node 20 is installed")
+        time.sleep(0.05)
+    return procs
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)  # SIGTERM lets Azurite flush its data to disk
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def serve(host: str, port: int) -> None:
+    import uvicorn
+
+    sys.path.insert(0, str(ROOT))
+    from devhost.host import FunctionHost, route_prefix_of
+    from function_app import app
+
+    from shared.config import get_settings
+    get_settings()  # a bad setting stops start-up here, with its name, not on the first request
+    asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"))
+    uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on")
+
+
+def run(port: int) -> None:
+    password = prepare_settings()
+    load_settings()
+    m = re.search(r"BlobEndpoint=http://127\.0\.0\.1:(\d+)/.*TableEndpoint=http://127\.0\.0\.1:(\d+)/",
+                  os.environ.get("STORAGE_CONNECTION_STRING", ""))
+    blob_port, table_port = (int(m.group(1)), int(m.group(2))) if m else (10000, 10002)
+    if port_open(blob_port) or port_open(table_port):
+        blob_port, table_port = free_port(), free_port()
+        print(f"ports 10000/10002 are taken: Azurite runs on {blob_port}/{table_port} instead")
+    os.environ["STORAGE_CONNECTION_STRING"] = azurite_connection_string(blob_port, table_port)
+    data_dir = ROOT / ".azurite"
+    data_dir.mkdir(exist_ok=True)
+    procs = start_azurite(blob_port, table_port, location=data_dir)
+    print(f"""
+o16n is serving on http://localhost:{port}   (Azurite data in .azurite/, Ctrl-C stops both)
+
+  Log in as admin{f' with the generated password {password} (saved in local.settings.json)' if password else
+                  ' with LOCAL_ADMIN_PASSWORD from local.settings.json'}:
+    curl -s -X POST http://localhost:{port}/login -H 'Content-Type: application/json' \\
+         -d '{{"username": "admin", "password": "<password>"}}'
+  then send  Authorization: Bearer <access_token>  on every other call (README shows the whole workflow).
+""", flush=True)
+    try:
+        serve("127.0.0.1", port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(procs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m devhost")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_serve = sub.add_parser("serve", help="serve function_app.app (storage must already run)")
+    p_serve.add_argument("--host", default="127.0.0.1")
+    p_serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", 12800)))
+    p_run = sub.add_parser("run", help="prepare settings, start Azurite and serve")
+    p_run.add_argument("--port", type=int, default=int(os.environ.get("PORT", 12800)))
+    args = parser.parse_args()
+    if args.cmd == "serve":
+        load_settings()
+        serve(args.host, args.port)
+    else:
+        run(args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Index a FunctionApp the way the Functions worker does and serve it as an ASGI app."""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qsl, unquote
+
+import azure.functions as func
+
+_CONSTRAINTS = {"int": r"-?\d+", "alpha": r"[A-Za-z]+", "bool": r"(?i:true|false)",
+                "guid": r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}"}
+
+
+@dataclass
+class Route:
+    rank: tuple[int, ...]
+    regex: re.Pattern[str]
+    methods: frozenset[str]
+    trigger: str
+    name: str
+    fn: Callable[..., Any]
+
+
+def compile_route(template: str) -> tuple[re.Pattern[str], tuple[int, ...]]:
+    """ASP.NET-style templates: literals, {x}, {x?}, {x:int}, {*rest}; literals match case-insensitively."""
+    parts, rank = [], []
+    for seg in [s for s in template.strip("/").split("/") if s]:
+        m = re.fullmatch(r"\{(\*{1,2})?([A-Za-z_]\w*)(?::([a-z]+)(?:\((.*)\))?)?(\?)?\}", seg)
+        if not m:
+            parts.append("/" + re.escape(seg))
+            rank.append(0)
+            continue
+        star, name, cons, arg, opt = m.groups()
+        if star:
+            parts.append(f"(?:/(?P<{name}>.*))?")
+            rank.append(4)
+            continue
+        pat = arg if cons == "regex" else _CONSTRAINTS.get(cons or "", "[^/]+")
+        parts.append(f"(?:/(?P<{name}>{pat}))?" if opt else f"/(?P<{name}>{pat})")
+        rank.append(1 if cons else (3 if opt else 2))
+    return re.compile("(?i)^" + "".join(parts) + "/?$"), tuple(rank)
+
+
+def index(app: func.FunctionApp, route_prefix: str = "") -> list[Route]:
+    """The HTTP functions of `app`, most specific route first. Fails like the worker would
+    on a handler whose parameters do not match its bindings."""
+    app.functions_bindings = None  # get_functions() is not idempotent
+    routes = []
+    for f in app.get_functions():
+        trigger = f.get_trigger()
+        if not f.is_http_function():
+            continue
+        fn = f.get_user_function()
+        params = set(inspect.signature(fn).parameters)
+        extra = params - {trigger.name, "context"}
+        if extra:
+            raise RuntimeError(f"{f.get_function_name()}: parameters {sorted(extra)} are declared in Python "
+                               "but not in the function definition")
+        template = "/".join(p for p in (route_prefix.strip("/"), trigger.route.strip("/")) if p)
+        if template.lower().startswith("admin"):
+            raise RuntimeError(f"{f.get_function_name()}: routes starting with 'admin' are reserved by the host")
+        regex, rank = compile_route(template)
+        methods = frozenset(m.value for m in (trigger.methods or []))
+        routes.append(Route(rank, regex, methods, trigger.name, f.get_function_name(), fn))
+    routes.sort(key=lambda r: r.rank)
+    return routes
+
+
+def route_prefix_of(host_json: Path) -> str:
+    try:
+        return json.loads(host_json.read_text())["extensions"]["http"]["routePrefix"]
+    except (OSError, KeyError, ValueError):
+        return "api"
+
+
+class FunctionHost:
+    """ASGI callable serving the indexed functions. Sync handlers run in a thread pool, as
+    the Python worker runs them."""
+
+    def __init__(self, app: func.FunctionApp, *, route_prefix: str = "", threads: int = 16) -> None:
+        self.routes = index(app, route_prefix)
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fn")
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        for r in self.routes:
+            m = r.regex.match(path)
+            # Azure answers 404, not 405, when only the method differs.
+            if m and (not r.methods or method in r.methods):
+                return r, {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
+        return None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    self.executor.shutdown(wait=False, cancel_futures=True)
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        body = b"".join(chunks)
+        method = scope["method"].upper()
+        found = self.match(method, scope["path"])
+        if found is None:
+            await _send(send, 404, [(b"content-type", b"text/plain")], b"")
+            return
+        r, route_params = found
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            key = k.decode("latin-1").lower()
+            headers[key] = f"{headers[key]},{v.decode('latin-1')}" if key in headers else v.decode("latin-1")
+        params: dict[str, str] = {}
+        for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
+            params[k] = f"{params[k]},{v}" if k in params else v
+        host = headers.get("host", "localhost")
+        qs = scope.get("query_string", b"").decode("latin-1")
+        url = f"{scope.get('scheme', 'http')}://{host}{scope.get('raw_path', b'').decode('latin-1') or scope['path']}"
+        if qs and "?" not in url:
+            url += "?" + qs
+        req = func.HttpRequest(method, url, headers=headers, params=params, route_params=route_params, body=body)
+        loop = asyncio.get_running_loop()
+        try:
+            out = await loop.run_in_executor(self.executor, lambda: r.fn(**{r.trigger: req}))
+            if inspect.isawaitable(out):
+                out = await out
+        except Exception:  # noqa: BLE001 - Azure answers a bare 500 for an unhandled exception
+            await _send(send, 500, [], b"")
+            return
+        if isinstance(out, str):
+            out = func.HttpResponse(out)
+        if out is None:
+            await _send(send, 204, [], b"")
+            return
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in out.headers.items()]
+        if not any(k.lower() == b"content-type" for k, _ in raw):
+            ctype = out.mimetype + (f"; charset={out.charset}" if out.mimetype.startswith("text/") else "")
+            raw.append((b"content-type", ctype.encode()))
+        await _send(send, out.status_code, raw, out.get_body())
+
+
+async def _send(send: Callable, status: int, headers: list, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,1 @@
+"""One blueprint per resource; each handler parses, calls one core function, responds."""

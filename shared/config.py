@@ -1,0 +1,90 @@
+"""Settings, declared once and read once from the environment (app settings in Azure,
+local.settings.json `Values` locally)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+from .errors import ConfigError
+
+_PLACEHOLDER = "change-me"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Azurite or a real account; when empty, STORAGE_BLOB_ENDPOINT/STORAGE_TABLE_ENDPOINT
+    #: are used with the app's managed identity.
+    storage_connection_string: str = ""
+    storage_blob_endpoint: str = ""
+    storage_table_endpoint: str = ""
+    #: prefix of every table and container this app owns (letters and digits only)
+    storage_prefix: str = "o16n"
+    #: seconds before a storage call gives up with 503
+    storage_timeout_seconds: float = 10.0
+    #: HS256 key for the access tokens /login issues; every instance must share it
+    token_signing_key: str = ""
+    #: HMAC key sealing every stored workspace before a worker may unpickle it
+    snapshot_signing_key: str = ""
+    local_admin_password: str = ""
+    #: extra local accounts, "user:password;user2:password2"
+    local_users: str = ""
+    access_token_lifetime_seconds: int = 3600
+    refresh_token_lifetime_seconds: int = 14 * 24 * 3600
+    #: wall-clock budget of one execute or consume in a worker
+    execution_timeout_seconds: float = 60.0
+    #: address-space limit of a worker process
+    worker_memory_mb: int = 2048
+    #: consoleOutput beyond this is cut
+    max_console_bytes: int = 1024 * 1024
+    max_request_bytes: int = 16 * 1024 * 1024
+    #: how long a cached service definition is trusted before it is re-read
+    service_cache_ttl_seconds: float = 5.0
+    #: warm service workers kept per instance (least recently used retire first)
+    max_warm_services: int = 16
+    max_warm_sessions: int = 8
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = type(f.default)(raw)
+            except ValueError:
+                raise ConfigError(f"setting {f.name.upper()} must be a {type(f.default).__name__}") from None
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for key in ("token_signing_key", "snapshot_signing_key"):
+            value = getattr(self, key)
+            if len(value) < 32 or _PLACEHOLDER in value:
+                raise ConfigError(f"setting {key.upper()} must be a secret of at least 32 characters")
+        if not self.storage_connection_string and not (self.storage_blob_endpoint and self.storage_table_endpoint):
+            raise ConfigError("set STORAGE_CONNECTION_STRING, or STORAGE_BLOB_ENDPOINT and STORAGE_TABLE_ENDPOINT")
+        if not self.storage_prefix.isalnum() or not self.storage_prefix[:1].isalpha():
+            raise ConfigError("setting STORAGE_PREFIX must be letters and digits, starting with a letter")
+        if not 0 < self.execution_timeout_seconds <= 200:
+            # Azure answers 504 after 230 s whatever the function does.
+            raise ConfigError("setting EXECUTION_TIMEOUT_SECONDS must be between 0 and 200")
+
+    def accounts(self) -> dict[str, str]:
+        users = {}
+        for pair in filter(None, (p.strip() for p in self.local_users.split(";"))):
+            name, sep, password = pair.partition(":")
+            if not sep or not name or not password:
+                raise ConfigError("setting LOCAL_USERS must look like user:password;user2:password2")
+            users[name] = password
+        if self.local_admin_password:
+            users["admin"] = self.local_admin_password
+        return users
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

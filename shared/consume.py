@@ -1,0 +1,56 @@
+"""Consuming a service: cached definition, typed input check, the warm worker, the reply."""
+from __future__ import annotations
+
+import base64
+
+from . import services, types, workspaces
+from .auth import Principal
+from .config import get_settings
+from .sandbox import pool
+from .sandbox.pool import WorkerDied, WorkerTimeout
+
+
+def consume(user: Principal, name: str, version: str, body: dict) -> dict:
+    svc = services.cached(name, version)
+    inputs = types.check_inputs(svc["_inputs"], body)
+    key = (svc["PartitionKey"], svc["RowKey"])
+    timeout = get_settings().execution_timeout_seconds
+
+    def start(worker: pool.Worker) -> None:
+        data = workspaces.load(services.binding(*key), svc)
+        reply = worker.call({"op": "load_service", "state": base64.b64encode(data).decode() if data else None,
+                             "code": svc.get("code", ""), "initCode": svc.get("initCode", ""),
+                             "inputs": svc["_inputs"], "outputs": svc["_outputs"], "outputFileNames": svc["_files"]},
+                            timeout=timeout)
+        if not reply.get("ok"):
+            raise ServiceLoadFailed(reply.get("error", "the service could not be loaded"))
+
+    try:
+        worker = pool.services.checkout(key, svc.get("etag"), start)
+        reply = worker.call({"op": "consume", "inputs": inputs}, timeout=timeout)
+    except ServiceLoadFailed as exc:
+        return _failed(svc, exc.message)
+    except WorkerTimeout:
+        pool.services.retire(key)
+        return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
+    except WorkerDied as exc:
+        pool.services.retire(key)
+        return _failed(svc, str(exc))
+    if not reply.pop("ok", False):
+        pool.services.retire(key)
+        return _failed(svc, reply.get("error", "the worker failed"))
+    return reply
+
+
+class ServiceLoadFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _failed(svc: dict, message: str) -> dict:
+    out = {"success": False, "errorMessage": message, "consoleOutput": "", "changedFiles": [],
+           "outputParameters": {}}
+    if svc["_files"]:
+        out["outputFiles"] = {f: None for f in svc["_files"]}
+    return out

@@ -1,0 +1,64 @@
+"""One error hierarchy; `status_of` is the only place that maps it to HTTP."""
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class PreconditionFailed(ApiError):
+    status, code = 412, "precondition_failed"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class IntegrityFailed(ApiError):
+    """Stored bytes do not match their seal: refused before anything is unpickled."""
+    status, code = 422, "snapshot_integrity_failed"
+
+
+class NotImplementedOnFunctions(ApiError):
+    status, code = 501, "not_implemented"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; raised at start-up, never shown to callers."""

@@ -1,0 +1,121 @@
+"""The edge between Azure Functions and the core: body parsing, authentication and the one
+place where errors become responses."""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import azure.functions as func
+
+from . import auth
+from .config import get_settings
+from .errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+log = logging.getLogger("o16n")
+
+Handler = Callable[..., func.HttpResponse]
+
+
+def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
+    """Wrap a handler: authenticate (the principal is passed as `user`), and turn any
+    ApiError into its JSON error body. The wrapper keeps the `(req)` signature the
+    Functions worker checks against the binding names."""
+
+    def decorate(fn: Handler) -> Handler:
+        def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+            try:
+                if authenticated:
+                    user = auth.authenticate(req.headers.get("authorization"))
+                    return fn(req, user)
+                return fn(req)
+            except ApiError as exc:
+                return error_response(exc)
+            except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
+                cid = str(uuid.uuid4())
+                log.exception("unhandled error, correlationId=%s", cid)
+                return _json({"message": "internal error", "exceptionType": "InternalError",
+                              "error": "internal_error", "correlationId": cid}, 500)
+
+        wrapper.__name__ = fn.__name__
+        wrapper.__qualname__ = fn.__qualname__
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+    return decorate
+
+
+def error_response(exc: ApiError) -> func.HttpResponse:
+    cid = str(uuid.uuid4())
+    level = logging.WARNING if exc.status >= 500 else logging.INFO
+    log.log(level, "%s %s: %s correlationId=%s", exc.status, exc.code, exc.message, cid)
+    body = {"message": exc.message, "exceptionType": type(exc).__name__, "error": exc.code,
+            "correlationId": cid}
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer error="invalid_token"')
+    return _json(body, exc.status, headers)
+
+
+def json_response(value: Any, status: int = 200) -> func.HttpResponse:
+    return _json(value, status)
+
+
+def _json(value: Any, status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    body = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    return func.HttpResponse(body, status_code=status, headers=headers, mimetype="application/json")
+
+
+def bytes_response(data: bytes, *, mimetype: str, filename: str | None = None) -> func.HttpResponse:
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if filename else None
+    return func.HttpResponse(data, status_code=200, headers=headers, mimetype=mimetype)
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"the JSON body contains {name}, which JSON does not allow")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise BadRequest(f"the JSON body repeats the key '{key}'")
+        obj[key] = value
+    return obj
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no duplicate keys, bounded depth, valid UTF-8."""
+    if len(raw) > get_settings().max_request_bytes:
+        raise PayloadTooLarge(f"the request body is larger than {get_settings().max_request_bytes} bytes")
+    try:
+        text = raw.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {str(exc).split(':')[0]}") from None
+
+
+def read_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]:
+    """The request's JSON object body; an empty body is `{}` unless required."""
+    ctype = (req.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+    raw = req.get_body() or b""
+    if not raw.strip():
+        if required:
+            raise BadRequest("a JSON object body is required")
+        return {}
+    if ctype not in ("application/json", "text/json", "application/*+json", "text/plain") and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
+    value = parse_json(raw)
+    if not isinstance(value, dict):
+        raise BadRequest("the JSON body must be an object")
+    return value
+
+
+def route(req: func.HttpRequest, name: str) -> str:
+    return req.route_params.get(name, "")

@@ -1,0 +1,1 @@
+"""Worker processes that run user code, away from the host's secrets."""

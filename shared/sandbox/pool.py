@@ -1,0 +1,167 @@
+"""Host side of the workers: start one with a scrubbed environment, talk to it with a
+deadline, kill its whole process group when it overruns, and keep warm ones in an LRU."""
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import get_settings
+from .protocol import HEADER, decode, encode
+
+log = logging.getLogger("o16n.sandbox")
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("worker.py")
+# Only these reach user code; storage strings, signing keys and identity endpoints do not.
+_PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+class WorkerTimeout(Exception):
+    pass
+
+
+class WorkerDied(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self) -> None:
+        s = get_settings()
+        self.dir = tempfile.mkdtemp(prefix="o16n-work-")
+        env = {k: os.environ[k] for k in _PASSED if k in os.environ}
+        env.update({"HOME": self.dir, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                    "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+        env.setdefault("LANG", "C.UTF-8")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", str(WORKER), str(ROOT), str(s.worker_memory_mb), str(s.max_console_bytes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.dir, env=env,
+            start_new_session=True, close_fds=True)
+        self.lock = threading.Lock()
+        self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
+
+    def call(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """:raises WorkerTimeout: (the worker is killed) :raises WorkerDied:"""
+        with self.lock:
+            if self.proc.poll() is not None:
+                raise WorkerDied("the worker process has exited")
+            try:
+                self.proc.stdin.write(encode(message))
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                self.kill()
+                raise WorkerDied("the worker process has exited") from None
+            deadline = time.monotonic() + timeout
+            header = self._read(HEADER.size, deadline)
+            return decode(self._read(HEADER.unpack(header)[0], deadline))
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        fd = self.proc.stdout.fileno()
+        buf = bytearray()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while len(buf) < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    self.kill()
+                    raise WorkerTimeout()
+                chunk = os.read(fd, min(n - len(buf), 1 << 20))
+                if not chunk:
+                    self.kill()
+                    raise WorkerDied("the worker process exited (it may have run out of memory)")
+                buf += chunk
+        return bytes(buf)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=2)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+
+class WarmPool:
+    """Workers by key, most recently used last; beyond `size` the oldest is retired."""
+
+    def __init__(self, size: Callable[[], int]) -> None:
+        self._size = size
+        self._workers: OrderedDict[Any, Worker] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[Any, threading.Lock] = {}
+
+    def key_lock(self, key: Any) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None]) -> Worker:
+        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`."""
+        with self._lock:
+            worker = self._workers.get(key)
+            if worker is not None and worker.alive and worker.tag == tag:
+                self._workers.move_to_end(key)
+                return worker
+        with self.key_lock(key):
+            with self._lock:
+                worker = self._workers.get(key)
+                if worker is not None and worker.alive and worker.tag == tag:
+                    return worker
+            self.retire(key)
+            worker = Worker()
+            try:
+                start(worker)
+            except BaseException:
+                worker.kill()
+                raise
+            worker.tag = tag
+            with self._lock:
+                self._workers[key] = worker
+                old = []
+                while len(self._workers) > max(1, self._size()):
+                    old.append(self._workers.popitem(last=False)[1])
+            for w in old:
+                w.close()
+            return worker
+
+    def retire(self, key: Any) -> None:
+        with self._lock:
+            worker = self._workers.pop(key, None)
+        if worker is not None:
+            worker.close()
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._workers)
+
+    def close_all(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for w in workers:
+            w.close()
+
+
+services = WarmPool(lambda: get_settings().max_warm_services)
+sessions = WarmPool(lambda: get_settings().max_warm_sessions)

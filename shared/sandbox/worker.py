@@ -1,0 +1,239 @@
+"""The worker process: runs a session's or a service's user code. Started by the host with
+`python -I worker.py ROOT MEMORY_MB CONSOLE_BYTES`, a scrubbed environment and its own
+working directory; speaks framed JSON on its original stdin/stdout."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import resource
+import sys
+import traceback
+import zipfile
+from typing import Any
+
+WORKSPACE_ENTRY = "workspace.pkl"
+FILES_PREFIX = "files/"
+
+
+class CappedText(io.TextIOBase):
+    def __init__(self, cap: int) -> None:
+        self.cap, self.size, self.parts, self.cut = cap, 0, [], False
+
+    def write(self, s: str) -> int:
+        if self.size < self.cap:
+            piece = s[: self.cap - self.size]
+            self.parts.append(piece)
+            self.size += len(piece)
+            self.cut = self.cut or len(piece) < len(s)
+        else:
+            self.cut = self.cut or bool(s)
+        return len(s)
+
+    def text(self) -> str:
+        out = "".join(self.parts)
+        return out + "\n[console output truncated]\n" if self.cut else out
+
+
+class Worker:
+    def __init__(self, console_cap: int) -> None:
+        self.console_cap = console_cap
+        self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.code = None
+        self.service: dict[str, Any] = {}
+        self.kept_files: set[str] = set()
+
+    # --- state -----------------------------------------------------------------------------
+    def load_state(self, state_b64: str | None) -> list[str]:
+        notes = []
+        if not state_b64:
+            return notes
+        import cloudpickle  # noqa: F401 - registers reducers used by the stored objects
+
+        import pickle
+        with zipfile.ZipFile(io.BytesIO(base64.b64decode(state_b64))) as zf:
+            for info in zf.infolist():
+                if info.filename.startswith(FILES_PREFIX) and not info.is_dir():
+                    name = info.filename[len(FILES_PREFIX):]
+                    if _safe_name(name):
+                        with open(name, "wb") as f:
+                            f.write(zf.read(info))
+                        self.kept_files.add(name)
+            if WORKSPACE_ENTRY in zf.namelist():
+                objects = pickle.loads(zf.read(WORKSPACE_ENTRY))
+                for name, blob in objects.items():
+                    try:
+                        self.ns[name] = pickle.loads(blob)
+                    except Exception as exc:  # one bad object must not lose the rest
+                        notes.append(f"note: workspace object '{name}' could not be loaded ({type(exc).__name__}: {exc})")
+        return notes
+
+    def dump_state(self) -> tuple[str, list[str]]:
+        import cloudpickle
+
+        objects, notes = {}, []
+        for name, value in self.ns.items():
+            if name.startswith("__") and name.endswith("__"):
+                continue
+            try:
+                objects[name] = cloudpickle.dumps(value, protocol=5)
+            except Exception as exc:
+                notes.append(f"note: '{name}' cannot be saved in the workspace ({type(exc).__name__}); it is dropped")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(WORKSPACE_ENTRY, cloudpickle.dumps(objects, protocol=5))
+            for name in sorted(_files()):
+                zf.write(name, FILES_PREFIX + name)
+        return base64.b64encode(buf.getvalue()).decode(), notes
+
+    # --- operations --------------------------------------------------------------------------
+    def op_load_session(self, msg: dict) -> dict:
+        return {"ok": True, "notes": self.load_state(msg.get("state"))}
+
+    def op_execute(self, msg: dict) -> dict:
+        for p in msg.get("inputs") or []:
+            self.ns[p["name"]] = p["value"]
+        before = _fingerprint()
+        console = CappedText(self.console_cap)
+        success, error = self._run(msg["code"], "<session>", self.ns, console)
+        from shared.types import to_json
+
+        outputs, missing = [], []
+        for name in msg.get("outputs") or []:
+            if name in self.ns:
+                outputs.append({"name": name, "value": to_json(None, self.ns[name])})
+            else:
+                missing.append(name)
+                outputs.append({"name": name, "value": None})
+        if missing and success:
+            success, error = False, f"output parameter(s) not defined by the code: {', '.join(missing)}"
+        state, notes = self.dump_state()
+        text = console.text() + "".join(n + "\n" for n in notes)
+        after = _fingerprint()
+        changed = sorted(n for n, h in after.items() if before.get(n) != h)
+        return {"ok": True, "success": success, "errorMessage": error, "consoleOutput": text,
+                "outputParameters": outputs, "changedFiles": changed, "state": state}
+
+    def op_load_service(self, msg: dict) -> dict:
+        notes = self.load_state(msg.get("state"))
+        self.service = msg
+        try:
+            self.code = compile(msg["code"], "<service>", "exec")
+        except SyntaxError as exc:
+            return {"ok": False, "error": f"the service code does not compile: {exc}"}
+        if msg.get("initCode"):
+            console = CappedText(self.console_cap)
+            ok, error = self._run(msg["initCode"], "<init>", self.ns, console)
+            if not ok:
+                return {"ok": False, "error": f"initCode failed: {error}"}
+        return {"ok": True, "notes": notes}
+
+    def op_consume(self, msg: dict) -> dict:
+        from shared.types import to_json, to_python
+
+        g = dict(self.ns)  # each request starts from the published workspace
+        for d in self.service.get("inputs") or []:
+            g[d["name"]] = to_python(d["type"], msg["inputs"][d["name"]])
+        out_files = self.service.get("outputFileNames") or []
+        for name in out_files:
+            if name not in self.kept_files and _safe_name(name) and os.path.isfile(name):
+                os.remove(name)
+        console = CappedText(self.console_cap)
+        success, error = self._run(self.code, "<service>", g, console)
+        outputs: dict[str, Any] = {}
+        for d in self.service.get("outputs") or []:
+            if d["name"] in g:
+                try:
+                    outputs[d["name"]] = to_json(d["type"], g[d["name"]])
+                except Exception as exc:
+                    success, error = False, f"output '{d['name']}' could not be converted: {exc}"
+            elif success:
+                success, error = False, f"the code did not set the output '{d['name']}'"
+        reply = {"ok": True, "success": success, "errorMessage": error, "consoleOutput": console.text(),
+                 "changedFiles": [], "outputParameters": outputs}
+        if out_files:
+            files = {}
+            for name in out_files:
+                path = name if _safe_name(name) else None
+                files[name] = (base64.b64encode(open(path, "rb").read()).decode()
+                               if path and os.path.isfile(path) else None)
+            reply["outputFiles"] = files
+        return reply
+
+    def _run(self, code: Any, filename: str, g: dict, console: CappedText) -> tuple[bool, str]:
+        old = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = console
+        try:
+            exec(compile(code, filename, "exec") if isinstance(code, str) else code, g)
+            return True, ""
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
+            tb = traceback.TracebackException.from_exception(exc)
+            tb.stack = traceback.StackSummary.from_list([f for f in tb.stack if f.filename != __file__])
+            return False, "".join(tb.format()).strip()
+        finally:
+            sys.stdout, sys.stderr = old
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
+
+
+def _files() -> list[str]:
+    return [n for n in os.listdir(".") if os.path.isfile(n)]
+
+
+def _fingerprint() -> dict[str, str]:
+    out = {}
+    for n in _files():
+        with open(n, "rb") as f:
+            out[n] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def main() -> None:
+    root, memory_mb, console_cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    sys.path.insert(0, root)
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Keep the protocol on private descriptors; whatever user code writes to fd 1/2 is dropped.
+    rfile = os.fdopen(os.dup(0), "rb", buffering=0)
+    wfile = os.fdopen(os.dup(1), "wb", buffering=0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    from shared.sandbox.protocol import HEADER, decode, encode
+    import numpy  # noqa: F401 - most services need it; loading it here keeps it off the first request
+
+    worker = Worker(console_cap)
+    while True:
+        header = _read(rfile, HEADER.size)
+        if header is None:
+            return
+        msg = decode(_read(rfile, HEADER.unpack(header)[0]) or b"{}")
+        try:
+            reply = getattr(worker, "op_" + msg["op"])(msg)
+        except MemoryError:
+            reply = {"ok": False, "error": "the worker ran out of memory"}
+        except Exception as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        try:
+            data = encode(reply)
+        except (TypeError, ValueError) as exc:
+            data = encode({"ok": False, "error": f"the result could not be encoded: {exc}"})
+        wfile.write(data)
+
+
+def _read(f: Any, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        chunk = f.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+if __name__ == "__main__":
+    main()

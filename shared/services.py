@@ -1,0 +1,187 @@
+"""Web services: publish, patch, list, delete. A service keeps its own sealed copy of the
+snapshot it was published from, so deleting the snapshot never breaks it."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from . import ids, snapshots, types, workspaces
+from .auth import Principal
+from .config import get_settings
+from .errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
+from .sandbox import pool
+from .storage.entities import Entities
+
+_rows = Entities("services", what="service")
+_LISTS = ("inputParameterDefinitions", "outputParameterDefinitions", "outputFileNames")
+
+
+def binding(name: str, version: str) -> str:
+    return f"service:{name}:{version}"
+
+
+def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
+    name = ids.service_name(name)
+    version = ids.service_name(version, "version") if version else ids.new_id()
+    code = body.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise BadRequest("'code' is required: the Python code run for each request")
+    values = {"runtimeType": ids.runtime(body), "code": code, "versionPublishedBy": user.name,
+              "creationTime": ids.now(), "snapshotId": ""}
+    values.update(_fields(body))
+    snapshot_id = ids.optional_str(body, "snapshotId")
+    stored: dict[str, Any] = {}
+    if snapshot_id:
+        data = snapshots.content(user, snapshot_id)
+        stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
+        values.update(stored, snapshotId=snapshot_id)
+    try:
+        _rows.create(name, version, values)
+    except Conflict:
+        workspaces.discard(stored)
+        raise Conflict(f"service '{name}' version '{version}' already exists; use PATCH to change it") from None
+    return version
+
+
+def patch(user: Principal, name: str, version: str, body: dict) -> str:
+    row = _own(user, name, version)
+    old = dict(row)
+    row.update(_fields(body, partial=True))
+    if "code" in body:
+        code = body["code"]
+        if not isinstance(code, str) or not code.strip():
+            raise BadRequest("'code' must be non-empty Python code")
+        row["code"] = code
+    if "runtimeType" in body:
+        ids.runtime(body)
+    stored: dict[str, Any] = {}
+    snapshot_id = body.get("snapshotId")
+    if snapshot_id:
+        data = snapshots.content(user, snapshot_id)
+        stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
+        row.update(stored, snapshotId=snapshot_id)
+    try:
+        _rows.replace(row)
+    except PreconditionFailed:
+        workspaces.discard(stored)
+        raise Conflict("the service was changed by another request at the same time; try again") from None
+    if stored:
+        workspaces.discard(old)
+    forget(name, version)
+    return version
+
+
+def delete(user: Principal, name: str, version: str) -> str:
+    row = _own(user, name, version)
+    try:
+        _rows.delete(row)
+    except PreconditionFailed:
+        raise Conflict("the service was changed by another request at the same time; try again") from None
+    forget(name, version)
+    workspaces.discard(row)
+    return "Success"
+
+
+def get(name: str, version: str) -> dict:
+    """:raises NotFound:"""
+    try:
+        return _rows.get(ids.service_name(name), ids.service_name(version, "version"))
+    except (NotFound, BadRequest):
+        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found") from None
+
+
+def list_all(user: Principal, name: str | None = None) -> list[dict]:
+    if name is not None:
+        try:
+            ids.service_name(name)
+        except BadRequest:
+            return []
+    rows = sorted(_rows.list(name), key=lambda r: (r["PartitionKey"], r.get("creationTime", "")))
+    return [view(user, r) for r in rows]
+
+
+def describe(user: Principal, name: str, version: str) -> list[dict]:
+    return [view(user, get(name, version))]
+
+
+def view(user: Principal, row: dict) -> dict:
+    """The WebService model, every field present."""
+    mine = row.get("versionPublishedBy") == user.name or is_owner(user)
+    out = {"name": row["PartitionKey"], "version": row["RowKey"],
+           "versionPublishedBy": row.get("versionPublishedBy", ""), "creationTime": row.get("creationTime", ""),
+           "snapshotId": row.get("snapshotId", ""), "runtimeType": row.get("runtimeType", "Python"),
+           "initCode": row.get("initCode", ""), "code": row.get("code", "") if mine else "",
+           "description": row.get("description", ""), "operationId": row.get("operationId") or "consume",
+           "myPermissionOnService": "read/write" if mine else "read only"}
+    for key in _LISTS:
+        out[key] = json.loads(row.get(key) or "[]")
+    return out
+
+
+def is_owner(user: Principal) -> bool:
+    return user.name == "admin"
+
+
+def _own(user: Principal, name: str, version: str) -> dict:
+    row = get(name, version)
+    if row.get("versionPublishedBy") != user.name and not is_owner(user):
+        raise Forbidden(f"service '{name}' version '{version}' is owned by another user; only its owner can change it")
+    return row
+
+
+def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
+    """The optional PublishWebServiceRequest fields; on PATCH only those sent."""
+    out: dict[str, Any] = {}
+    for key in ("description", "initCode", "operationId"):
+        if key in body or not partial:
+            value = body.get(key)
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"'{key}' must be a string")
+            out[key] = value or ""
+    if "operationId" in out and out["operationId"] and not out["operationId"].isidentifier():
+        raise BadRequest("'operationId' must be a valid identifier")
+    for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
+        if key in body or not partial:
+            out[key] = json.dumps(types.check_definitions(body.get(key), key))
+    if "outputFileNames" in body or not partial:
+        files = body.get("outputFileNames") or []
+        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+            raise BadRequest("'outputFileNames' must be a list of file names")
+        for f in files:
+            ids.service_name(f, "output file name")
+        out["outputFileNames"] = json.dumps(files)
+    return out
+
+
+# --- the definition cache used by consume ---------------------------------------------------
+_cache: dict[tuple[str, str], tuple[float, dict]] = {}
+_cache_lock = threading.Lock()
+
+
+def cached(name: str, version: str) -> dict:
+    """The service definition, re-read from storage at most once per TTL. :raises NotFound:"""
+    key = (name, version)
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(key)
+    if hit and now - hit[0] < get_settings().service_cache_ttl_seconds:
+        return hit[1]
+    try:
+        row = get(name, version)
+    except NotFound:
+        forget(name, version)
+        raise
+    row["_inputs"] = json.loads(row.get("inputParameterDefinitions") or "[]")
+    row["_outputs"] = json.loads(row.get("outputParameterDefinitions") or "[]")
+    row["_files"] = json.loads(row.get("outputFileNames") or "[]")
+    with _cache_lock:
+        _cache[key] = (now, row)
+    return row
+
+
+def forget(name: str, version: str) -> None:
+    with _cache_lock:
+        _cache.pop((name, version), None)
+    pool.services.retire((name, version))

@@ -1,0 +1,27 @@
+"""GET /status: ML Server's status tree, with this app's own components."""
+from __future__ import annotations
+
+import platform
+
+from .errors import ApiError
+from .sandbox import pool
+from .storage import _clients
+
+
+def status() -> dict:
+    try:
+        _clients.ping()
+        storage = {"statusCode": "pass", "details": {"type": "Azure Storage (Blob + Table)"}}
+    except ApiError as exc:
+        storage = {"statusCode": "fail", "details": {"type": "Azure Storage (Blob + Table)", "error": exc.message}}
+    return {
+        "statusCode": storage["statusCode"],
+        "details": {"version": "o16n 0.1", "python": platform.python_version()},
+        "components": {
+            "database": storage,
+            "authentication": {"statusCode": "pass", "details": {"type": "local accounts, o16n-issued tokens"}},
+            "backends": {"statusCode": "pass", "details": {
+                "pythonRuntime": "Python " + platform.python_version(),
+                "warmServiceWorkers": pool.services.size(), "warmSessionWorkers": pool.sessions.size()}},
+        },
+    }

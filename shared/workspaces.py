@@ -1,0 +1,42 @@
+"""Stored workspaces (a zip of the pickled objects and the working-directory files): written
+as new immutable blobs, sealed, and read back only after the seal verifies."""
+from __future__ import annotations
+
+import io
+import uuid
+import zipfile
+
+from . import seal
+from .storage import blobs
+
+EMPTY = None
+
+
+def empty_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w"):
+        pass
+    return buf.getvalue()
+
+
+def store(prefix: str, binding: str, data: bytes) -> dict[str, str | int]:
+    """Write the bytes under a new name; returns the fields the owning entity must carry."""
+    name = f"{prefix}/{uuid.uuid4().hex}.zip"
+    blobs.put(name, data)
+    return {"stateBlob": name, "contentSize": len(data), **seal.seal(binding, data)}
+
+
+def load(binding: str, record: dict) -> bytes | None:
+    """The verified bytes an entity points at, or None when it has none.
+    :raises IntegrityFailed: :raises NotFound:"""
+    name = record.get("stateBlob")
+    if not name:
+        return None
+    data = blobs.get(name)
+    seal.verify(binding, data, record)
+    return data
+
+
+def discard(record: dict) -> None:
+    if record.get("stateBlob"):
+        blobs.delete(record["stateBlob"])

@@ -1,0 +1,47 @@
+"""Test settings, and one Azurite (blob + table, in memory, free ports) per test session."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.constants import TEST_ENV
+
+# Settings are read once, lazily; set them before any test can read them.
+for _k, _v in TEST_ENV.items():
+    os.environ[_k] = _v
+os.environ["STORAGE_PREFIX"] = "t" + uuid.uuid4().hex[:10]
+
+
+def reset_caches() -> None:
+    from shared.config import get_settings
+    from shared.storage import _clients
+
+    get_settings.cache_clear()
+    _clients._blob_service.cache_clear()
+    _clients._table_service.cache_clear()
+    _clients._ready.clear()
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """Connection string of an Azurite started for this session (stopped at the end)."""
+    from devhost.__main__ import azurite_connection_string, free_port, start_azurite, stop
+
+    blob_port, table_port = free_port(), free_port()
+    procs = start_azurite(blob_port, table_port, location=None)
+    conn = azurite_connection_string(blob_port, table_port)
+    os.environ["STORAGE_CONNECTION_STRING"] = conn
+    reset_caches()
+    yield conn
+    stop(procs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_workers():
+    yield
+    from shared.sandbox import pool
+
+    pool.services.close_all()
+    pool.sessions.close_all()

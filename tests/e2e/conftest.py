@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from devhost.__main__ import free_port, port_open
+from tests.constants import ADMIN_PASSWORD, USERS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def base_url(azurite):
+    """The real function_app served by the local host, as `make run` serves it."""
+    port = free_port()
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "devhost", "serve", "--port", str(port)], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while not port_open(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the local host did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _login(base_url: str, user: str, password: str) -> dict[str, str]:
+    r = requests.post(f"{base_url}/login", json={"username": user, "password": password}, timeout=30)
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture(scope="session")
+def admin(base_url) -> dict[str, str]:
+    return _login(base_url, "admin", ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def alice(base_url) -> dict[str, str]:
+    return _login(base_url, "alice", USERS["alice"])
+
+
+@pytest.fixture(scope="session")
+def bob(base_url) -> dict[str, str]:
+    return _login(base_url, "bob", USERS["bob"])
