@@ -15,11 +15,10 @@ from tests.constants import ADMIN_PASSWORD, USERS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def base_url(azurite):
+def start_host(**settings: str) -> tuple[subprocess.Popen, str]:
     """The real function_app served by the local host, as `make run` serves it."""
     port = free_port()
-    env = dict(os.environ)
+    env = {**os.environ, **settings}
     proc = subprocess.Popen([sys.executable, "-m", "devhost", "serve", "--port", str(port)], cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while not port_open(port):
@@ -27,9 +26,27 @@ def base_url(azurite):
             proc.kill()
             raise RuntimeError("the local host did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_host(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def base_url(azurite):
+    proc, url = start_host()
+    yield url
+    stop_host(proc)
+
+
+@pytest.fixture(scope="session")
+def strict_url(azurite):
+    """A second host on the same storage, with tight limits for the sandbox tests."""
+    proc, url = start_host(EXECUTION_TIMEOUT_SECONDS="3", WORKER_MEMORY_MB="1024", MAX_CONSOLE_BYTES="10000")
+    yield url
+    stop_host(proc)
 
 
 def _login(base_url: str, user: str, password: str) -> dict[str, str]:

@@ -1,0 +1,113 @@
+"""Publishing and consuming services over HTTP: types, patch, delete."""
+import pytest
+import requests
+
+from tests.e2e.helpers import execute, new_session, publish, snapshot
+
+pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
+
+ALL_TYPES = [{"name": "n", "type": "numeric"}, {"name": "i", "type": "integer"}, {"name": "b", "type": "logical"},
+             {"name": "s", "type": "character"}, {"name": "v", "type": "vector"}, {"name": "m", "type": "matrix"},
+             {"name": "df", "type": "data.frame"}]
+
+
+def test_every_parameter_type_arrives_as_its_natural_python_value_and_round_trips(base_url, alice):
+    code = ("import numpy as np, pandas as pd\n"
+            "seen = [type(x).__name__ for x in (n, i, b, s, v, m, df)]\n"
+            "n2, i2, b2, s2 = n * 2, i + 1, not b, s.upper()\n"
+            "v2 = v * 2\nm2 = m.T\ndf2 = df.assign(c=df['a'] * 10)\n")
+    outputs = [{"name": "seen", "type": "vector"}, {"name": "n2", "type": "numeric"},
+               {"name": "i2", "type": "integer"}, {"name": "b2", "type": "logical"},
+               {"name": "s2", "type": "character"}, {"name": "v2", "type": "vector"},
+               {"name": "m2", "type": "matrix"}, {"name": "df2", "type": "data.frame"}]
+    name = publish(base_url, alice, code, inputs=ALL_TYPES, outputs=outputs)
+    body = {"n": 1.5, "i": 2, "b": True, "s": "abc", "v": [1, 2, 3], "m": [[1, 2], [3, 4]],
+            "df": {"a": [1, 2], "t": ["x", "y"]}}
+    r = requests.post(f"{base_url}/api/{name}/v1", json=body, headers=alice)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["success"] is True, out
+    assert out["outputParameters"] == {
+        "seen": ["float", "int", "bool", "str", "ndarray", "ndarray", "DataFrame"],
+        "n2": 3.0, "i2": 3, "b2": False, "s2": "ABC", "v2": [2, 4, 6], "m2": [[1, 3], [2, 4]],
+        "df2": {"a": [1, 2], "t": ["x", "y"], "c": [10, 20]}}
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"x": "one"}, "input 'x' must be a number"), ({}, "input 'x' (numeric) is missing"),
+    ({"x": 1, "y": 2}, "input 'y' is not declared"),
+])
+def test_wrong_missing_or_undeclared_inputs_get_400_naming_the_parameter(base_url, alice, body, fragment):
+    name = publish(base_url, alice, "z = x", inputs=[{"name": "x", "type": "numeric"}],
+                   outputs=[{"name": "z", "type": "numeric"}])
+    r = requests.post(f"{base_url}/api/{name}/v1", json=body, headers=alice)
+    assert r.status_code == 400 and fragment in r.json()["message"]
+
+
+def test_non_finite_and_numpy_results_come_back_as_strict_json(base_url, alice):
+    name = publish(base_url, alice, "import numpy as np\nr = [np.nan, np.inf, np.int64(3)]\nk = np.float32(0.5)",
+                   outputs=[{"name": "r", "type": "vector"}, {"name": "k", "type": "numeric"}])
+    r = requests.post(f"{base_url}/api/{name}/v1", json={}, headers=alice)
+    assert r.json()["outputParameters"] == {"r": [None, None, 3], "k": 0.5}
+
+
+def test_failing_code_is_success_false_with_the_error_not_a_500(base_url, alice):
+    name = publish(base_url, alice, "print('before')\ny = 1 / x", inputs=[{"name": "x", "type": "numeric"}],
+                   outputs=[{"name": "y", "type": "numeric"}])
+    r = requests.post(f"{base_url}/api/{name}/v1", json={"x": 0}, headers=alice)
+    assert r.status_code == 200
+    out = r.json()
+    assert out["success"] is False and "ZeroDivisionError" in out["errorMessage"]
+    assert out["consoleOutput"] == "before\n" and out["outputParameters"] == {}
+    assert "worker.py" not in out["errorMessage"]
+
+
+def test_patch_takes_effect_on_the_next_call_and_keeps_what_it_does_not_send(base_url, alice):
+    name = publish(base_url, alice, "y = x + 1", inputs=[{"name": "x", "type": "numeric"}],
+                   outputs=[{"name": "y", "type": "numeric"}], description="plus one")
+    assert requests.post(f"{base_url}/api/{name}/v1", json={"x": 1}, headers=alice).json()["outputParameters"] == \
+        {"y": 2.0}
+    r = requests.patch(f"{base_url}/services/{name}/v1", json={"code": "y = x + 100"}, headers=alice)
+    assert r.status_code == 200 and r.json() == "v1"
+    assert requests.post(f"{base_url}/api/{name}/v1", json={"x": 1}, headers=alice).json()["outputParameters"] == \
+        {"y": 101.0}
+    ws = requests.get(f"{base_url}/services/{name}/v1", headers=alice).json()[0]
+    assert ws["description"] == "plus one" and ws["inputParameterDefinitions"] == [{"name": "x", "type": "numeric"}]
+
+
+def test_init_code_runs_once_when_the_worker_loads_the_service(base_url, alice):
+    name = publish(base_url, alice, "n = globals().get('n', 0) + 1\nstamp = loaded_at",
+                   initCode="import time\nloaded_at = time.time()",
+                   outputs=[{"name": "n", "type": "integer"}, {"name": "stamp", "type": "numeric"}])
+    first = requests.post(f"{base_url}/api/{name}/v1", json={}, headers=alice).json()["outputParameters"]
+    second = requests.post(f"{base_url}/api/{name}/v1", json={}, headers=alice).json()["outputParameters"]
+    assert first["stamp"] == second["stamp"]
+    # names a request binds do not carry over to the next request
+    assert first["n"] == second["n"] == 1
+
+
+def test_a_service_keeps_its_snapshot_after_the_session_and_snapshot_are_gone(base_url, alice):
+    sid = new_session(base_url, alice)
+    execute(base_url, alice, sid, "factor = 7\nwith open('table.txt', 'w') as f: f.write('from a file')")
+    snap = snapshot(base_url, alice, sid)
+    name = publish(base_url, alice, "y = x * factor\ntext = open('table.txt').read()", snapshot_id=snap,
+                   inputs=[{"name": "x", "type": "numeric"}],
+                   outputs=[{"name": "y", "type": "numeric"}, {"name": "text", "type": "character"}])
+    assert requests.delete(f"{base_url}/sessions/{sid}", headers=alice).status_code == 200
+    assert requests.delete(f"{base_url}/snapshots/{snap}", headers=alice).status_code == 200
+    r = requests.post(f"{base_url}/api/{name}/v1", json={"x": 2}, headers=alice).json()
+    assert r["outputParameters"] == {"y": 14.0, "text": "from a file"}
+
+
+def test_publish_without_a_version_gets_a_generated_one(base_url, alice):
+    r = requests.post(f"{base_url}/services/noversion", json={"code": "y = 1", "runtimeType": "Python"},
+                      headers=alice)
+    assert r.status_code == 201
+    version = r.json()
+    assert len(version) == 36
+    assert requests.get(f"{base_url}/services/noversion/{version}", headers=alice).status_code == 200
+
+
+def test_consume_of_an_unknown_service_is_404(base_url, alice):
+    r = requests.post(f"{base_url}/api/nothing/v9", json={}, headers=alice)
+    assert r.status_code == 404 and "nothing" in r.json()["message"]

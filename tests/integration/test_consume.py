@@ -1,0 +1,52 @@
+"""Consume in process against Azurite: the warm worker and the definition cache."""
+import time
+
+import pytest
+
+from shared import consume, services, sessions, snapshots
+from shared.auth import Principal
+from shared.config import get_settings
+from shared.storage import blobs
+
+pytestmark = pytest.mark.azurite
+alice = Principal("alice")
+
+
+@pytest.fixture
+def published(azurite):
+    sid = sessions.create(alice, {"runtimeType": "Python"})["sessionId"]
+    sessions.execute(alice, sid, {"code": "offset = 10"})
+    snap = snapshots.create(alice, sid, {})["snapshotId"]
+    name = f"warm{int(time.time() * 1000)}"
+    services.publish(alice, name, "v1", {
+        "code": "y = x + offset", "runtimeType": "Python", "snapshotId": snap,
+        "inputParameterDefinitions": [{"name": "x", "type": "numeric"}],
+        "outputParameterDefinitions": [{"name": "y", "type": "numeric"}]})
+    return name
+
+
+def test_a_warm_service_does_not_read_its_snapshot_again(published):
+    assert consume.consume(alice, published, "v1", {"x": 1})["outputParameters"] == {"y": 11.0}
+    # Remove the service's stored workspace: only a warm worker can still answer.
+    blobs.delete(services.get(published, "v1")["stateBlob"])
+    assert consume.consume(alice, published, "v1", {"x": 2})["outputParameters"] == {"y": 12.0}
+
+
+def test_a_change_made_by_another_instance_is_seen_after_the_cache_ttl(published):
+    assert consume.consume(alice, published, "v1", {"x": 1})["outputParameters"] == {"y": 11.0}
+    # Write the entity directly, as another instance would, without touching this one's cache.
+    row = services.get(published, "v1")
+    services._rows.replace({**row, "code": "y = x + offset * 2"})
+    time.sleep(get_settings().service_cache_ttl_seconds + 0.2)
+    assert consume.consume(alice, published, "v1", {"x": 1})["outputParameters"] == {"y": 21.0}
+
+
+def test_a_tampered_service_workspace_is_refused_before_a_worker_loads_it(published):
+    from shared.errors import IntegrityFailed
+
+    row = services.get(published, "v1")
+    blobs.delete(row["stateBlob"])
+    blobs.put(row["stateBlob"], b"PK\x05\x06" + b"\x00" * 18)  # an empty zip, not the sealed bytes
+    services.forget(published, "v1")
+    with pytest.raises(IntegrityFailed):
+        consume.consume(alice, published, "v1", {"x": 1})

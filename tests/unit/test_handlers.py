@@ -1,0 +1,137 @@
+"""Handlers called the way the Functions worker calls them, with a real func.HttpRequest.
+None of these reach storage: they are refused before it."""
+import json
+
+import azure.functions as func
+import pytest
+
+from functions import consume, login, services, sessions, snapshots, status
+from function_app import app
+from shared import auth
+
+
+def request(method, url, *, body=b"", headers=None, route_params=None):
+    return func.HttpRequest(method, url, body=body, headers=headers or {}, route_params=route_params or {})
+
+
+def token(user="alice"):
+    return {"Authorization": "Bearer " + jwt_for(user)}
+
+
+def jwt_for(user):
+    import time
+
+    import jwt
+
+    from shared.config import get_settings
+
+    now = int(time.time())
+    return jwt.encode({"iss": auth.ISSUER, "aud": auth.AUDIENCE, "sub": user, "iat": now, "nbf": now,
+                       "exp": now + 60}, get_settings().token_signing_key, algorithm="HS256")
+
+
+def body_of(resp):
+    return json.loads(resp.get_body())
+
+
+def test_every_function_is_registered_with_an_ml_server_route():
+    app.functions_bindings = None
+    routes = {f.get_trigger().route for f in app.get_functions()}
+    assert {"login", "status", "sessions", "sessions/{id}/execute", "sessions/{id}/snapshot", "snapshots/{id}",
+            "services/{name}/{version}", "api/{name}/{version}", "api/{name}/{version}/swagger.json"} <= routes
+
+
+@pytest.mark.parametrize("handler, method, url", [
+    (status.status, "GET", "/status"),
+    (sessions.list_sessions, "GET", "/sessions"),
+    (snapshots.list_snapshots, "GET", "/snapshots"),
+    (services.get_all_web_services, "GET", "/services"),
+    (consume.consume_web_service, "POST", "/api/a/b"),
+])
+def test_calls_without_a_token_get_401_with_a_bearer_challenge(handler, method, url):
+    resp = handler(request(method, url))
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "POST /login" in body_of(resp)["message"]
+
+
+@pytest.mark.parametrize("bad", ["Bearer", "Basic abc", "Bearer not.a.jwt", "Bearer " + "e" * 40])
+def test_malformed_tokens_get_401(bad):
+    assert sessions.list_sessions(request("GET", "/sessions", headers={"Authorization": bad})).status_code == 401
+
+
+def test_a_token_signed_with_another_key_gets_401():
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    forged = jwt.encode({"iss": auth.ISSUER, "aud": auth.AUDIENCE, "sub": "admin", "iat": now, "nbf": now,
+                         "exp": now + 60}, "another-key-another-key-another-key!!", algorithm="HS256")
+    resp = sessions.list_sessions(request("GET", "/sessions", headers={"Authorization": f"Bearer {forged}"}))
+    assert resp.status_code == 401
+
+
+def test_an_expired_token_gets_401_saying_so():
+    import time
+
+    import jwt
+
+    from shared.config import get_settings
+
+    now = int(time.time())
+    old = jwt.encode({"iss": auth.ISSUER, "aud": auth.AUDIENCE, "sub": "alice", "iat": now - 7200,
+                      "nbf": now - 7200, "exp": now - 3600}, get_settings().token_signing_key, algorithm="HS256")
+    resp = sessions.list_sessions(request("GET", "/sessions", headers={"Authorization": f"Bearer {old}"}))
+    assert resp.status_code == 401 and "expired" in body_of(resp)["message"]
+
+
+def test_login_with_wrong_password_or_unknown_user_gets_the_same_401():
+    a = login.login(request("POST", "/login", body=b'{"username":"alice","password":"nope"}'))
+    b = login.login(request("POST", "/login", body=b'{"username":"mallory","password":"nope"}'))
+    assert a.status_code == b.status_code == 401
+    assert body_of(a)["message"] == body_of(b)["message"] == "invalid credentials"
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b"{", "not valid JSON"), (b"[1]", "must be an object"), (b'{"a": NaN}', "NaN"),
+    (b'{"a":1,"a":2}', "repeats the key"), (b"\xff\xfe", "UTF-8"), (b"[" * 100000, "nested too deeply"),
+    (b"", "is required"),
+])
+def test_bad_json_bodies_get_400_never_500(raw, fragment):
+    resp = sessions.create_session(request("POST", "/sessions", body=raw, headers=token()))
+    assert resp.status_code == 400
+    assert fragment in body_of(resp)["message"]
+    assert "Traceback" not in resp.get_body().decode()
+
+
+@pytest.mark.parametrize("body", [{"name": "x"}, {"name": "x", "runtimeType": "R"}, {"runtimeType": 5}])
+def test_create_session_refuses_anything_but_python(body):
+    resp = sessions.create_session(request("POST", "/sessions", body=json.dumps(body).encode(), headers=token()))
+    assert resp.status_code == 400 and "Python" in body_of(resp)["message"]
+
+
+@pytest.mark.parametrize("route_params, body, fragment", [
+    ({"name": "Iris", "version": "v1"}, {"runtimeType": "Python"}, "'code' is required"),
+    ({"name": "Iris", "version": "v1"}, {"code": "x=1"}, "runtimeType"),
+    ({"name": "bad name!", "version": "v1"}, {"code": "x=1", "runtimeType": "Python"}, "not allowed"),
+    ({"name": "Iris", "version": "v#1"}, {"code": "x=1", "runtimeType": "Python"}, "not allowed"),
+    ({"name": "Iris", "version": "v1"}, {"code": "x=1", "runtimeType": "Python",
+                                         "inputParameterDefinitions": [{"name": "x", "type": "float"}]}, "type 'float'"),
+])
+def test_publish_refuses_bad_requests_with_400_naming_the_problem(route_params, body, fragment):
+    resp = services.publish_web_service_version(request("POST", "/services/x/y", body=json.dumps(body).encode(),
+                                                        headers=token(), route_params=route_params))
+    assert resp.status_code == 400 and fragment in body_of(resp)["message"]
+
+
+def test_unknown_session_ids_are_404_before_storage_is_asked():
+    resp = sessions.execute_code(request("POST", "/sessions/x/execute", body=b'{"code":"1"}', headers=token(),
+                                         route_params={"id": "../../etc"}))
+    assert resp.status_code == 404
+
+
+def test_unsupported_content_type_gets_415():
+    resp = sessions.create_session(request("POST", "/sessions", body=b"<x/>",
+                                           headers={**token(), "Content-Type": "application/xml"}))
+    assert resp.status_code == 415
