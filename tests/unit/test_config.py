@@ -1,0 +1,41 @@
+import pytest
+
+from shared.config import Settings
+from shared.errors import ConfigError
+
+GOOD = {"TOKEN_SIGNING_KEY": "k" * 40, "SNAPSHOT_SIGNING_KEY": "s" * 40,
+        "STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+
+
+def test_settings_are_read_and_cast_from_the_environment():
+    s = Settings.from_env({**GOOD, "EXECUTION_TIMEOUT_SECONDS": "12.5", "MAX_WARM_SERVICES": "3"})
+    assert s.execution_timeout_seconds == 12.5 and s.max_warm_services == 3
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({**GOOD, "TOKEN_SIGNING_KEY": "change-me"}, "TOKEN_SIGNING_KEY"),
+    ({**GOOD, "SNAPSHOT_SIGNING_KEY": "short"}, "SNAPSHOT_SIGNING_KEY"),
+    ({**GOOD, "STORAGE_CONNECTION_STRING": ""}, "STORAGE_CONNECTION_STRING"),
+    ({**GOOD, "EXECUTION_TIMEOUT_SECONDS": "500"}, "EXECUTION_TIMEOUT_SECONDS"),
+    ({**GOOD, "MAX_WARM_SERVICES": "many"}, "MAX_WARM_SERVICES"),
+    ({**GOOD, "STORAGE_PREFIX": "o16n-x"}, "STORAGE_PREFIX"),
+])
+def test_bad_settings_stop_start_up_naming_the_setting(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)
+
+
+def test_local_accounts_come_from_local_users_and_the_admin_password():
+    s = Settings.from_env({**GOOD, "LOCAL_USERS": "alice:a1;bob:b2", "LOCAL_ADMIN_PASSWORD": "pw"})
+    assert s.accounts() == {"alice": "a1", "bob": "b2", "admin": "pw"}
+    with pytest.raises(ConfigError, match="LOCAL_USERS"):
+        Settings.from_env({**GOOD, "LOCAL_USERS": "alice"}).accounts()
+
+
+def test_sample_settings_name_every_setting():
+    import json
+    from dataclasses import fields
+    from pathlib import Path
+
+    sample = json.loads((Path(__file__).parents[2] / "local.settings.sample.json").read_text())["Values"]
+    assert {f.name.upper() for f in fields(Settings)} <= set(sample)
