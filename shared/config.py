@@ -30,7 +30,12 @@ class Settings:
     #: extra local accounts, "user:password;user2:password2"
     local_users: str = ""
     access_token_lifetime_seconds: int = 3600
+    #: a refresh token unused this long expires
     refresh_token_lifetime_seconds: int = 14 * 24 * 3600
+    #: renewals are allowed this long after the login that started the chain
+    refresh_chain_lifetime_seconds: int = 90 * 24 * 3600
+    #: how long an instance trusts what it knows of a token family (renewed or revoked elsewhere)
+    token_state_ttl_seconds: float = 5.0
     #: wall-clock budget of one execute or consume in a worker
     execution_timeout_seconds: float = 60.0
     #: address-space limit of a worker process

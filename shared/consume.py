@@ -6,12 +6,15 @@ import base64
 from . import services, types, workspaces
 from .auth import Principal
 from .config import get_settings
+from .errors import NotFound
 from .sandbox import pool
 from .sandbox.pool import WorkerDied, WorkerTimeout
 
 
 def consume(user: Principal, name: str, version: str, body: dict) -> dict:
     svc = services.cached(name, version)
+    if not services.visible(user, svc):
+        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
     inputs = types.check_inputs(svc["_inputs"], body)
     key = (svc["PartitionKey"], svc["RowKey"])
     timeout = get_settings().execution_timeout_seconds

@@ -119,3 +119,25 @@ def read_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]
 
 def route(req: func.HttpRequest, name: str) -> str:
     return req.route_params.get(name, "")
+
+
+def read_bytes(req: func.HttpRequest) -> bytes:
+    raw = req.get_body() or b""
+    if len(raw) > get_settings().max_request_bytes:
+        raise PayloadTooLarge(f"the request body is larger than {get_settings().max_request_bytes} bytes")
+    return raw
+
+
+def read_upload(req: func.HttpRequest, field: str) -> tuple[str, bytes]:
+    """The one file of a multipart/form-data request, by form field name."""
+    read_bytes(req)
+    ctype = (req.headers.get("content-type") or "").lower()
+    if not ctype.startswith("multipart/form-data"):
+        raise UnsupportedMediaType(f"upload the file as multipart/form-data in the form field '{field}'")
+    try:
+        part = req.files.get(field)
+    except ValueError:
+        part = None
+    if part is None:
+        raise BadRequest(f"the multipart form has no file in the field '{field}'")
+    return part.filename or "", part.read()

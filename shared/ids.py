@@ -30,6 +30,20 @@ def service_name(value: str, what: str = "service name") -> str:
     return value
 
 
+def file_name(value: str) -> str:
+    """A session working-directory file name: no paths, nothing that leaves the directory."""
+    if not _NAME.match(value or "") or value in (".", ".."):
+        raise BadRequest(f"the file name '{(value or '')[:64]}' is not allowed: use 1-128 letters, digits, '.', "
+                         "'_' or '-', with no directory part")
+    return value
+
+
+def object_name(value: str) -> str:
+    if not (value or "").isidentifier():
+        raise BadRequest(f"the workspace object name '{(value or '')[:64]}' must be a Python identifier")
+    return value
+
+
 def runtime(body: dict) -> str:
     value = body.get("runtimeType")
     if not isinstance(value, str) or value.lower() != "python":

@@ -15,6 +15,7 @@ from .sandbox import pool
 from .storage.entities import Entities
 
 _rows = Entities("services", what="service")
+MAX_CODE_CHARS = 30000  # a Table property holds 64 KiB
 _LISTS = ("inputParameterDefinitions", "outputParameterDefinitions", "outputFileNames")
 
 
@@ -24,12 +25,12 @@ def binding(name: str, version: str) -> str:
 
 def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     name = ids.service_name(name)
+    # Without a version the service is a development version with a GUID, seen only by its author.
+    dev = not version
     version = ids.service_name(version, "version") if version else ids.new_id()
-    code = body.get("code")
-    if not isinstance(code, str) or not code.strip():
-        raise BadRequest("'code' is required: the Python code run for each request")
+    code = _code(body.get("code"))
     values = {"runtimeType": ids.runtime(body), "code": code, "versionPublishedBy": user.name,
-              "creationTime": ids.now(), "snapshotId": ""}
+              "creationTime": ids.now(), "snapshotId": "", "devVersion": dev}
     values.update(_fields(body))
     snapshot_id = ids.optional_str(body, "snapshotId")
     stored: dict[str, Any] = {}
@@ -47,14 +48,12 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
 
 def patch(user: Principal, name: str, version: str, body: dict) -> str:
     row = _own(user, name, version)
+    name, version = row["PartitionKey"], row["RowKey"]
     old = dict(row)
     row.update(_fields(body, partial=True))
-    if "code" in body:
-        code = body["code"]
-        if not isinstance(code, str) or not code.strip():
-            raise BadRequest("'code' must be non-empty Python code")
-        row["code"] = code
-    if "runtimeType" in body:
+    if body.get("code") is not None:
+        row["code"] = _code(body["code"])
+    if body.get("runtimeType") is not None:
         ids.runtime(body)
     stored: dict[str, Any] = {}
     snapshot_id = body.get("snapshotId")
@@ -62,12 +61,14 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
         data = snapshots.content(user, snapshot_id)
         stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
         row.update(stored, snapshotId=snapshot_id)
+    elif snapshot_id == "":  # sent empty: the service no longer has a workspace
+        row.update(stateBlob="", stateSha256="", stateMac="", snapshotId="")
     try:
         _rows.replace(row)
     except PreconditionFailed:
         workspaces.discard(stored)
         raise Conflict("the service was changed by another request at the same time; try again") from None
-    if stored:
+    if old.get("stateBlob") != row.get("stateBlob"):
         workspaces.discard(old)
     forget(name, version)
     return version
@@ -84,12 +85,19 @@ def delete(user: Principal, name: str, version: str) -> str:
     return "Success"
 
 
-def get(name: str, version: str) -> dict:
-    """:raises NotFound:"""
+def get(name: str, version: str, user: Principal | None = None) -> dict:
+    """:raises NotFound: also for someone else's development version when `user` is given."""
     try:
-        return _rows.get(ids.service_name(name), ids.service_name(version, "version"))
+        row = _rows.get(ids.service_name(name), ids.service_name(version, "version"))
     except (NotFound, BadRequest):
-        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found") from None
+        row = None
+    if row is None or (user is not None and not visible(user, row)):
+        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
+    return row
+
+
+def visible(user: Principal, row: dict) -> bool:
+    return not row.get("devVersion") or row.get("versionPublishedBy") == user.name
 
 
 def list_all(user: Principal, name: str | None = None) -> list[dict]:
@@ -99,11 +107,11 @@ def list_all(user: Principal, name: str | None = None) -> list[dict]:
         except BadRequest:
             return []
     rows = sorted(_rows.list(name), key=lambda r: (r["PartitionKey"], r.get("creationTime", "")))
-    return [view(user, r) for r in rows]
+    return [view(user, r) for r in rows if visible(user, r)]
 
 
 def describe(user: Principal, name: str, version: str) -> list[dict]:
-    return [view(user, get(name, version))]
+    return [view(user, get(name, version, user))]
 
 
 def view(user: Principal, row: dict) -> dict:
@@ -125,27 +133,43 @@ def is_owner(user: Principal) -> bool:
 
 
 def _own(user: Principal, name: str, version: str) -> dict:
-    row = get(name, version)
+    row = get(name, version, user)
     if row.get("versionPublishedBy") != user.name and not is_owner(user):
         raise Forbidden(f"service '{name}' version '{version}' is owned by another user; only its owner can change it")
     return row
 
 
+def _code(code: object) -> str:
+    if not isinstance(code, str) or not code.strip():
+        raise BadRequest("'code' is required: the Python code run for each request")
+    if len(code) > MAX_CODE_CHARS:
+        raise BadRequest(f"'code' is longer than {MAX_CODE_CHARS} characters; move the bulk of it into the "
+                         "snapshot (a function or module in the workspace) and call it from 'code'")
+    return code
+
+
 def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
     """The optional PublishWebServiceRequest fields; on PATCH only those sent."""
     out: dict[str, Any] = {}
+    # On PATCH, absent or null keeps a field (the SDK sends null for what it did not set);
+    # an empty string or list clears it.
+    def sent(key: str) -> bool:
+        return not partial or body.get(key) is not None
+
     for key in ("description", "initCode", "operationId"):
-        if key in body or not partial:
+        if sent(key):
             value = body.get(key)
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"'{key}' must be a string")
+            if value and len(value) > MAX_CODE_CHARS:
+                raise BadRequest(f"'{key}' is longer than {MAX_CODE_CHARS} characters")
             out[key] = value or ""
     if "operationId" in out and out["operationId"] and not out["operationId"].isidentifier():
         raise BadRequest("'operationId' must be a valid identifier")
     for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
-        if key in body or not partial:
+        if sent(key):
             out[key] = json.dumps(types.check_definitions(body.get(key), key))
-    if "outputFileNames" in body or not partial:
+    if sent("outputFileNames"):
         files = body.get("outputFileNames") or []
         if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
             raise BadRequest("'outputFileNames' must be a list of file names")

@@ -1,5 +1,5 @@
-"""Sessions: a Python workspace per user, executed in a worker, persisted after every execute
-so any instance can serve the next call."""
+"""Sessions: a Python workspace per user, run by a worker process and persisted after every
+change, so any instance can serve the next call."""
 from __future__ import annotations
 
 import base64
@@ -9,14 +9,18 @@ from typing import Any
 from . import ids, snapshots, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import BadRequest, Conflict, PreconditionFailed
+from .errors import BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
 from .sandbox import pool
 from .sandbox.pool import WorkerDied, WorkerTimeout
 from .storage.entities import Entities
 
 _rows = Entities("sessions", what="session")
+_history = Entities("sessionhistory", what="session history")
 _locks: dict[str, threading.Lock] = {}
-_locks_guard = threading.Lock()
+_guard = threading.Lock()
+_cancelled: set[str] = set()
+# Table properties hold at most 64 KiB; longer console output and history entries are cut.
+_MAX_PROPERTY_CHARS = 30000
 
 
 def _binding(owner: str, sid: str) -> str:
@@ -27,7 +31,8 @@ def create(user: Principal, body: dict) -> dict:
     runtime = ids.runtime(body)
     name = ids.optional_str(body, "name") or ""
     sid = ids.new_id()
-    values: dict[str, Any] = {"name": name, "runtimeType": runtime, "creationTime": ids.now()}
+    values: dict[str, Any] = {"name": name, "runtimeType": runtime, "creationTime": ids.now(),
+                              "consoleOutput": "", "executions": 0}
     snapshot_id = ids.optional_str(body, "snapshotId")
     if snapshot_id:
         data = snapshots.content(user, snapshot_id)
@@ -38,7 +43,10 @@ def create(user: Principal, body: dict) -> dict:
 
 def get(user: Principal, sid: str) -> dict:
     """:raises NotFound: also for another user's session."""
-    return _rows.get(user.name, ids.existing_id(sid, "session"))
+    try:
+        return _rows.get(user.name, ids.existing_id(sid, "session"))
+    except NotFound:
+        raise NotFound(f"session '{sid[:64]}' not found") from None
 
 
 def view(row: dict) -> dict:
@@ -55,7 +63,27 @@ def close(user: Principal, sid: str) -> str:
     pool.sessions.retire(row["RowKey"])
     _rows.delete(row)
     workspaces.discard(row)
+    for entry in _history.list(row["RowKey"]):
+        _history.delete(entry)
     return "Success"
+
+
+def cancel(user: Principal, sid: str) -> str:
+    """Stop the running execution (on this instance); the session keeps its last saved state."""
+    row = get(user, sid)
+    with _guard:
+        _cancelled.add(row["RowKey"])
+    pool.sessions.retire(row["RowKey"])
+    return "Success"
+
+
+def console_output(user: Principal, sid: str) -> dict:
+    return {"consoleOutput": get(user, sid).get("consoleOutput", "")}
+
+
+def history(user: Principal, sid: str) -> list[str]:
+    row = get(user, sid)
+    return [e.get("code", "") for e in sorted(_history.list(row["RowKey"]), key=lambda e: e["RowKey"])]
 
 
 def state(user: Principal, sid: str) -> bytes:
@@ -75,61 +103,134 @@ def execute(user: Principal, sid: str, body: dict) -> dict:
     outputs = body.get("outputParameters") or []
     if not isinstance(outputs, list) or not all(isinstance(n, str) for n in outputs):
         raise BadRequest("'outputParameters' must be a list of names")
+    message = {"op": "execute", "code": code, "inputs": inputs, "outputs": outputs}
+    try:
+        reply = _call(user, sid, message, record=code)
+    except (WorkerTimeout, WorkerDied) as exc:
+        key = ids.existing_id(sid, "session")
+        with _guard:
+            cancelled = key in _cancelled
+            _cancelled.discard(key)
+        if cancelled:
+            why = "the execution was cancelled"
+        elif isinstance(exc, WorkerTimeout):
+            why = f"the code did not finish within {get_settings().execution_timeout_seconds:g} seconds and was stopped"
+        else:
+            why = str(exc)
+        return {"success": False, "errorMessage": f"{why}; the workspace is as it was after the last completed "
+                "call", "consoleOutput": "", "outputParameters": [], "changedFiles": []}
+    return {k: reply[k] for k in ("success", "errorMessage", "consoleOutput", "outputParameters", "changedFiles")}
 
-    row = get(user, sid)
-    sid = row["RowKey"]
+
+def load_snapshot(user: Principal, sid: str, snapshot_id: str) -> str:
+    """Merge a snapshot's objects and files into the session (same names are overwritten)."""
+    get(user, sid)
+    data = snapshots.content(user, snapshot_id)
+    _checked(user, sid, {"op": "merge_state", "state": base64.b64encode(data).decode()})
+    return "Success"
+
+
+def list_objects(user: Principal, sid: str) -> list[str]:
+    return _checked(user, sid, {"op": "list_objects"})["names"]
+
+
+def get_object(user: Principal, sid: str, name: str) -> bytes:
+    return base64.b64decode(_checked(user, sid, {"op": "get_object", "name": ids.object_name(name)})["data"])
+
+
+def set_object(user: Principal, sid: str, name: str, data: bytes) -> str:
+    if not data:
+        raise BadRequest("send the serialized object (dill) as the request body")
+    _checked(user, sid, {"op": "set_object", "name": ids.object_name(name), "data": base64.b64encode(data).decode()})
+    return "Success"
+
+
+def delete_object(user: Principal, sid: str, name: str) -> str:
+    _checked(user, sid, {"op": "delete_object", "name": ids.object_name(name)})
+    return "Success"
+
+
+def list_files(user: Principal, sid: str) -> list[str]:
+    return _checked(user, sid, {"op": "list_files"})["names"]
+
+
+def get_file(user: Principal, sid: str, name: str) -> bytes:
+    return base64.b64decode(_checked(user, sid, {"op": "get_file", "name": ids.file_name(name)})["data"])
+
+
+def put_file(user: Principal, sid: str, name: str, data: bytes) -> str:
+    _checked(user, sid, {"op": "put_file", "name": ids.file_name(name), "data": base64.b64encode(data).decode()})
+    return "Success"
+
+
+def delete_file(user: Principal, sid: str, name: str) -> str:
+    _checked(user, sid, {"op": "delete_file", "name": ids.file_name(name)})
+    return "Success"
+
+
+def _checked(user: Principal, sid: str, message: dict) -> dict:
+    """A non-execute call: worker refusals become 404/400, a lost worker 503."""
+    try:
+        reply = _call(user, sid, message)
+    except (WorkerTimeout, WorkerDied):
+        raise Unavailable("the session's worker did not answer; try again") from None
+    return reply
+
+
+def _call(user: Principal, sid: str, message: dict, *, record: str | None = None) -> dict:
+    """Send one message to the session's worker (started from storage when this instance
+    has none up to date) and persist the workspace it returns."""
+    sid = get(user, sid)["RowKey"]
     with _lock(sid):
         row = get(user, sid)  # re-read under the lock: another call may have just saved
         binding = _binding(user.name, sid)
+        timeout = get_settings().execution_timeout_seconds
 
         def start(worker: pool.Worker) -> None:
             data = workspaces.load(binding, row)
-            reply = worker.call({"op": "load_session", "state": _b64(data)},
-                                timeout=get_settings().execution_timeout_seconds)
+            reply = worker.call({"op": "load_session", "state": base64.b64encode(data).decode() if data else None},
+                                timeout=timeout)
             if not reply.get("ok"):
                 raise BadRequest(f"the session workspace could not be loaded: {reply.get('error')}")
 
         worker = pool.sessions.checkout(sid, row.get("stateSha256"), start)
-        timeout = get_settings().execution_timeout_seconds
         try:
-            reply = worker.call({"op": "execute", "code": code, "inputs": inputs, "outputs": outputs},
-                                timeout=timeout)
-        except WorkerTimeout:
+            reply = worker.call(message, timeout=timeout)
+        except (WorkerTimeout, WorkerDied):
             pool.sessions.retire(sid)
-            return _failed(f"the code did not finish within {timeout:g} seconds and was stopped; "
-                           "the workspace is as it was after the last completed execute")
-        except WorkerDied as exc:
-            pool.sessions.retire(sid)
-            return _failed(f"{exc}; the workspace is as it was after the last completed execute")
+            raise
         if not reply.get("ok"):
+            if reply.get("notFound"):
+                raise NotFound(reply.get("error", "not found"))
+            if reply.get("badRequest"):
+                raise BadRequest(reply.get("error", "refused"))
             pool.sessions.retire(sid)
-            return _failed(reply.get("error", "the worker failed"))
-        data = base64.b64decode(reply.pop("state"))
-        stored = workspaces.store(f"sessions/{sid}", binding, data)
-        old = dict(row)
-        row.update(stored)
-        try:
-            _rows.replace(row)
-        except PreconditionFailed:
-            pool.sessions.retire(sid)
-            workspaces.discard(stored)
-            raise Conflict("another call changed this session at the same time; run the code again",
-                           ) from None
-        worker.tag = stored["stateSha256"]
-        workspaces.discard(old)
-    reply.pop("ok", None)
+            raise Unavailable(reply.get("error", "the session's worker failed"))
+        if "state" in reply:
+            _persist(row, binding, base64.b64decode(reply.pop("state")), reply, record, worker)
     return reply
 
 
-def _failed(message: str) -> dict:
-    return {"success": False, "errorMessage": message, "consoleOutput": "", "outputParameters": [],
-            "changedFiles": []}
-
-
-def _b64(data: bytes | None) -> str | None:
-    return base64.b64encode(data).decode() if data else None
+def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | None, worker: pool.Worker) -> None:
+    sid = row["RowKey"]
+    stored = workspaces.store(f"sessions/{sid}", binding, data)
+    old = dict(row)
+    row.update(stored)
+    if record is not None:
+        row["consoleOutput"] = reply.get("consoleOutput", "")[:_MAX_PROPERTY_CHARS]
+        row["executions"] = int(row.get("executions") or 0) + 1
+    try:
+        _rows.replace(row)
+    except PreconditionFailed:
+        pool.sessions.retire(sid)
+        workspaces.discard(stored)
+        raise Conflict("another call changed this session at the same time; try again") from None
+    worker.tag = stored["stateSha256"]
+    workspaces.discard(old)
+    if record is not None:
+        _history.create(sid, f"{row['executions']:010d}", {"code": record[:_MAX_PROPERTY_CHARS]})
 
 
 def _lock(sid: str) -> threading.Lock:
-    with _locks_guard:
+    with _guard:
         return _locks.setdefault(sid, threading.Lock())

@@ -17,7 +17,7 @@ def _params(defs: list[dict]) -> dict:
 
 
 def service_document(user: Principal, name: str, version: str) -> dict:
-    ws = services.view(user, services.get(name, version))
+    ws = services.view(user, services.get(name, version, user))
     name, version = ws["name"], ws["version"]
     result = {"type": "object", "properties": {
         "success": {"type": "boolean"}, "errorMessage": {"type": "string"}, "consoleOutput": {"type": "string"},

@@ -115,6 +115,64 @@ class Worker:
         return {"ok": True, "success": success, "errorMessage": error, "consoleOutput": text,
                 "outputParameters": outputs, "changedFiles": changed, "state": state}
 
+    def op_merge_state(self, msg: dict) -> dict:
+        notes = self.load_state(msg.get("state"))
+        state, more = self.dump_state()
+        return {"ok": True, "notes": notes + more, "state": state}
+
+    def op_list_objects(self, msg: dict) -> dict:
+        return {"ok": True, "names": sorted(n for n in self.ns if not (n.startswith("__") and n.endswith("__")))}
+
+    def op_get_object(self, msg: dict) -> dict:
+        import dill
+
+        if msg["name"] not in self.ns:
+            return _missing(f"workspace object '{msg['name']}' not found")
+        return {"ok": True, "data": base64.b64encode(dill.dumps(self.ns[msg["name"]])).decode()}
+
+    def op_set_object(self, msg: dict) -> dict:
+        import dill  # the ML Server SDK uploads objects serialized with dill
+
+        try:
+            self.ns[msg["name"]] = dill.loads(base64.b64decode(msg["data"]))
+        except Exception as exc:
+            return {"ok": False, "badRequest": True,
+                    "error": f"the uploaded object could not be deserialized ({type(exc).__name__}: {exc})"}
+        return self._saved()
+
+    def op_delete_object(self, msg: dict) -> dict:
+        if self.ns.pop(msg["name"], _MISSING) is _MISSING:
+            return _missing(f"workspace object '{msg['name']}' not found")
+        return self._saved()
+
+    def op_list_files(self, msg: dict) -> dict:
+        return {"ok": True, "names": sorted(_files())}
+
+    def op_get_file(self, msg: dict) -> dict:
+        name = msg["name"]
+        if not (_safe_name(name) and os.path.isfile(name)):
+            return _missing(f"file '{name}' not found")
+        with open(name, "rb") as f:
+            return {"ok": True, "data": base64.b64encode(f.read()).decode()}
+
+    def op_put_file(self, msg: dict) -> dict:
+        if not _safe_name(msg["name"]):
+            return {"ok": False, "badRequest": True, "error": "that file name is not allowed"}
+        with open(msg["name"], "wb") as f:
+            f.write(base64.b64decode(msg["data"]))
+        return self._saved()
+
+    def op_delete_file(self, msg: dict) -> dict:
+        name = msg["name"]
+        if not (_safe_name(name) and os.path.isfile(name)):
+            return _missing(f"file '{name}' not found")
+        os.remove(name)
+        return self._saved()
+
+    def _saved(self) -> dict:
+        state, notes = self.dump_state()
+        return {"ok": True, "state": state, "notes": notes}
+
     def op_load_service(self, msg: dict) -> dict:
         notes = self.load_state(msg.get("state"))
         self.service = msg
@@ -173,6 +231,13 @@ class Worker:
             return False, "".join(tb.format()).strip()
         finally:
             sys.stdout, sys.stderr = old
+
+
+_MISSING = object()
+
+
+def _missing(message: str) -> dict:
+    return {"ok": False, "notFound": True, "error": message}
 
 
 def _safe_name(name: str) -> bool:

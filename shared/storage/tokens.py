@@ -1,19 +1,31 @@
-"""Refresh tokens, stored by hash only."""
+"""Refresh-token families: one row per login chain, holding the hash of its one live refresh
+token and the generation that access tokens of the chain must carry."""
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from .entities import Entities
 
+PARTITION = "families"
 
-class RefreshTokens:
+
+class TokenFamilies:
     def __init__(self) -> None:
-        self._rows = Entities("refreshtokens", what="refresh token")
+        self._rows = Entities("tokenfamilies", what="refresh token")
 
-    def create(self, user: str, token_hash: str, *, expires_on: int) -> None:
-        self._rows.create("tokens", token_hash, {"user": user, "expiresOn": expires_on})
+    def create(self, family: str, values: dict[str, Any]) -> dict[str, Any]:
+        return self._rows.create(PARTITION, family, values)
+
+    def get(self, family: str) -> dict[str, Any]:
+        """:raises NotFound:"""
+        return self._rows.get(PARTITION, family)
+
+    def replace(self, row: dict[str, Any]) -> dict[str, Any]:
+        """:raises PreconditionFailed: another renew or revoke got there first."""
+        return self._rows.replace(row)
 
 
 @lru_cache(maxsize=1)
-def repository() -> RefreshTokens:
-    return RefreshTokens()
+def repository() -> TokenFamilies:
+    return TokenFamilies()
