@@ -1,0 +1,129 @@
+"""The rest of ML Server's session API: files, workspace objects, snapshots into sessions,
+console output, history, cancel and force close."""
+import io
+import threading
+import time
+import zipfile
+
+import dill
+import pytest
+import requests
+
+from tests.e2e.helpers import execute, new_session, snapshot
+
+pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
+
+
+def test_files_upload_list_download_overwrite_delete_and_reach_snapshots(base_url, alice):
+    sid = new_session(base_url, alice)
+    url = f"{base_url}/sessions/{sid}/files"
+    r = requests.post(url, files={"file": ("data.csv", b"a,b\n1,2\n")}, headers=alice)
+    assert r.status_code == 201
+    assert requests.get(url, headers=alice).json() == ["data.csv"]
+    out = execute(base_url, alice, sid, "import pandas as pd\ndf = pd.read_csv('data.csv')\n"
+                  "df.to_csv('out.csv', index=False)\nopen('data.csv', 'a').write('3,4\\n')",
+                  outputParameters=["df"])
+    assert out["success"] is True, out
+    assert out["outputParameters"] == [{"name": "df", "value": {"a": [1], "b": [2]}}]
+    assert out["changedFiles"] == ["data.csv", "out.csv"]
+    assert requests.get(f"{url}/data.csv", headers=alice).content == b"a,b\n1,2\n3,4\n"
+    requests.post(url, files={"file": ("data.csv", b"replaced")}, headers=alice)
+    assert requests.get(f"{url}/data.csv", headers=alice).content == b"replaced"
+    snap = snapshot(base_url, alice, sid)
+    names = zipfile.ZipFile(io.BytesIO(requests.get(f"{base_url}/snapshots/{snap}", headers=alice).content)).namelist()
+    assert {"files/data.csv", "files/out.csv"} <= set(names)
+    assert requests.delete(f"{url}/out.csv", headers=alice).status_code == 200
+    assert requests.get(f"{url}/out.csv", headers=alice).status_code == 404
+    assert requests.get(url, headers=alice).json() == ["data.csv"]
+
+
+@pytest.mark.parametrize("name", ["..", "../../host.json", "/etc/passwd", "x" * 300, ".hidden", "a b", "a/b"])
+def test_uploads_whose_names_could_leave_the_working_directory_are_refused(base_url, alice, name):
+    sid = new_session(base_url, alice)
+    r = requests.post(f"{base_url}/sessions/{sid}/files", files={"file": (name, b"x")}, headers=alice)
+    assert r.status_code == 400 and "file name" in r.json()["message"]
+    assert requests.get(f"{base_url}/sessions/{sid}/files", headers=alice).json() == []
+
+
+@pytest.mark.parametrize("raw", ["%2e%2e", "%2e%2e%2fhost.json", "a%5cb", "%00", "x" * 300, "..%2f..%2fetc"])
+def test_get_and_delete_of_such_names_are_refused(base_url, alice, raw):
+    sid = new_session(base_url, alice)
+    for method in ("GET", "DELETE"):
+        r = requests.request(method, f"{base_url}/sessions/{sid}/files/{raw}", headers=alice)
+        assert r.status_code in (400, 404), (method, raw, r.status_code)
+
+
+def test_workspace_objects_uploaded_with_dill_load_in_the_session(base_url, alice):
+    sid = new_session(base_url, alice)
+    url = f"{base_url}/sessions/{sid}/workspace"
+    model = {"weights": [1, 2, 3], "scale": lambda x: x * 2}
+    r = requests.post(f"{url}/model", data=dill.dumps(model),
+                      headers={**alice, "Content-Type": "application/octet-stream"})
+    assert r.status_code == 200
+    out = execute(base_url, alice, sid, "y = model['scale'](sum(model['weights']))", outputParameters=["y"])
+    assert out["outputParameters"] == [{"name": "y", "value": 12}]
+    assert set(requests.get(url, headers=alice).json()) == {"model", "y"}
+    back = dill.loads(requests.get(f"{url}/y", headers=alice).content)
+    assert back == 12
+    assert requests.delete(f"{url}/y", headers=alice).status_code == 200
+    assert requests.get(f"{url}/y", headers=alice).status_code == 404
+    r = requests.post(f"{url}/bad", data=b"not a pickle", headers={**alice, "Content-Type": "application/octet-stream"})
+    assert r.status_code == 400 and "could not be deserialized" in r.json()["message"]
+
+
+def test_a_session_can_start_from_a_snapshot_or_merge_one_in(base_url, alice):
+    first = new_session(base_url, alice)
+    execute(base_url, alice, first, "a = 1\nshared = 'from snapshot'\nopen('f.txt', 'w').write('snap')")
+    snap = snapshot(base_url, alice, first)
+    r = requests.post(f"{base_url}/sessions", json={"runtimeType": "Python", "snapshotId": snap}, headers=alice)
+    started = r.json()["sessionId"]
+    assert execute(base_url, alice, started, "", outputParameters=["a"])["outputParameters"] == \
+        [{"name": "a", "value": 1}]
+    other = new_session(base_url, alice)
+    execute(base_url, alice, other, "b = 2\nshared = 'mine'\nopen('f.txt', 'w').write('mine')")
+    assert requests.post(f"{base_url}/sessions/{other}/loadsnapshot/{snap}", headers=alice).status_code == 200
+    out = execute(base_url, alice, other, "text = open('f.txt').read()", outputParameters=["a", "b", "shared", "text"])
+    assert out["outputParameters"] == [{"name": "a", "value": 1}, {"name": "b", "value": 2},
+                                       {"name": "shared", "value": "from snapshot"}, {"name": "text", "value": "snap"}]
+
+
+def test_loading_someone_elses_snapshot_is_404(base_url, alice, bob):
+    snap = snapshot(base_url, alice, new_session(base_url, alice))
+    sid = new_session(base_url, bob)
+    assert requests.post(f"{base_url}/sessions/{sid}/loadsnapshot/{snap}", headers=bob).status_code == 404
+    r = requests.post(f"{base_url}/sessions", json={"runtimeType": "Python", "snapshotId": snap}, headers=bob)
+    assert r.status_code == 404
+
+
+def test_console_output_and_history(base_url, alice):
+    sid = new_session(base_url, alice)
+    execute(base_url, alice, sid, "print('one')")
+    execute(base_url, alice, sid, "print('two')")
+    assert requests.get(f"{base_url}/sessions/{sid}/console-output", headers=alice).json() == \
+        {"consoleOutput": "two\n"}
+    assert requests.get(f"{base_url}/sessions/{sid}/history", headers=alice).json() == \
+        ["print('one')", "print('two')"]
+
+
+def test_cancel_stops_a_running_execution_and_the_session_lives_on(base_url, alice):
+    sid = new_session(base_url, alice)
+    execute(base_url, alice, sid, "kept = 1")
+    result = {}
+
+    def run():
+        result["out"] = execute(base_url, alice, sid, "import time\ntime.sleep(60)")
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.5)
+    assert requests.post(f"{base_url}/sessions/{sid}/cancel", headers=alice).status_code == 200
+    t.join(20)
+    assert result["out"]["success"] is False and "cancelled" in result["out"]["errorMessage"]
+    assert execute(base_url, alice, sid, "", outputParameters=["kept"])["outputParameters"] == \
+        [{"name": "kept", "value": 1}]
+
+
+def test_force_close_removes_the_session(base_url, alice):
+    sid = new_session(base_url, alice)
+    assert requests.delete(f"{base_url}/sessions/{sid}/force", headers=alice).status_code == 200
+    assert requests.post(f"{base_url}/sessions/{sid}/execute", json={"code": "1"}, headers=alice).status_code == 404
