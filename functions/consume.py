@@ -1,19 +1,26 @@
 import azure.functions as func
 
 from shared import consume, swagger
-from shared.http import endpoint, json_response, read_json, route
+from shared.api import operation
+from shared.http import json_response, read_json, route
 
 bp = func.Blueprint()
 
 
-@bp.route(route="api/{name}/{version}", methods=["POST"])
-@endpoint()
+@operation(bp, "POST", "api/{name}/{version}", "consumeWebService", tag="Consume",
+           summary="Consume a service (each service's own swagger describes it)", core=False)
 def consume_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(consume.consume(user, route(req, "name"), route(req, "version"),
                                          read_json(req, required=False)))
 
 
-@bp.route(route="api/{name}/{version}/swagger.json", methods=["GET"])
-@endpoint()
+@operation(bp, "GET", "api/{name}/{version}/swagger.json", "GetWebServiceSwagger", tag="Services Management APIs",
+           summary="The service's Swagger 2.0 document", returns="SwaggerJsonResponse", errors=(400, 401, 404))
 def get_web_service_swagger(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(swagger.service_document(user, route(req, "name"), route(req, "version")))
+
+
+@operation(bp, "GET", "swagger.json", "getSwagger", tag="Swagger", summary="This API as a Swagger 2.0 document",
+           returns="SwaggerJsonResponse")
+def get_swagger(req: func.HttpRequest, user) -> func.HttpResponse:
+    return json_response(swagger.core_document())

@@ -1,24 +1,27 @@
 import azure.functions as func
 
 from shared import auth
-from shared.http import endpoint, json_response, read_json
+from shared.api import operation
+from shared.http import json_response, read_json
 
 bp = func.Blueprint()
+TAG = "User"
 
 
-@bp.route(route="login", methods=["POST"])
-@endpoint(authenticated=False)
+@operation(bp, "POST", "login", "login", tag=TAG, summary="Log in; returns a bearer access token and a refresh token",
+           body="LoginRequest", returns="AccessTokenResponse", authenticated=False)
 def login(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.login(read_json(req)))
 
 
-@bp.route(route="login/refreshToken", methods=["POST"])
-@endpoint(authenticated=False)
+@operation(bp, "POST", "login/refreshToken", "renewToken", tag=TAG,
+           summary="Renew: a new token pair; the old pair stops working", body="RenewTokenRequest",
+           returns="AccessTokenResponse", authenticated=False)
 def renew_token(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.renew(read_json(req)))
 
 
-@bp.route(route="login/refreshToken", methods=["DELETE"])
-@endpoint(authenticated=False)
+@operation(bp, "DELETE", "login/refreshToken", "revokeRefreshToken", tag=TAG, summary="Revoke a refresh token",
+           query=("refreshToken",), returns="AccessTokenResponse", authenticated=False)
 def revoke_refresh_token(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.revoke(req.params.get("refreshToken")))

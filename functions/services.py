@@ -1,48 +1,53 @@
 import azure.functions as func
 
 from shared import services
-from shared.http import endpoint, json_response, read_json, route
+from shared.api import operation
+from shared.http import json_response, read_json, route
 
 bp = func.Blueprint()
+TAG = "Services Management APIs"
 
 
-@bp.route(route="services", methods=["GET"])
-@endpoint()
+@operation(bp, "GET", "services", "getAllWebServices", tag=TAG, summary="Every service the caller may see",
+           returns="[WebService]")
 def get_all_web_services(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.list_all(user))
 
 
-@bp.route(route="services/{name}", methods=["GET"])
-@endpoint()
+@operation(bp, "GET", "services/{name}", "getAllWebServiceVersionsByName", tag=TAG,
+           summary="Every version of a service, oldest first", returns="[WebService]")
 def get_all_web_service_versions_by_name(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.list_all(user, route(req, "name")))
 
 
-@bp.route(route="services/{name}", methods=["POST"])
-@endpoint()
+@operation(bp, "POST", "services/{name}", "publishWebService", tag=TAG,
+           summary="Publish a development version (a GUID version only its author sees)",
+           body="PublishWebServiceRequest", status=201, returns="string", errors=(400, 401, 404, 409))
 def publish_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.publish(user, route(req, "name"), None, read_json(req)), 201)
 
 
-@bp.route(route="services/{name}/{version}", methods=["POST"])
-@endpoint()
+@operation(bp, "POST", "services/{name}/{version}", "publishWebServiceVersion", tag=TAG,
+           summary="Publish a service version (409 if it exists: use PATCH)", body="PublishWebServiceRequest",
+           status=201, returns="string", errors=(400, 401, 404, 409))
 def publish_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.publish(user, route(req, "name"), route(req, "version"), read_json(req)), 201)
 
 
-@bp.route(route="services/{name}/{version}", methods=["PATCH"])
-@endpoint()
+@operation(bp, "PATCH", "services/{name}/{version}", "patchWebServiceVersion", tag=TAG,
+           summary="Change a version: absent or null fields are kept, empty ones cleared",
+           body="PublishWebServiceRequest", returns="string", errors=(400, 401, 403, 404))
 def patch_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.patch(user, route(req, "name"), route(req, "version"), read_json(req)))
 
 
-@bp.route(route="services/{name}/{version}", methods=["GET"])
-@endpoint()
+@operation(bp, "GET", "services/{name}/{version}", "getWebServiceVersion", tag=TAG, summary="One version",
+           returns="[WebService]", errors=(401, 404))
 def get_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.describe(user, route(req, "name"), route(req, "version")))
 
 
-@bp.route(route="services/{name}/{version}", methods=["DELETE"])
-@endpoint()
+@operation(bp, "DELETE", "services/{name}/{version}", "deleteWebServiceVersion", tag=TAG,
+           summary="Delete a version", returns="string", errors=(401, 403, 404))
 def delete_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.delete(user, route(req, "name"), route(req, "version")))

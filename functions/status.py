@@ -1,12 +1,13 @@
 import azure.functions as func
 
 from shared import status as core
-from shared.http import endpoint, json_response
+from shared.api import operation
+from shared.http import json_response
 
 bp = func.Blueprint()
 
 
-@bp.route(route="status", methods=["GET"])
-@endpoint()
+@operation(bp, "GET", "status", "status", tag="Status", summary="Health of the server and what it depends on",
+           returns="StatusResponse")
 def status(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(core.status())

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from . import ids, snapshots, types, workspaces
+from . import ids, models, snapshots, types, workspaces
 from .auth import Principal
 from .config import get_settings
 from .errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
@@ -125,7 +125,7 @@ def view(user: Principal, row: dict) -> dict:
            "myPermissionOnService": "read/write" if mine else "read only"}
     for key in _LISTS:
         out[key] = json.loads(row.get(key) or "[]")
-    return out
+    return models.complete("WebService", out)
 
 
 def is_owner(user: Principal) -> bool:

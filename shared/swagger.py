@@ -1,7 +1,9 @@
-"""The Swagger 2.0 document generated for each published service."""
+"""Swagger 2.0 documents: the core API, and the one generated for each published service."""
 from __future__ import annotations
 
-from . import services, types
+import re
+
+from . import models, services, types
 from .auth import Principal
 
 _TOKEN = {"type": "object", "properties": {
@@ -62,3 +64,64 @@ def service_document(user: Principal, name: str, version: str) -> dict:
             "Error": _ERROR,
         },
     }
+
+
+def core_document() -> dict:
+    """The core API, generated from the declared operations (routes, methods, contracts) and
+    the wire models."""
+    from .api import OPERATIONS
+
+    paths: dict[str, dict] = {}
+    for op in OPERATIONS:
+        if not op.core:
+            continue
+        path = "/" + op.route
+        entry: dict = {"tags": [op.tag], "operationId": op.operation_id, "summary": op.summary,
+                       "parameters": [{"name": p, "in": "path", "required": True, "type": "string"}
+                                      for p in re.findall(r"\{(\w+)\}", op.route)]}
+        entry["parameters"] += [{"name": q, "in": "query", "required": True, "type": "string"} for q in op.query]
+        if op.body == "octet":
+            entry["consumes"] = ["application/octet-stream"]
+            entry["parameters"].append({"name": "serializedObject", "in": "body", "required": True,
+                                        "schema": {"type": "string", "format": "binary"}})
+        elif op.body == "multipart":
+            entry["consumes"] = ["multipart/form-data"]
+            entry["parameters"].append({"name": "file", "in": "formData", "required": True, "type": "file"})
+        elif op.body:
+            entry["parameters"].append({"name": op.body[0].lower() + op.body[1:], "in": "body", "required": True,
+                                        "schema": {"$ref": f"#/definitions/{op.body}"}})
+        ok: dict = {"description": "Success"}
+        if op.returns:
+            ok["schema"] = _schema(op.returns)
+        if op.returns == "file":
+            entry["produces"] = ["application/octet-stream"]
+        entry["responses"] = {str(op.status): ok, **{
+            str(code): {"description": _REASONS[code], "schema": {"$ref": "#/definitions/Error"}}
+            for code in op.errors}}
+        if op.authenticated:
+            entry["security"] = [{"Bearer": []}]
+        paths.setdefault(path, {})[op.method.lower()] = entry
+    return {
+        "swagger": "2.0",
+        "info": {"title": "o16n", "version": "9.3.0",
+                 "description": "ML Server 9.x operationalization API, served by Azure Functions"},
+        "schemes": ["http", "https"],
+        "consumes": ["application/json"],
+        "produces": ["application/json"],
+        "securityDefinitions": {"Bearer": {"type": "apiKey", "name": "Authorization", "in": "header"}},
+        "paths": paths,
+        "definitions": models.DEFINITIONS,
+    }
+
+
+_REASONS = {400: "Bad request", 401: "Missing, invalid or expired token", 403: "Owned by another user",
+            404: "Not found", 409: "Already exists, or changed at the same time", 501: "Not on Azure Functions"}
+
+
+def _schema(returns: str) -> dict:
+    if returns == "file":
+        return {"type": "string", "format": "binary"}
+    many = returns.startswith("[")
+    name = returns.strip("[]")
+    one = {"type": "string"} if name == "string" else {"$ref": f"#/definitions/{name}"}
+    return {"type": "array", "items": one} if many else one
