@@ -41,6 +41,10 @@ def test_sessions_and_snapshots_are_invisible_to_other_users(base_url, alice, bo
     snap = snapshot(base_url, alice, sid)
 
     for method, path in [("POST", f"/sessions/{sid}/execute"), ("POST", f"/sessions/{sid}/snapshot"),
+                         ("GET", f"/sessions/{sid}/workspace"), ("GET", f"/sessions/{sid}/workspace/secret"),
+                         ("DELETE", f"/sessions/{sid}/workspace/secret"), ("GET", f"/sessions/{sid}/files"),
+                         ("GET", f"/sessions/{sid}/history"), ("GET", f"/sessions/{sid}/console-output"),
+                         ("POST", f"/sessions/{sid}/cancel"), ("DELETE", f"/sessions/{sid}/force"),
                          ("DELETE", f"/sessions/{sid}"), ("GET", f"/snapshots/{snap}"),
                          ("DELETE", f"/snapshots/{snap}")]:
         r = requests.request(method, base_url + path, json={"code": "print(secret)"}, headers=bob)

@@ -1,0 +1,62 @@
+"""Refresh-token lifetimes against real storage: inactivity, the renewal chain, rotation."""
+import time
+
+import pytest
+
+from shared import auth
+from shared.errors import Unauthorized
+from tests.conftest import reset_caches
+from tests.constants import USERS
+
+pytestmark = pytest.mark.azurite
+
+
+@pytest.fixture
+def short_lifetimes(azurite, monkeypatch):
+    def apply(**settings):
+        for key, value in settings.items():
+            monkeypatch.setenv(key, value)
+        reset_caches()
+    yield apply
+    monkeypatch.undo()
+    reset_caches()
+
+
+def login():
+    return auth.login({"username": "alice", "password": USERS["alice"]})
+
+
+def test_a_refresh_token_unused_for_its_lifetime_expires(short_lifetimes):
+    short_lifetimes(REFRESH_TOKEN_LIFETIME_SECONDS="1")
+    pair = login()
+    time.sleep(2.1)
+    with pytest.raises(Unauthorized, match="invalid or expired refresh token"):
+        auth.renew({"refreshToken": pair["refresh_token"]})
+
+
+def test_the_renewal_chain_ends_and_asks_for_a_new_login(short_lifetimes):
+    short_lifetimes(REFRESH_CHAIN_LIFETIME_SECONDS="1")
+    pair = auth.renew({"refreshToken": login()["refresh_token"]})
+    time.sleep(2.1)
+    with pytest.raises(Unauthorized, match="log in again"):
+        auth.renew({"refreshToken": pair["refresh_token"]})
+
+
+def test_access_tokens_last_the_configured_lifetime(short_lifetimes):
+    short_lifetimes(ACCESS_TOKEN_LIFETIME_SECONDS="120")
+    pair = login()
+    assert pair["expires_in"] == 120 and pair["expires_on"] - time.time() == pytest.approx(120, abs=5)
+    assert auth.authenticate(f"Bearer {pair['access_token']}").name == "alice"
+
+
+def test_another_instance_learns_of_a_renew_within_the_token_state_ttl(short_lifetimes):
+    short_lifetimes(TOKEN_STATE_TTL_SECONDS="1")
+    pair = login()
+    assert auth.authenticate(f"Bearer {pair['access_token']}").name == "alice"
+    auth.renew({"refreshToken": pair["refresh_token"]})
+    auth._state.clear()  # as if the renew had happened on another instance
+    auth._remember(pair["refresh_token"].split(".")[0], 1, False)
+    assert auth.authenticate(f"Bearer {pair['access_token']}").name == "alice"  # still trusted
+    time.sleep(1.2)
+    with pytest.raises(Unauthorized):
+        auth.authenticate(f"Bearer {pair['access_token']}")
