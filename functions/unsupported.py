@@ -1,4 +1,7 @@
-"""ML Server operations that have no meaning on Azure Functions, answered with a clear 501."""
+"""ML Server operations that have no meaning on Azure Functions (or are not built yet),
+answered with a clear 501."""
+import re
+
 import azure.functions as func
 
 from shared.api import operation
@@ -11,67 +14,30 @@ _NODES = ("Azure Functions scales instances itself; there are no compute nodes t
 _POOLS = ("Azure Functions has no per-service shell pools; each instance keeps warm workers for the services "
           "it serves (MAX_WARM_SERVICES)")
 _REALTIME = "realtime services (revoscalepy models) are not served yet; publish a standard Python service instead"
+_CONFIG, _SERVICES = "Centralized Configuration APIs", "Services Management APIs"
+
+UNSUPPORTED = [
+    ("GET", "computenodes", "getComputeNodes", _CONFIG, _NODES),
+    ("POST", "computenodes", "setComputeNodes", _CONFIG, _NODES),
+    ("PUT", "computenodes", "addComputeNode", _CONFIG, _NODES),
+    ("DELETE", "computenodes", "removeComputeNode", _CONFIG, _NODES),
+    ("POST", "services/{name}/{version}/pool", "createOrUpdateServicePool", _SERVICES, _POOLS),
+    ("GET", "services/{name}/{version}/pool", "getServicePoolStatus", _SERVICES, _POOLS),
+    ("DELETE", "services/{name}/{version}/pool", "deleteServicePool", _SERVICES, _POOLS),
+    ("POST", "realtime-services/{name}", "publishRealtimeWebServiceByName", _SERVICES, _REALTIME),
+    ("POST", "realtime-services/{name}/{version}", "publishRealtimeWebServiceByNameVersion", _SERVICES, _REALTIME),
+    ("PATCH", "realtime-services/{name}/{version}", "patchRealtimeWebServiceByNameVersion", _SERVICES, _REALTIME),
+]
 
 
-def _refuse(why: str) -> func.HttpResponse:
-    raise NotImplementedOnFunctions(why)
+def _register(method: str, route: str, operation_id: str, tag: str, why: str) -> None:
+    def handler(req: func.HttpRequest, user) -> func.HttpResponse:
+        raise NotImplementedOnFunctions(why)
+
+    handler.__name__ = re.sub(r"(?<!^)(?=[A-Z])", "_", operation_id).lower()
+    operation(bp, method, route, operation_id, tag=tag, summary=f"501: {why.split(';')[0]}",
+              errors=(401, 501))(handler)
 
 
-@operation(bp, "GET", "computenodes", "getComputeNodes", tag="Centralized Configuration APIs",
-           summary="Not on Azure Functions (501)", errors=(401, 501))
-def get_compute_nodes(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_NODES)
-
-
-@operation(bp, "POST", "computenodes", "setComputeNodes", tag="Centralized Configuration APIs",
-           summary="Not on Azure Functions (501)", errors=(401, 501))
-def set_compute_nodes(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_NODES)
-
-
-@operation(bp, "PUT", "computenodes", "addComputeNode", tag="Centralized Configuration APIs",
-           summary="Not on Azure Functions (501)", errors=(401, 501))
-def add_compute_node(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_NODES)
-
-
-@operation(bp, "DELETE", "computenodes", "removeComputeNode", tag="Centralized Configuration APIs",
-           summary="Not on Azure Functions (501)", errors=(401, 501))
-def remove_compute_node(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_NODES)
-
-
-@operation(bp, "POST", "services/{name}/{version}/pool", "createOrUpdateServicePool", tag="Services Management APIs",
-           summary="Not on Azure Functions (501)", errors=(401, 501))
-def create_or_update_service_pool(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_POOLS)
-
-
-@operation(bp, "GET", "services/{name}/{version}/pool", "getServicePoolStatus", tag="Services Management APIs",
-           summary="Not on Azure Functions (501)", errors=(401, 501))
-def get_service_pool_status(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_POOLS)
-
-
-@operation(bp, "DELETE", "services/{name}/{version}/pool", "deleteServicePool", tag="Services Management APIs",
-           summary="Not on Azure Functions (501)", errors=(401, 501))
-def delete_service_pool(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_POOLS)
-
-
-@operation(bp, "POST", "realtime-services/{name}", "publishRealtimeWebServiceByName", tag="Services Management APIs",
-           summary="Not served yet (501)", errors=(401, 501))
-def publish_realtime_web_service_by_name(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_REALTIME)
-
-
-@operation(bp, "POST", "realtime-services/{name}/{version}", "publishRealtimeWebServiceByNameVersion",
-           tag="Services Management APIs", summary="Not served yet (501)", errors=(401, 501))
-def publish_realtime_web_service_by_name_version(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_REALTIME)
-
-
-@operation(bp, "PATCH", "realtime-services/{name}/{version}", "patchRealtimeWebServiceByNameVersion",
-           tag="Services Management APIs", summary="Not served yet (501)", errors=(401, 501))
-def patch_realtime_web_service_by_name_version(req: func.HttpRequest, user) -> func.HttpResponse:
-    return _refuse(_REALTIME)
+for _row in UNSUPPORTED:
+    _register(*_row)
