@@ -24,6 +24,12 @@ param snapshotSigningKey string
 @secure()
 param localAdminPassword string = ''
 
+@description('Entra ID tenant whose access tokens the API accepts (empty: only o16n login tokens).')
+param aadTenantId string = ''
+
+@description('This API\'s audience in Entra ID: its application id and/or App ID URI, comma-separated.')
+param aadAudience string = ''
+
 @description('Maximum instances Flex Consumption may scale out to.')
 param maximumInstanceCount int = 40
 
@@ -107,6 +113,8 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'TOKEN_SIGNING_KEY', value: tokenSigningKey }
         { name: 'SNAPSHOT_SIGNING_KEY', value: snapshotSigningKey }
         { name: 'LOCAL_ADMIN_PASSWORD', value: localAdminPassword }
+        { name: 'AAD_TENANT_ID', value: aadTenantId }
+        { name: 'AAD_AUDIENCE', value: aadAudience }
         { name: 'EXECUTION_TIMEOUT_SECONDS', value: '60' }
       ]
     }

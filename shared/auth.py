@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from . import entra
 from .config import get_settings
 from .errors import BadRequest, NotFound, PreconditionFailed, Unauthorized
 
@@ -29,6 +30,8 @@ _INVALID_REFRESH = "invalid or expired refresh token"
 @dataclass(frozen=True)
 class Principal:
     name: str
+    #: may change and delete any service (ML Server's Owner role)
+    owner: bool = False
 
 
 def check_password(username: str, password: str) -> Principal:
@@ -38,7 +41,11 @@ def check_password(username: str, password: str) -> Principal:
     ok = hmac.compare_digest(expected.encode(), password.encode()) and bool(expected)
     if not ok:
         raise Unauthorized("invalid credentials")
-    return Principal(username)
+    return _local(username)
+
+
+def _local(name: str) -> Principal:
+    return Principal(name, owner=name == "admin")
 
 
 def login(body: dict) -> dict:
@@ -85,10 +92,23 @@ def authenticate(header: str | None) -> Principal:
     if not header:
         raise Unauthorized("this call needs an 'Authorization: Bearer <token>' header; get a token from POST /login")
     scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("the Authorization header must be 'Bearer <token>'")
     try:
-        claims = jwt.decode(token.strip(), get_settings().token_signing_key, algorithms=_ALGORITHMS,
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        raise Unauthorized("the access token is not valid") from None
+    # Each issuer has its own key and algorithm; never let one decoder try the other's.
+    if issuer != ISSUER:
+        if entra.configured() and issuer in entra.issuers():
+            claims = entra.validate(token)
+            roles = claims.get("roles") or []
+            return Principal(f"aad:{claims.get('oid') or claims['sub']}",
+                             owner=get_settings().aad_owner_role in roles)
+        raise Unauthorized("the access token is not valid")
+    try:
+        claims = jwt.decode(token, get_settings().token_signing_key, algorithms=_ALGORITHMS,
                             audience=AUDIENCE, issuer=ISSUER, leeway=60,
                             options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]})
     except jwt.ExpiredSignatureError:
@@ -99,7 +119,7 @@ def authenticate(header: str | None) -> Principal:
         generation, revoked = _family_state(str(claims["fam"]))
         if revoked or generation != claims.get("gen"):
             raise Unauthorized("the access token was replaced by a renew or revoked; log in again") from None
-    return Principal(claims["sub"])
+    return _local(claims["sub"])
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -26,6 +26,16 @@ class Settings:
     token_signing_key: str = ""
     #: HMAC key sealing every stored workspace before a worker may unpickle it
     snapshot_signing_key: str = ""
+    #: Entra ID: the tenant whose tokens are accepted, and this API's audience(s), comma-separated
+    #: (its application id and/or App ID URI). Both empty: only o16n's own tokens.
+    aad_tenant_id: str = ""
+    aad_audience: str = ""
+    #: where the tenant's signing keys are read (default: the tenant's v2.0 JWKS)
+    aad_jwks_url: str = ""
+    #: after a key-set fetch, an unknown key id waits this long before another fetch (stops kid spam)
+    aad_jwks_cooldown_seconds: float = 30.0
+    #: the app role (in the token's `roles`) that makes a caller an Owner
+    aad_owner_role: str = "Owner"
     local_admin_password: str = ""
     #: extra local accounts, "user:password;user2:password2"
     local_users: str = ""

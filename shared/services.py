@@ -129,7 +129,7 @@ def view(user: Principal, row: dict) -> dict:
 
 
 def is_owner(user: Principal) -> bool:
-    return user.name == "admin"
+    return user.owner
 
 
 def _own(user: Principal, name: str, version: str) -> dict:
