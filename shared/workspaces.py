@@ -9,8 +9,6 @@ import zipfile
 from . import seal
 from .storage import blobs
 
-EMPTY = None
-
 
 def empty_zip() -> bytes:
     buf = io.BytesIO()

@@ -66,7 +66,8 @@ class Worker:
                     try:
                         self.ns[name] = pickle.loads(blob)
                     except Exception as exc:  # one bad object must not lose the rest
-                        notes.append(f"note: workspace object '{name}' could not be loaded ({type(exc).__name__}: {exc})")
+                        notes.append(f"note: workspace object '{name}' could not be loaded "
+                                     f"({type(exc).__name__}: {exc})")
         return notes
 
     def dump_state(self) -> tuple[str, list[str]]:

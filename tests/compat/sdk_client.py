@@ -119,7 +119,8 @@ seen["latest_version"] = latest.capabilities()["version"]
 dev = client.service("DevOnly").code_str("y = 2.5").outputs(y=float).deploy()
 seen["dev"] = {"version_len": len(dev.capabilities()["version"]), "y": dev.consume().output("y")}
 
-for name, version in (("TxService", "1.0"), ("Typed", "v1"), ("Frame", "v1"), ("DevOnly", dev.capabilities()["version"])):
+dev_version = dev.capabilities()["version"]
+for name, version in (("TxService", "1.0"), ("Typed", "v1"), ("Frame", "v1"), ("DevOnly", dev_version)):
     seen.setdefault("deleted", []).append(client.delete_service(name, version=version))
 try:
     client.get_service("TxService", version="1.0")

@@ -73,7 +73,8 @@ def test_a_stored_workspace_loads_only_with_its_own_binding_and_unchanged_bytes(
     blobs.put(tampered_blob, b"zip bytes, changed")
     with pytest.raises(IntegrityFailed):
         workspaces.load("session:alice:1", {**record, "stateBlob": tampered_blob})
-    forged = {**record, "stateBlob": tampered_blob, **{"stateSha256": seal.seal("x", b"zip bytes, changed")["stateSha256"]}}
+    forged = {**record, "stateBlob": tampered_blob,
+              "stateSha256": seal.seal("x", b"zip bytes, changed")["stateSha256"]}
     with pytest.raises(IntegrityFailed):
         workspaces.load("session:alice:1", forged)  # a matching hash without the key's MAC
 

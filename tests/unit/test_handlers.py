@@ -116,8 +116,9 @@ def test_create_session_refuses_anything_but_python(body):
     ({"name": "Iris", "version": "v1"}, {"code": "x=1"}, "runtimeType"),
     ({"name": "bad name!", "version": "v1"}, {"code": "x=1", "runtimeType": "Python"}, "not allowed"),
     ({"name": "Iris", "version": "v#1"}, {"code": "x=1", "runtimeType": "Python"}, "not allowed"),
-    ({"name": "Iris", "version": "v1"}, {"code": "x=1", "runtimeType": "Python",
-                                         "inputParameterDefinitions": [{"name": "x", "type": "float"}]}, "type 'float'"),
+    ({"name": "Iris", "version": "v1"},
+     {"code": "x=1", "runtimeType": "Python", "inputParameterDefinitions": [{"name": "x", "type": "float"}]},
+     "type 'float'"),
 ])
 def test_publish_refuses_bad_requests_with_400_naming_the_problem(route_params, body, fragment):
     resp = services.publish_web_service_version(request("POST", "/services/x/y", body=json.dumps(body).encode(),
