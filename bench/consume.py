@@ -1,0 +1,134 @@
+"""Warm scoring through o16n against the floor (bench/floor.py), measured side by side in one
+run with wrk, as performance.md describes; figures are reported as ratios to the floor.
+
+    .venv/bin/python bench/consume.py [--seconds 3] [--rounds 3] [--connections 1,8,32]
+
+Needs wrk (Debian package `wrk`) and the project's venv and node_modules (`make deps`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from devhost.__main__ import azurite_connection_string, free_port, port_open, start_azurite, stop  # noqa: E402
+
+BODY = '{"flower_data":[7,3.2,4.7,1.4]}'
+
+
+def pinned(core: int, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *cmd] if shutil.which("taskset") else cmd
+
+
+def wait(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not port_open(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("a server did not start")
+        time.sleep(0.02)
+
+
+def wrk(url: str, token: str | None, connections: int, seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = \'{BODY}\'\nwrk.headers["Content-Type"] = "application/json"\n')
+        if token:
+            f.write(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
+    out = subprocess.run(pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name,
+                                    url]), capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    if "Non-2xx" in out:
+        raise SystemExit(f"non-2xx answers from {url}:\n{out}")
+
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    return {"p50": latency("50"), "p99": latency("99"),
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", default="1,8,32")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    conns = [int(c) for c in args.connections.split(",")]
+
+    blob_port, table_port = free_port(), free_port()
+    azurite = start_azurite(blob_port, table_port, location=None)
+    password = secrets.token_urlsafe(12)
+    env = {**os.environ, "STORAGE_CONNECTION_STRING": azurite_connection_string(blob_port, table_port),
+           "TOKEN_SIGNING_KEY": secrets.token_urlsafe(48), "SNAPSHOT_SIGNING_KEY": secrets.token_urlsafe(48),
+           "LOCAL_ADMIN_PASSWORD": password, "STORAGE_PREFIX": "bench" + secrets.token_hex(4)}
+    o16n_port, floor_port = free_port(), free_port()
+    procs = [subprocess.Popen(pinned(0, [sys.executable, "-m", "devhost", "serve", "--port", str(o16n_port)]),
+                              cwd=ROOT, env=env),
+             subprocess.Popen(pinned(0, [sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)]))]
+    try:
+        wait(o16n_port, procs[0])
+        wait(floor_port, procs[1])
+        base = f"http://127.0.0.1:{o16n_port}"
+        token = requests.post(f"{base}/login", json={"username": "admin", "password": password}).json()["access_token"]
+        h = {"Authorization": f"Bearer {token}"}
+        sid = requests.post(f"{base}/sessions", json={"runtimeType": "Python"}, headers=h).json()["sessionId"]
+        code = ("from sklearn import svm, datasets\niris = datasets.load_iris()\nclf = svm.SVC().fit(iris.data, "
+                "iris.target)\nnames = {0: 'I. setosa', 1: 'I. versicolor', 2: 'I. virginica'}")
+        assert requests.post(f"{base}/sessions/{sid}/execute", json={"code": code}, headers=h).json()["success"]
+        snap = requests.post(f"{base}/sessions/{sid}/snapshot", json={}, headers=h).json()["snapshotId"]
+        publish = {"code": "iris_species = [names[x] for x in clf.predict([flower_data])]", "runtimeType": "Python",
+                   "snapshotId": snap, "inputParameterDefinitions": [{"name": "flower_data", "type": "vector"}],
+                   "outputParameterDefinitions": [{"name": "iris_species", "type": "vector"}]}
+        first_call = {}
+        for version in ("V1.0", "V2.0"):
+            assert requests.post(f"{base}/services/Iris/{version}", json=publish, headers=h).status_code == 201
+        for version in ("V1.0", "V2.0"):  # V2.0's first call finds scikit-learn already imported elsewhere
+            start = time.perf_counter()
+            r = requests.post(f"{base}/api/Iris/{version}", data=BODY, headers={**h, "Content-Type": "application/json"})
+            first_call[version] = (time.perf_counter() - start) * 1000
+            assert r.json()["outputParameters"] == {"iris_species": ["I. versicolor"]}, r.text
+        targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None), "o16n": (f"{base}/api/Iris/V1.0", token)}
+        results: dict[tuple[str, int], list[dict]] = {}
+        for name, (url, tok) in targets.items():
+            wrk(url, tok, 1, 1)  # warm-up
+        for rnd in range(args.rounds):
+            order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
+            for c in conns:
+                for name in order:
+                    url, tok = targets[name]
+                    results.setdefault((name, c), []).append(wrk(url, tok, c, args.seconds))
+        print(f"\nwarm consume of Iris V1.0, medians of {args.rounds} rounds of {args.seconds:g}s "
+              "(server on core 0, wrk on core 1)")
+        print(f"{'c':>3} {'':6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   ratio to floor (p50, p99, req/s)")
+        for c in conns:
+            med = {n: {k: statistics.median(r[k] for r in results[(n, c)]) for k in ("p50", "p99", "rps")}
+                   for n in targets}
+            for n in targets:
+                m = med[n]
+                ratio = (f"{m['p50'] / med['floor']['p50']:.2f}x  {m['p99'] / med['floor']['p99']:.2f}x  "
+                         f"{m['rps'] / med['floor']['rps']:.2f}x") if n != "floor" else ""
+                print(f"{c:>3} {n:6} {m['p50']:8.3f} {m['p99']:8.3f} {m['rps']:8.0f}   {ratio}")
+        print(f"\nfirst call of a published service on a warm host: V1.0 {first_call['V1.0']:.0f} ms "
+              f"(new worker, imports scikit-learn), V2.0 {first_call['V2.0']:.0f} ms (new worker)")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+        stop(azurite)
+
+
+if __name__ == "__main__":
+    main()
