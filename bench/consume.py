@@ -95,14 +95,15 @@ def main() -> None:
         first_call = {}
         for version in ("V1.0", "V2.0"):
             assert requests.post(f"{base}/services/Iris/{version}", json=publish, headers=h).status_code == 201
-        for version in ("V1.0", "V2.0"):  # V2.0's first call finds scikit-learn already imported elsewhere
+        for version in ("V1.0", "V2.0"):  # each first call starts a worker that imports scikit-learn
             start = time.perf_counter()
-            r = requests.post(f"{base}/api/Iris/{version}", data=BODY, headers={**h, "Content-Type": "application/json"})
+            r = requests.post(f"{base}/api/Iris/{version}", data=BODY,
+                              headers={**h, "Content-Type": "application/json"})
             first_call[version] = (time.perf_counter() - start) * 1000
             assert r.json()["outputParameters"] == {"iris_species": ["I. versicolor"]}, r.text
         targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None), "o16n": (f"{base}/api/Iris/V1.0", token)}
         results: dict[tuple[str, int], list[dict]] = {}
-        for name, (url, tok) in targets.items():
+        for url, tok in targets.values():
             wrk(url, tok, 1, 1)  # warm-up
         for rnd in range(args.rounds):
             order = list(targets) if rnd % 2 == 0 else list(reversed(targets))

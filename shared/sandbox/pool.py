@@ -2,6 +2,7 @@
 deadline, kill its whole process group when it overruns, and keep warm ones in an LRU."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import selectors
@@ -165,3 +166,9 @@ class WarmPool:
 
 services = WarmPool(lambda: get_settings().max_warm_services)
 sessions = WarmPool(lambda: get_settings().max_warm_sessions)
+
+
+@atexit.register
+def _close_all() -> None:
+    services.close_all()
+    sessions.close_all()

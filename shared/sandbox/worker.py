@@ -263,6 +263,7 @@ def main() -> None:
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _die_with_parent()
     # Keep the protocol on private descriptors; whatever user code writes to fd 1/2 is dropped.
     rfile = os.fdopen(os.dup(0), "rb", buffering=0)
     wfile = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -289,6 +290,21 @@ def main() -> None:
         except (TypeError, ValueError) as exc:
             data = encode({"ok": False, "error": f"the result could not be encoded: {exc}"})
         wfile.write(data)
+
+
+def _die_with_parent() -> None:
+    """A worker busy in user code when the host dies would never read the EOF that ends it."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _read(f: Any, n: int) -> bytes | None:

@@ -1,6 +1,9 @@
 """User code runs in worker processes: no secrets, bounded time, memory and output, and a
 killed worker costs nothing but the call that killed it."""
 import os
+import signal
+import subprocess
+import threading
 import time
 
 import pytest
@@ -88,3 +91,29 @@ def test_everything_survives_a_restart_of_the_api_process(azurite, alice):
         assert r.json()["outputParameters"] == {"z": [0, 2, 4]}
     finally:
         stop_host(proc)
+
+
+def test_workers_do_not_outlive_a_host_that_dies(azurite, alice):
+    proc, url = start_host()
+    sid = new_session(url, alice)
+
+    def busy():
+        try:
+            requests.post(f"{url}/sessions/{sid}/execute", json={"code": "while True: pass"}, headers=alice,
+                          timeout=30)
+        except requests.RequestException:
+            pass
+
+    t = threading.Thread(target=busy)
+    t.start()
+    time.sleep(2)
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in out]
+    assert pids, "the host has a worker"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t.join(30)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
