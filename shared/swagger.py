@@ -6,13 +6,6 @@ import re
 from . import models, services, types
 from .auth import Principal
 
-_TOKEN = {"type": "object", "properties": {
-    "token_type": {"type": "string"}, "access_token": {"type": "string"}, "expires_in": {"type": "integer"},
-    "expires_on": {"type": "string"}, "refresh_token": {"type": "string"}}}
-_ERROR = {"type": "object", "properties": {"message": {"type": "string"}, "exceptionType": {"type": "string"},
-                                          "error": {"type": "string"}, "correlationId": {"type": "string"}}}
-
-
 def _params(defs: list[dict]) -> dict:
     return {"type": "object", "properties": {
         d["name"]: {**types.JSON_SCHEMA[d["type"]], "description": d["type"]} for d in defs}}
@@ -58,10 +51,7 @@ def service_document(user: Principal, name: str, version: str) -> dict:
             "InputParameters": _params(ws["inputParameterDefinitions"]),
             "OutputParameters": _params(ws["outputParameterDefinitions"]),
             "WebServiceResult": result,
-            "LoginRequest": {"type": "object", "properties": {"username": {"type": "string"},
-                                                              "password": {"type": "string"}}},
-            "AccessTokenResponse": _TOKEN,
-            "Error": _ERROR,
+            **{m: models.DEFINITIONS[m] for m in ("LoginRequest", "AccessTokenResponse", "Error")},
         },
     }
 
