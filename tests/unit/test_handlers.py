@@ -136,3 +136,11 @@ def test_unsupported_content_type_gets_415():
     resp = sessions.create_session(request("POST", "/sessions", body=b"<x/>",
                                            headers={**token(), "Content-Type": "application/xml"}))
     assert resp.status_code == 415
+
+
+def test_a_body_over_the_size_cap_gets_413_before_it_is_parsed():
+    from shared.config import get_settings
+
+    big = b'{"code": "' + b"x" * get_settings().max_request_bytes + b'"}'
+    resp = sessions.create_session(request("POST", "/sessions", body=big, headers=token()))
+    assert resp.status_code == 413 and "larger than" in body_of(resp)["message"]
