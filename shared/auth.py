@@ -95,18 +95,15 @@ def authenticate(header: str | None) -> Principal:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    try:
-        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
-    except jwt.PyJWTError:
-        raise Unauthorized("the access token is not valid") from None
     # Each issuer has its own key and algorithm; never let one decoder try the other's.
-    if issuer != ISSUER:
-        if entra.configured() and issuer in entra.issuers():
+    if entra.configured():
+        issuer = _issuer(token)
+        if issuer != ISSUER:
+            if issuer not in entra.issuers():
+                raise Unauthorized("the access token is not valid")
             claims = entra.validate(token)
-            roles = claims.get("roles") or []
             return Principal(f"aad:{claims.get('oid') or claims['sub']}",
-                             owner=get_settings().aad_owner_role in roles)
-        raise Unauthorized("the access token is not valid")
+                             owner=get_settings().aad_owner_role in (claims.get("roles") or []))
     try:
         claims = jwt.decode(token, get_settings().token_signing_key, algorithms=_ALGORITHMS,
                             audience=AUDIENCE, issuer=ISSUER, leeway=60,
@@ -123,6 +120,13 @@ def authenticate(header: str | None) -> Principal:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+def _issuer(token: str) -> object:
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError:
+        raise Unauthorized("the access token is not valid") from None
+
 
 def _pair(user: str, family: str, generation: int, secret: str, now: int) -> dict:
     settings = get_settings()
