@@ -28,6 +28,11 @@ WORKER = Path(__file__).with_name("worker.py")
 _PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
+# `-I` keeps PYTHONPATH and friends from reaching the worker, but Azure Functions installs the
+# app's packages on PYTHONPATH (.python_packages): hand the host's import path over explicitly.
+_IMPORT_PATH = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+
+
 class WorkerTimeout(Exception):
     pass
 
@@ -45,7 +50,8 @@ class Worker:
                     "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
         env.setdefault("LANG", "C.UTF-8")
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(WORKER), str(ROOT), str(s.worker_memory_mb), str(s.max_console_bytes)],
+            [sys.executable, "-I", str(WORKER), str(ROOT), str(s.worker_memory_mb), str(s.max_console_bytes),
+             _IMPORT_PATH],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.dir, env=env,
             start_new_session=True, close_fds=True)
         self.lock = threading.Lock()

@@ -1,5 +1,5 @@
 """The worker process: runs a session's or a service's user code. Started by the host with
-`python -I worker.py ROOT MEMORY_MB CONSOLE_BYTES`, a scrubbed environment and its own
+`python -I worker.py ROOT MEMORY_MB CONSOLE_BYTES IMPORT_PATH`, a scrubbed environment and its own
 working directory; speaks framed JSON on its original stdin/stdout."""
 from __future__ import annotations
 
@@ -259,7 +259,8 @@ def _fingerprint() -> dict[str, str]:
 
 def main() -> None:
     root, memory_mb, console_cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    sys.path.insert(0, root)
+    host_path = [p for p in sys.argv[4].split(os.pathsep) if p] if len(sys.argv) > 4 else []
+    sys.path[:0] = [root] + [p for p in host_path if p not in sys.path]
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

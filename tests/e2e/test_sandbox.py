@@ -117,3 +117,16 @@ def test_workers_do_not_outlive_a_host_that_dies(azurite, alice):
     while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
         time.sleep(0.2)
     assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+def test_packages_on_the_hosts_pythonpath_reach_the_workers(azurite, alice, tmp_path):
+    # Azure Functions puts the app's packages on PYTHONPATH (.python_packages), which `-I` ignores.
+    (tmp_path / "o16n_probe_pkg.py").write_text("VALUE = 'found'\n")
+    proc, url = start_host(PYTHONPATH=str(tmp_path))
+    try:
+        sid = new_session(url, alice)
+        out = execute(url, alice, sid, "import o16n_probe_pkg\nv = o16n_probe_pkg.VALUE", outputParameters=["v"])
+        assert out["success"] is True, out
+        assert out["outputParameters"] == [{"name": "v", "value": "found"}]
+    finally:
+        stop_host(proc)
