@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import jwt
 
 from . import entra
-from .config import get_settings
-from .errors import BadRequest, NotFound, PreconditionFailed, Unauthorized
+from .config import ROLES, get_settings
+from .errors import BadRequest, Forbidden, NotFound, PreconditionFailed, Unauthorized
 
 ISSUER = "o16n"
 AUDIENCE = "o16n"
@@ -30,8 +30,16 @@ _INVALID_REFRESH = "invalid or expired refresh token"
 @dataclass(frozen=True)
 class Principal:
     name: str
-    #: may change and delete any service (ML Server's Owner role)
-    owner: bool = False
+    #: ML Server's role: Owner may change any service, Contributor its own, Reader none
+    role: str = "Contributor"
+
+    @property
+    def owner(self) -> bool:
+        return self.role == "Owner"
+
+    @property
+    def reader(self) -> bool:
+        return self.role == "Reader"
 
 
 def check_password(username: str, password: str) -> Principal:
@@ -45,7 +53,16 @@ def check_password(username: str, password: str) -> Principal:
 
 
 def _local(name: str) -> Principal:
-    return Principal(name, owner=name == "admin")
+    # Read per request, so a changed role applies to tokens already issued.
+    return Principal(name, get_settings().roles().get(name, "Contributor"))
+
+
+def _entra(claims: dict) -> Principal:
+    granted = set(claims.get("roles") or [])
+    role = next((r for r in ROLES if r in granted), get_settings().aad_default_role)
+    if role == "none":
+        raise Forbidden("this account has no o16n role (Owner, Contributor or Reader)")
+    return Principal(f"aad:{claims.get('oid') or claims['sub']}", role)
 
 
 def login(body: dict) -> dict:
@@ -101,9 +118,7 @@ def authenticate(header: str | None) -> Principal:
         if issuer != ISSUER:
             if issuer not in entra.issuers():
                 raise Unauthorized("the access token is not valid")
-            claims = entra.validate(token)
-            return Principal(f"aad:{claims.get('oid') or claims['sub']}",
-                             owner=get_settings().aad_owner_role in (claims.get("roles") or []))
+            return _entra(entra.validate(token))
     try:
         claims = jwt.decode(token, get_settings().token_signing_key, algorithms=_ALGORITHMS,
                             audience=AUDIENCE, issuer=ISSUER, leeway=60,

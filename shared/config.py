@@ -9,6 +9,8 @@ from functools import lru_cache
 from .errors import ConfigError
 
 _PLACEHOLDER = "change-me"
+#: ML Server's roles, most rights first
+ROLES = ("Owner", "Contributor", "Reader")
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,14 @@ class Settings:
     aad_jwks_url: str = ""
     #: after a key-set fetch, an unknown key id waits this long before another fetch (stops kid spam)
     aad_jwks_cooldown_seconds: float = 30.0
-    #: the app role (in the token's `roles`) that makes a caller an Owner
-    aad_owner_role: str = "Owner"
+    #: the role of an Entra caller whose token carries none of the app roles Owner, Contributor,
+    #: Reader ("none": such callers are refused)
+    aad_default_role: str = "Contributor"
     local_admin_password: str = ""
     #: extra local accounts, "user:password;user2:password2"
     local_users: str = ""
+    #: roles of local accounts, "user:Owner;user2:Reader" (admin is Owner; others default to Contributor)
+    local_roles: str = ""
     access_token_lifetime_seconds: int = 3600
     #: a refresh token unused this long expires
     refresh_token_lifetime_seconds: int = 14 * 24 * 3600
@@ -84,6 +89,9 @@ class Settings:
             raise ConfigError("set STORAGE_CONNECTION_STRING, or STORAGE_BLOB_ENDPOINT and STORAGE_TABLE_ENDPOINT")
         if not self.storage_prefix.isalnum() or not self.storage_prefix[:1].isalpha():
             raise ConfigError("setting STORAGE_PREFIX must be letters and digits, starting with a letter")
+        if self.aad_default_role not in (*ROLES, "none"):
+            raise ConfigError(f"setting AAD_DEFAULT_ROLE must be one of {', '.join(ROLES)} or none")
+        self.roles()
         if not 0 < self.execution_timeout_seconds <= 200:
             # Azure answers 504 after 230 s whatever the function does.
             raise ConfigError("setting EXECUTION_TIMEOUT_SECONDS must be between 0 and 200")
@@ -98,6 +106,16 @@ class Settings:
         if self.local_admin_password:
             users["admin"] = self.local_admin_password
         return users
+
+    def roles(self) -> dict[str, str]:
+        roles = {}
+        for pair in filter(None, (p.strip() for p in self.local_roles.split(";"))):
+            name, _, role = pair.partition(":")
+            if role not in ROLES:
+                raise ConfigError(f"setting LOCAL_ROLES: '{role}' is not one of {', '.join(ROLES)}")
+            roles[name] = role
+        roles["admin"] = "Owner"
+        return roles
 
 
 @lru_cache(maxsize=1)

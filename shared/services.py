@@ -24,6 +24,7 @@ def binding(name: str, version: str) -> str:
 
 
 def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
+    _writer(user)
     name = ids.service_name(name)
     # Without a version the service is a development version with a GUID, seen only by its author.
     dev = not version
@@ -116,25 +117,27 @@ def describe(user: Principal, name: str, version: str) -> list[dict]:
 
 def view(user: Principal, row: dict) -> dict:
     """The WebService model, every field present."""
-    mine = row.get("versionPublishedBy") == user.name or is_owner(user)
+    mine = row.get("versionPublishedBy") == user.name or user.owner
     out = {"name": row["PartitionKey"], "version": row["RowKey"],
            "versionPublishedBy": row.get("versionPublishedBy", ""), "creationTime": row.get("creationTime", ""),
            "snapshotId": row.get("snapshotId", ""), "runtimeType": row.get("runtimeType", "Python"),
            "initCode": row.get("initCode", ""), "code": row.get("code", "") if mine else "",
            "description": row.get("description", ""), "operationId": row.get("operationId") or "consume",
-           "myPermissionOnService": "read/write" if mine else "read only"}
+           "myPermissionOnService": "read/write" if mine and not user.reader else "read only"}
     for key in _LISTS:
         out[key] = json.loads(row.get(key) or "[]")
     return models.complete("WebService", out)
 
 
-def is_owner(user: Principal) -> bool:
-    return user.owner
+def _writer(user: Principal) -> None:
+    if user.reader:
+        raise Forbidden("the Reader role may list and consume services, not publish, change or delete them")
 
 
 def _own(user: Principal, name: str, version: str) -> dict:
+    _writer(user)
     row = get(name, version, user)
-    if row.get("versionPublishedBy") != user.name and not is_owner(user):
+    if row.get("versionPublishedBy") != user.name and not user.owner:
         raise Forbidden(f"service '{name}' version '{version}' is owned by another user; only its owner can change it")
     return row
 

@@ -68,3 +68,9 @@ def alice(base_url) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def bob(base_url) -> dict[str, str]:
     return _login(base_url, "bob", USERS["bob"])
+
+
+@pytest.fixture(scope="session")
+def rita(base_url) -> dict[str, str]:
+    """A Reader."""
+    return _login(base_url, "rita", USERS["rita"])

@@ -77,3 +77,17 @@ def test_only_the_publisher_or_admin_may_patch_or_delete_a_service(base_url, ali
     assert requests.delete(f"{base_url}/services/{name}/v1", headers=alice).status_code == 200
     assert requests.get(f"{base_url}/services/{name}/v1", headers=alice).status_code == 404
     assert requests.delete(f"{base_url}/services/{name}/v1", headers=alice).status_code == 404
+
+
+def test_a_reader_lists_and_consumes_but_cannot_publish_change_or_delete(base_url, alice, rita):
+    name = publish(base_url, alice, "y = 1", outputs=[{"name": "y", "type": "numeric"}])
+    assert requests.get(f"{base_url}/services/{name}", headers=rita).status_code == 200
+    assert requests.post(f"{base_url}/api/{name}/v1", json={}, headers=rita).json()["outputParameters"] == {"y": 1.0}
+    r = requests.post(f"{base_url}/services/ritas/v1", json={"code": "y = 1", "runtimeType": "Python"}, headers=rita)
+    assert r.status_code == 403 and "Reader" in r.json()["message"]
+    for method in ("PATCH", "DELETE"):
+        assert requests.request(method, f"{base_url}/services/{name}/v1", json={}, headers=rita).status_code == 403
+    ws = requests.get(f"{base_url}/services/{name}/v1", headers=rita).json()[0]
+    assert ws["myPermissionOnService"] == "read only" and ws["code"] == ""
+    # sessions stay open to readers, as in ML Server
+    assert requests.post(f"{base_url}/sessions", json={"runtimeType": "Python"}, headers=rita).status_code == 201

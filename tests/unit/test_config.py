@@ -32,6 +32,13 @@ def test_local_accounts_come_from_local_users_and_the_admin_password():
         Settings.from_env({**GOOD, "LOCAL_USERS": "alice"}).accounts()
 
 
+def test_local_roles_default_to_contributor_and_admin_is_owner():
+    s = Settings.from_env({**GOOD, "LOCAL_ROLES": "rita:Reader;olga:Owner"})
+    assert s.roles() == {"rita": "Reader", "olga": "Owner", "admin": "Owner"}
+    with pytest.raises(ConfigError, match="LOCAL_ROLES"):
+        Settings.from_env({**GOOD, "LOCAL_ROLES": "rita:Boss"})
+
+
 def test_sample_settings_name_every_setting():
     import json
     from dataclasses import fields

@@ -87,9 +87,23 @@ def test_v1_tokens_with_the_app_id_uri_audience_are_accepted(keys):
     assert user.name == "aad:1111-oid"
 
 
-def test_the_owner_app_role_makes_an_owner(keys):
+def test_app_roles_map_to_ml_server_roles_and_the_highest_wins(keys):
     kid = keys.add()
     assert auth.authenticate(token(keys, kid, roles=["Owner"])).owner is True
+    assert auth.authenticate(token(keys, kid, roles=["Reader", "Contributor"])).role == "Contributor"
+    assert auth.authenticate(token(keys, kid, roles=["Reader"])).reader is True
+    assert auth.authenticate(token(keys, kid)).role == "Contributor"  # AAD_DEFAULT_ROLE
+
+
+def test_callers_without_a_role_are_refused_when_the_default_is_none(keys, monkeypatch):
+    from shared.errors import Forbidden
+
+    monkeypatch.setenv("AAD_DEFAULT_ROLE", "none")
+    get_settings.cache_clear()
+    kid = keys.add()
+    with pytest.raises(Forbidden):
+        auth.authenticate(token(keys, kid))
+    assert auth.authenticate(token(keys, kid, roles=["Reader"])).reader is True
 
 
 @pytest.mark.parametrize("overrides", [
