@@ -1,4 +1,5 @@
-"""One error hierarchy; `status_of` is the only place that maps it to HTTP."""
+"""One error hierarchy. Each class carries its HTTP status; `shared.http.error_response` is the
+only place that turns them into responses."""
 from __future__ import annotations
 
 
