@@ -3,17 +3,19 @@ change, so any instance can serve the next call."""
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from typing import Any
 
 from . import ids, snapshots, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
+from .errors import ApiError, BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
 from .sandbox import pool
 from .sandbox.pool import WorkerDied, WorkerTimeout
 from .storage.entities import Entities
 
+log = logging.getLogger("o16n.sessions")
 _rows = Entities("sessions", what="session")
 _history = Entities("sessionhistory", what="session history")
 _locks: dict[str, threading.Lock] = {}
@@ -207,7 +209,13 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
             pool.sessions.retire(sid)
             raise Unavailable(reply.get("error", "the session's worker failed"))
         if "state" in reply:
-            _persist(row, binding, base64.b64decode(reply.pop("state")), reply, record, worker)
+            try:
+                _persist(row, binding, base64.b64decode(reply.pop("state")), reply, record, worker)
+            except ApiError:
+                # The worker is ahead of what storage holds: drop it, so the next call starts
+                # from the last saved workspace instead of from changes the caller saw fail.
+                pool.sessions.retire(sid)
+                raise
     return reply
 
 
@@ -222,13 +230,16 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
     try:
         _rows.replace(row)
     except PreconditionFailed:
-        pool.sessions.retire(sid)
         workspaces.discard(stored)
         raise Conflict("another call changed this session at the same time; try again") from None
     worker.tag = stored["stateSha256"]
-    workspaces.discard(old)
-    if record is not None:
-        _history.create(sid, f"{row['executions']:010d}", {"code": record[:_MAX_PROPERTY_CHARS]})
+    # Committed: what follows is bookkeeping, and its failure must not fail the call.
+    try:
+        workspaces.discard(old)
+        if record is not None:
+            _history.create(sid, f"{row['executions']:010d}", {"code": record[:_MAX_PROPERTY_CHARS]})
+    except ApiError as exc:
+        log.warning("session %s saved, but its bookkeeping failed: %s", sid, exc.message)
 
 
 def _lock(sid: str) -> threading.Lock:

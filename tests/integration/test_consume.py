@@ -50,3 +50,22 @@ def test_a_tampered_service_workspace_is_refused_before_a_worker_loads_it(publis
     services.forget(published, "v1")
     with pytest.raises(IntegrityFailed):
         consume.consume(alice, published, "v1", {"x": 1})
+
+
+def test_an_execute_whose_save_fails_is_503_and_leaves_the_last_saved_workspace(azurite, monkeypatch):
+    from shared import workspaces
+    from shared.errors import Unavailable
+
+    sid = sessions.create(alice, {"runtimeType": "Python"})["sessionId"]
+    sessions.execute(alice, sid, {"code": "items = [1]"})
+    real_store = workspaces.store
+
+    def failing_store(*args, **kwargs):
+        raise Unavailable("storage is not answering; try again shortly")
+
+    monkeypatch.setattr(workspaces, "store", failing_store)
+    with pytest.raises(Unavailable):
+        sessions.execute(alice, sid, {"code": "items.append(2)"})
+    monkeypatch.setattr(workspaces, "store", real_store)
+    out = sessions.execute(alice, sid, {"code": "", "outputParameters": ["items"]})
+    assert out["outputParameters"] == [{"name": "items", "value": [1]}]
