@@ -106,6 +106,8 @@ def serve(host: str, port: int) -> None:
 
     from shared.config import get_settings
     get_settings()  # a bad setting stops start-up here, with its name, not on the first request
+    from shared.sandbox import pool
+    pool.spares.fill()  # so the first call does not wait for scikit-learn to import
     asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"))
     uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on")
 

@@ -63,6 +63,9 @@ class Settings:
     #: warm service workers kept per instance (least recently used retire first)
     max_warm_services: int = 16
     max_warm_sessions: int = 8
+    #: idle workers kept ready with PRELOAD_MODULES imported (0: start each worker on demand)
+    spare_workers: int = 1
+    preload_modules: str = "numpy,pandas,sklearn.svm,sklearn.linear_model,sklearn.ensemble,sklearn.tree"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":

@@ -136,7 +136,7 @@ class WarmPool:
                 if worker is not None and worker.alive and worker.tag == tag:
                     return worker
             self.retire(key)
-            worker = Worker()
+            worker = spares.take()
             try:
                 start(worker)
             except BaseException:
@@ -170,11 +170,73 @@ class WarmPool:
             w.close()
 
 
+class Spares:
+    """Workers started ahead of need with the usual libraries already imported, so a service
+    or session that needs a new worker does not wait seconds for scikit-learn to import. Refilled
+    in the background after each take; the first take on an instance starts the refilling."""
+
+    def __init__(self) -> None:
+        self._ready: list[Worker] = []
+        self._lock = threading.Lock()
+        self._filling = False
+
+    def take(self) -> Worker:
+        """A ready spare, or else a cold worker at once (waiting for the spare in preparation
+        would make light sessions pay for an import of scikit-learn they may never need)."""
+        with self._lock:
+            worker = None
+            while self._ready and worker is None:
+                candidate = self._ready.pop()
+                if candidate.alive:
+                    worker = candidate
+                else:
+                    candidate.kill()
+        self.fill()
+        return worker if worker is not None else Worker()
+
+    def fill(self) -> None:
+        """Start topping up to SPARE_WORKERS in the background (at most one filler at a time)."""
+        with self._lock:
+            if self._filling or len(self._ready) >= get_settings().spare_workers:
+                return
+            self._filling = True
+        threading.Thread(target=self._fill, name="o16n-spares", daemon=True).start()
+
+    def _fill(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if len(self._ready) >= get_settings().spare_workers:
+                        return
+                worker = Worker()
+                try:
+                    worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
+                                timeout=_PRELOAD_SECONDS)
+                except (WorkerTimeout, WorkerDied):
+                    worker.kill()
+                    log.warning("a spare worker could not preload its modules; spares are off")
+                    return
+                with self._lock:
+                    self._ready.append(worker)
+        finally:
+            with self._lock:
+                self._filling = False
+
+    def close_all(self) -> None:
+        with self._lock:
+            workers, self._ready = self._ready, []
+        for w in workers:
+            w.close()
+
+
+_PRELOAD_SECONDS = 120
+spares = Spares()
 services = WarmPool(lambda: get_settings().max_warm_services)
 sessions = WarmPool(lambda: get_settings().max_warm_sessions)
 
 
 @atexit.register
 def _close_all() -> None:
+    spares.close_all()
     services.close_all()
     sessions.close_all()

@@ -89,6 +89,17 @@ class Worker:
         return base64.b64encode(buf.getvalue()).decode(), notes
 
     # --- operations --------------------------------------------------------------------------
+    def op_preload(self, msg: dict) -> dict:
+        import importlib
+
+        missing = []
+        for name in msg.get("modules") or []:
+            try:
+                importlib.import_module(name.strip())
+            except Exception:  # a module that is not installed just is not preloaded
+                missing.append(name)
+        return {"ok": True, "missing": missing}
+
     def op_load_session(self, msg: dict) -> dict:
         return {"ok": True, "notes": self.load_state(msg.get("state"))}
 

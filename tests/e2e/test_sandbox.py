@@ -130,3 +130,16 @@ def test_packages_on_the_hosts_pythonpath_reach_the_workers(azurite, alice, tmp_
         assert out["outputParameters"] == [{"name": "v", "value": "found"}]
     finally:
         stop_host(proc)
+
+
+def test_new_workers_come_with_scikit_learn_already_imported(strict_url, alice):
+    sid = new_session(strict_url, alice)
+    deadline = time.monotonic() + 60
+    while True:  # the host fills its spare in the background after start
+        out = execute(strict_url, alice, sid, "import sys\nready = 'sklearn.svm' in sys.modules",
+                      outputParameters=["ready"])
+        if out["outputParameters"] == [{"name": "ready", "value": True}] or time.monotonic() > deadline:
+            break
+        sid = new_session(strict_url, alice)
+        time.sleep(1)
+    assert out["outputParameters"] == [{"name": "ready", "value": True}]
