@@ -131,7 +131,7 @@ o16n is serving on http://localhost:{port}   (Azurite data in .azurite/, Ctrl-C 
   Log in as admin{f' with the generated password {password} (saved in local.settings.json)' if password else
                   ' with LOCAL_ADMIN_PASSWORD from local.settings.json'}:
     curl -s -X POST http://localhost:{port}/login -H 'Content-Type: application/json' \\
-         -d '{{"username": "admin", "password": "<password>"}}'
+         -d '{{"username": "admin", "password": "{password or '<password>'}"}}'
   then send  Authorization: Bearer <access_token>  on every other call (README shows the whole workflow).
 """, flush=True)
     try:
