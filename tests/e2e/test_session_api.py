@@ -127,3 +127,21 @@ def test_force_close_removes_the_session(base_url, alice):
     sid = new_session(base_url, alice)
     assert requests.delete(f"{base_url}/sessions/{sid}/force", headers=alice).status_code == 200
     assert requests.post(f"{base_url}/sessions/{sid}/execute", json={"code": "1"}, headers=alice).status_code == 404
+
+
+def test_concurrent_executes_on_one_session_lose_no_update(base_url, alice):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = new_session(base_url, alice)
+    execute(base_url, alice, sid, "items = []")
+
+    def append(_):
+        r = requests.post(f"{base_url}/sessions/{sid}/execute", json={"code": "items.append(1)"}, headers=alice)
+        return r.status_code, r.json().get("success")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(append, range(24)))
+    ok = sum(1 for status, success in results if status == 200 and success)
+    assert all(status in (200, 409) for status, _ in results)
+    out = execute(base_url, alice, sid, "n = len(items)", outputParameters=["n"])
+    assert out["outputParameters"] == [{"name": "n", "value": ok}] and ok > 0
