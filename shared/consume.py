@@ -11,7 +11,7 @@ from .sandbox import pool
 from .sandbox.pool import WorkerDied, WorkerTimeout
 
 
-def consume(user: Principal, name: str, version: str, body: dict) -> dict:
+def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True) -> dict:
     svc = services.cached(name, version)
     if not services.visible(user, svc):
         raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
@@ -20,7 +20,10 @@ def consume(user: Principal, name: str, version: str, body: dict) -> dict:
     timeout = get_settings().execution_timeout_seconds
 
     def start(worker: pool.Worker) -> None:
-        data = workspaces.load(services.binding(*key), svc)
+        try:
+            data = workspaces.load(services.binding(*key), svc)
+        except NotFound:
+            raise _Stale() from None
         reply = worker.call({"op": "load_service", "state": base64.b64encode(data).decode() if data else None,
                              "code": svc.get("code", ""), "initCode": svc.get("initCode", ""),
                              "inputs": svc["_inputs"], "outputs": svc["_outputs"], "outputFileNames": svc["_files"]},
@@ -31,6 +34,12 @@ def consume(user: Principal, name: str, version: str, body: dict) -> dict:
     try:
         worker = pool.services.checkout(key, svc.get("etag"), start)
         reply = worker.call({"op": "consume", "inputs": inputs}, timeout=timeout)
+    except _Stale:
+        # The cached definition names a workspace another instance has replaced (and deleted).
+        services.forget(*key)
+        if not retry:
+            raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found") from None
+        return consume(user, name, version, body, retry=False)
     except ServiceLoadFailed as exc:
         return _failed(svc, exc.message)
     except WorkerTimeout:
@@ -43,6 +52,10 @@ def consume(user: Principal, name: str, version: str, body: dict) -> dict:
         pool.services.retire(key)
         return _failed(svc, reply.get("error", "the worker failed"))
     return reply
+
+
+class _Stale(Exception):
+    pass
 
 
 class ServiceLoadFailed(Exception):

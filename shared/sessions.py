@@ -90,8 +90,9 @@ def history(user: Principal, sid: str) -> list[str]:
 
 def state(user: Principal, sid: str) -> bytes:
     """The session's current workspace zip (empty when nothing ran yet)."""
-    row = get(user, sid)
-    return workspaces.load(_binding(user.name, row["RowKey"]), row) or workspaces.empty_zip()
+    sid = get(user, sid)["RowKey"]
+    _, data = workspaces.load_current(_binding(user.name, sid), lambda: get(user, sid))
+    return data or workspaces.empty_zip()
 
 
 def execute(user: Principal, sid: str, body: dict) -> dict:
@@ -189,13 +190,16 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
         timeout = get_settings().execution_timeout_seconds
 
         def start(worker: pool.Worker) -> None:
-            data = workspaces.load(binding, row)
+            current, data = workspaces.load_current(binding, lambda: get(user, sid))
+            row.clear()
+            row.update(current)  # what the worker holds, and the ETag the save must match
             reply = worker.call({"op": "load_session", "state": base64.b64encode(data).decode() if data else None},
                                 timeout=timeout)
             if not reply.get("ok"):
                 raise BadRequest(f"the session workspace could not be loaded: {reply.get('error')}")
 
         worker = pool.sessions.checkout(sid, row.get("stateSha256"), start)
+        worker.tag = row.get("stateSha256")
         try:
             reply = worker.call(message, timeout=timeout)
         except (WorkerTimeout, WorkerDied):

@@ -6,7 +6,10 @@ import io
 import uuid
 import zipfile
 
+from collections.abc import Callable
+
 from . import seal
+from .errors import Conflict, NotFound
 from .storage import blobs
 
 
@@ -33,6 +36,23 @@ def load(binding: str, record: dict) -> bytes | None:
     data = blobs.get(name)
     seal.verify(binding, data, record)
     return data
+
+
+def load_current(binding: str, read: Callable[[], dict]) -> tuple[dict, bytes | None]:
+    """The current record and its verified bytes. Another instance may replace the workspace
+    (and delete the old blob) between reading the record and reading the blob: read again.
+    :raises NotFound: :raises IntegrityFailed:"""
+    for _ in range(_ATTEMPTS):
+        record = read()
+        try:
+            return record, load(binding, record)
+        except NotFound:
+            if read().get("stateBlob") == record.get("stateBlob"):
+                raise  # not a replacement: the blob itself is missing
+    raise Conflict("the workspace kept changing while it was read; try again")
+
+
+_ATTEMPTS = 3
 
 
 def discard(record: dict) -> None:

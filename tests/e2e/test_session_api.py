@@ -145,3 +145,23 @@ def test_concurrent_executes_on_one_session_lose_no_update(base_url, alice):
     assert all(status in (200, 409) for status, _ in results)
     out = execute(base_url, alice, sid, "n = len(items)", outputParameters=["n"])
     assert out["outputParameters"] == [{"name": "n", "value": ok}] and ok > 0
+
+
+def test_concurrent_executes_through_two_instances_lose_no_update(base_url, strict_url, alice):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = new_session(base_url, alice)
+    execute(base_url, alice, sid, "items = []")
+
+    def append(i):
+        url = base_url if i % 2 else strict_url
+        r = requests.post(f"{url}/sessions/{sid}/execute", json={"code": "items.append(1)"}, headers=alice)
+        return r.status_code, r.json().get("success")
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(append, range(24)))
+    assert all(status in (200, 409) for status, _ in results), results
+    ok = sum(1 for status, success in results if status == 200 and success)
+    for url in (base_url, strict_url):
+        out = execute(url, alice, sid, "n = len(items)", outputParameters=["n"])
+        assert out["outputParameters"] == [{"name": "n", "value": ok}]

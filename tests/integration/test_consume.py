@@ -69,3 +69,16 @@ def test_an_execute_whose_save_fails_is_503_and_leaves_the_last_saved_workspace(
     monkeypatch.setattr(workspaces, "store", real_store)
     out = sessions.execute(alice, sid, {"code": "", "outputParameters": ["items"]})
     assert out["outputParameters"] == [{"name": "items", "value": [1]}]
+
+
+def test_a_workspace_replaced_by_another_instance_is_followed_not_404(published):
+    assert consume.consume(alice, published, "v1", {"x": 1})["outputParameters"] == {"y": 11.0}
+    services.forget(published, "v1")
+    stale = services.cached(published, "v1")  # this instance's view
+    # Another instance patches in a new snapshot and deletes the old workspace blob.
+    sid = sessions.create(alice, {"runtimeType": "Python"})["sessionId"]
+    sessions.execute(alice, sid, {"code": "offset = 1000"})
+    snap = snapshots.create(alice, sid, {})["snapshotId"]
+    services.patch(alice, published, "v1", {"snapshotId": snap})
+    services._cache[(published, "v1")] = (time.monotonic(), stale)  # still within its TTL here
+    assert consume.consume(alice, published, "v1", {"x": 1})["outputParameters"] == {"y": 1001.0}
