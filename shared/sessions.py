@@ -90,8 +90,9 @@ def history(user: Principal, sid: str) -> list[str]:
 
 def state(user: Principal, sid: str) -> bytes:
     """The session's current workspace zip (empty when nothing ran yet)."""
-    sid = get(user, sid)["RowKey"]
-    _, data = workspaces.load_current(_binding(user.name, sid), lambda: get(user, sid))
+    row = get(user, sid)
+    sid = row["RowKey"]
+    _, data = workspaces.load_current(_binding(user.name, sid), row, lambda: get(user, sid))
     return data or workspaces.empty_zip()
 
 
@@ -190,7 +191,7 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
         timeout = get_settings().execution_timeout_seconds
 
         def start(worker: pool.Worker) -> None:
-            current, data = workspaces.load_current(binding, lambda: get(user, sid))
+            current, data = workspaces.load_current(binding, dict(row), lambda: get(user, sid))
             row.clear()
             row.update(current)  # what the worker holds, and the ETag the save must match
             reply = worker.call({"op": "load_session", "state": base64.b64encode(data).decode() if data else None},

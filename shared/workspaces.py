@@ -38,17 +38,18 @@ def load(binding: str, record: dict) -> bytes | None:
     return data
 
 
-def load_current(binding: str, read: Callable[[], dict]) -> tuple[dict, bytes | None]:
-    """The current record and its verified bytes. Another instance may replace the workspace
-    (and delete the old blob) between reading the record and reading the blob: read again.
-    :raises NotFound: :raises IntegrityFailed:"""
+def load_current(binding: str, record: dict, read: Callable[[], dict]) -> tuple[dict, bytes | None]:
+    """`record` (just read) and its verified bytes. Another instance may replace the workspace
+    (and delete the old blob) between reading the record and reading the blob: then `read`
+    the record again and follow it. :raises NotFound: :raises IntegrityFailed:"""
     for _ in range(_ATTEMPTS):
-        record = read()
         try:
             return record, load(binding, record)
         except NotFound:
-            if read().get("stateBlob") == record.get("stateBlob"):
+            fresh = read()
+            if fresh.get("stateBlob") == record.get("stateBlob"):
                 raise  # not a replacement: the blob itself is missing
+            record = fresh
     raise Conflict("the workspace kept changing while it was read; try again")
 
 
