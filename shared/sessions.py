@@ -63,6 +63,7 @@ def list_for(user: Principal) -> list[dict]:
 def close(user: Principal, sid: str) -> str:
     row = get(user, sid)
     pool.sessions.retire(row["RowKey"])
+    _forget_lock(row["RowKey"])
     _rows.delete(row)
     workspaces.discard(row)
     for entry in _history.list(row["RowKey"]):
@@ -184,9 +185,13 @@ def _checked(user: Principal, sid: str, message: dict) -> dict:
 def _call(user: Principal, sid: str, message: dict, *, record: str | None = None) -> dict:
     """Send one message to the session's worker (started from storage when this instance
     has none up to date) and persist the workspace it returns."""
-    sid = get(user, sid)["RowKey"]
+    sid = ids.existing_id(sid, "session")
     with _lock(sid):
-        row = get(user, sid)  # re-read under the lock: another call may have just saved
+        try:
+            row = get(user, sid)  # read under the lock: another call may have just saved
+        except NotFound:
+            _forget_lock(sid)
+            raise
         binding = _binding(user.name, sid)
         timeout = get_settings().execution_timeout_seconds
 
@@ -250,3 +255,8 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
 def _lock(sid: str) -> threading.Lock:
     with _guard:
         return _locks.setdefault(sid, threading.Lock())
+
+
+def _forget_lock(sid: str) -> None:
+    with _guard:
+        _locks.pop(sid, None)
