@@ -51,10 +51,23 @@ class Settings:
     refresh_chain_lifetime_seconds: int = 90 * 24 * 3600
     #: how long an instance trusts what it knows of a token family (renewed or revoked elsewhere)
     token_state_ttl_seconds: float = 5.0
+    #: "strict": user code runs only under Landlock + seccomp (refused with 503 where the kernel
+    #: lacks them); "process": a separate process with limits only (README states the risks)
+    sandbox: str = "strict"
+    #: TCP ports user code may connect to, comma-separated (none by default; opens UDP too, for DNS)
+    sandbox_outbound_ports: str = ""
+    #: roles that may create and use sessions (ML Server let Readers too)
+    session_roles: str = "Owner,Contributor"
     #: wall-clock budget of one execute or consume in a worker
     execution_timeout_seconds: float = 60.0
-    #: address-space limit of a worker process
+    #: address-space limit of each process a worker runs
     worker_memory_mb: int = 2048
+    #: processes and threads a worker may have at once, itself included
+    worker_max_processes: int = 64
+    #: what a worker's folder may hold (files it writes, temp files)
+    worker_disk_mb: int = 1024
+    #: a saved workspace (objects + files) larger than this is refused
+    max_workspace_mb: int = 256
     #: consoleOutput beyond this is cut
     max_console_bytes: int = 1024 * 1024
     max_request_bytes: int = 16 * 1024 * 1024
@@ -66,6 +79,11 @@ class Settings:
     #: idle workers kept ready with PRELOAD_MODULES imported (0: start each worker on demand)
     spare_workers: int = 1
     preload_modules: str = "numpy,pandas,sklearn.svm,sklearn.linear_model,sklearn.ensemble,sklearn.tree"
+
+    @property
+    def worker_reply_max_bytes(self) -> int:
+        """Largest frame a worker may send: a workspace in base64, console output and room for outputs."""
+        return self.max_workspace_mb * 2**20 * 4 // 3 + 4 * self.max_console_bytes + 64 * 2**20
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -95,6 +113,16 @@ class Settings:
         if self.aad_default_role not in (*ROLES, "none"):
             raise ConfigError(f"setting AAD_DEFAULT_ROLE must be one of {', '.join(ROLES)} or none")
         self.roles()
+        if self.sandbox not in ("strict", "process"):
+            raise ConfigError("setting SANDBOX must be strict or process")
+        ports = self.sandbox_outbound_ports.replace(" ", "").split(",")
+        if not all(p.isdigit() and 0 < int(p) < 65536 for p in ports if p):
+            raise ConfigError("setting SANDBOX_OUTBOUND_PORTS must be TCP port numbers, comma-separated")
+        if not set(self.session_roles.replace(" ", "").split(",")) <= set(ROLES):
+            raise ConfigError(f"setting SESSION_ROLES must list roles among {', '.join(ROLES)}")
+        for key in ("worker_memory_mb", "worker_max_processes", "worker_disk_mb", "max_workspace_mb"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"setting {key.upper()} must be at least 1")
         if not 0 < self.execution_timeout_seconds <= 200:
             # Azure answers 504 after 230 s whatever the function does.
             raise ConfigError("setting EXECUTION_TIMEOUT_SECONDS must be between 0 and 200")

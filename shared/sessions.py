@@ -10,7 +10,7 @@ from typing import Any
 from . import ids, snapshots, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import ApiError, BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
+from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unavailable
 from .sandbox import pool
 from .sandbox.pool import WorkerDied, WorkerTimeout
 from .storage.entities import Entities
@@ -29,7 +29,13 @@ def _binding(owner: str, sid: str) -> str:
     return f"session:{owner}:{sid}"
 
 
+def _may_use(user: Principal) -> None:
+    if user.role not in get_settings().session_roles.replace(" ", "").split(","):
+        raise Forbidden(f"the {user.role} role may not use sessions here (SESSION_ROLES)")
+
+
 def create(user: Principal, body: dict) -> dict:
+    _may_use(user)
     runtime = ids.runtime(body)
     name = ids.optional_str(body, "name") or ""
     sid = ids.new_id()
@@ -44,7 +50,8 @@ def create(user: Principal, body: dict) -> dict:
 
 
 def get(user: Principal, sid: str) -> dict:
-    """:raises NotFound: also for another user's session."""
+    """:raises NotFound: also for another user's session. :raises Forbidden: a role without sessions."""
+    _may_use(user)
     try:
         return _rows.get(user.name, ids.existing_id(sid, "session"))
     except NotFound:
@@ -57,6 +64,7 @@ def view(row: dict) -> dict:
 
 
 def list_for(user: Principal) -> list[dict]:
+    _may_use(user)
     return [view(r) for r in _rows.list(user.name)]
 
 
@@ -111,6 +119,9 @@ def execute(user: Principal, sid: str, body: dict) -> dict:
     message = {"op": "execute", "code": code, "inputs": inputs, "outputs": outputs}
     try:
         reply = _call(user, sid, message, record=code)
+    except PayloadTooLarge as exc:
+        return {"success": False, "errorMessage": f"{exc.message}; the workspace is as it was after the last "
+                "completed call", "consoleOutput": "", "outputParameters": [], "changedFiles": []}
     except (WorkerTimeout, WorkerDied) as exc:
         key = ids.existing_id(sid, "session")
         with _guard:
@@ -216,7 +227,9 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
                 raise NotFound(reply.get("error", "not found"))
             if reply.get("badRequest"):
                 raise BadRequest(reply.get("error", "refused"))
-            pool.sessions.retire(sid)
+            pool.sessions.retire(sid)  # it holds what was not saved
+            if reply.get("tooLarge"):
+                raise PayloadTooLarge(reply["error"])
             raise Unavailable(reply.get("error", "the session's worker failed"))
         if "state" in reply:
             try:

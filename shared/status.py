@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 
 from .errors import ApiError
-from .sandbox import pool
+from .sandbox import policy, pool
 from .storage import _clients
 
 
@@ -14,8 +14,9 @@ def status() -> dict:
         storage = {"statusCode": "pass", "details": {"type": "Azure Storage (Blob + Table)"}}
     except ApiError as exc:
         storage = {"statusCode": "fail", "details": {"type": "Azure Storage (Blob + Table)", "error": exc.message}}
+    sandbox = policy.describe()
     return {
-        "statusCode": storage["statusCode"],
+        "statusCode": "fail" if "fail" in (storage["statusCode"], sandbox["statusCode"]) else storage["statusCode"],
         "details": {"version": "o16n 0.1", "python": platform.python_version()},
         "components": {
             "database": storage,
@@ -23,5 +24,6 @@ def status() -> dict:
             "backends": {"statusCode": "pass", "details": {
                 "pythonRuntime": "Python " + platform.python_version(),
                 "warmServiceWorkers": pool.services.size(), "warmSessionWorkers": pool.sessions.size()}},
+            "sandbox": sandbox,
         },
     }

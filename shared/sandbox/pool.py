@@ -1,13 +1,18 @@
-"""Host side of the workers: start one with a scrubbed environment, talk to it with a
-deadline, kill its whole process group when it overruns, and keep warm ones in an LRU."""
+"""Host side of the workers: start one confined by `policy`, talk to it over a private socket
+with a deadline and a size cap, watch its folder, kill its whole process group when it
+overruns, and keep warm ones in an LRU."""
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,22 +20,24 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ..config import get_settings
+from ..errors import Unavailable
+from . import policy
 from .protocol import HEADER, decode, encode
+from .tasks import limiter
 
 log = logging.getLogger("o16n.sandbox")
-ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
 # Only these reach user code; storage strings, signing keys and identity endpoints do not.
 _PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-
-# `-I` keeps PYTHONPATH and friends from reaching the worker, but Azure Functions installs the
-# app's packages on PYTHONPATH (.python_packages): hand the host's import path over explicitly.
-_IMPORT_PATH = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+#: while code runs, its folder is measured this often
+_DISK_CHECK_SECONDS = 0.2
+#: a folder with more entries than this counts as full, whatever their size
+_MAX_ENTRIES = 20000
 
 
 class WorkerTimeout(Exception):
@@ -43,71 +50,204 @@ class WorkerDied(Exception):
 
 class Worker:
     def __init__(self) -> None:
+        why = policy.refusal()
+        if why:
+            raise Unavailable(why, retry_after=3600)
         s = get_settings()
-        self.dir = tempfile.mkdtemp(prefix="o16n-work-")
+        self.dir = tempfile.mkdtemp(prefix="w-", dir=host_dir())
+        os.mkdir(os.path.join(self.dir, ".tmp"))
         env = {k: os.environ[k] for k in _PASSED if k in os.environ}
-        env.update({"HOME": self.dir, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                    "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+        env.update({"HOME": self.dir, "TMPDIR": os.path.join(self.dir, ".tmp"), "OMP_NUM_THREADS": "1",
+                    "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                    # /dev/shm is shared by every worker, so it stays closed: joblib runs serially, quietly
+                    "JOBLIB_MULTIPROCESSING": "0"})
         env.setdefault("LANG", "C.UTF-8")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", str(WORKER), str(ROOT), str(s.worker_memory_mb), str(s.max_console_bytes),
-             _IMPORT_PATH],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.dir, env=env,
-            start_new_session=True, close_fds=True)
+        rules = policy.for_worker(self.dir)
+        self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with theirs:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
+                env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
+        self._fd = self.chan.fileno()
         self._poll = select.poll()  # made once: a selector per read costs more than the read
-        self._poll.register(self.proc.stdout.fileno(), select.POLLIN)
+        self._poll.register(self._fd, select.POLLIN)
+        self._max_reply = s.worker_reply_max_bytes
+        self._disk = s.worker_disk_mb * 1024 * 1024
+        self._max_processes = s.worker_max_processes
+        self._listener: int | None = None
+        self._greeted = False
+        self._disk_checked = 0.0
         self.lock = threading.Lock()
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
 
     def call(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
-        """:raises WorkerTimeout: (the worker is killed) :raises WorkerDied:"""
+        """One request, one reply. :raises WorkerTimeout: (the worker is killed)
+        :raises WorkerDied: (also for a reply that breaks the protocol or a folder over budget)"""
         with self.lock:
-            if self.proc.poll() is not None:
+            deadline = time.monotonic() + timeout
+            if not self._greeted:
+                self._greet(deadline)
+            if self.proc.poll() is not None or self._poll.poll(0):
+                self.kill()  # it exited, or wrote when nobody asked: nothing it says can be trusted
                 raise WorkerDied("the worker process has exited")
+            call_id = secrets.token_hex(8)
             try:
-                self.proc.stdin.write(encode(message))
-                self.proc.stdin.flush()
-            except (BrokenPipeError, OSError):
+                self.chan.sendall(encode({**message, "id": call_id}))
+            except OSError:
                 self.kill()
                 raise WorkerDied("the worker process has exited") from None
-            deadline = time.monotonic() + timeout
-            header = self._read(HEADER.size, deadline)
-            return decode(self._read(HEADER.unpack(header)[0], deadline))
+            reply = self._reply(deadline)
+            if not isinstance(reply, dict) or reply.pop("id", None) != call_id:
+                self.kill()
+                raise WorkerDied("the worker broke the protocol (a reply that does not answer this call) "
+                                 "and was stopped")
+            if time.monotonic() - self._disk_checked > 1:
+                self._check_disk()
+            return reply
+
+    def _greet(self, deadline: float) -> None:
+        """The worker's first frame says whether it confined itself and hands over the seccomp
+        listener through which it asks to start processes."""
+        self._wait(deadline)
+        try:
+            data, fds, _, _ = socket.recv_fds(self.chan, HEADER.size, 1)
+        except OSError:
+            data, fds = b"", []
+        if fds:
+            self._listener = fds[0]
+            limiter.watch(self._listener, self.proc.pid, self._max_processes)
+        if len(data) < HEADER.size:
+            data += self._read(HEADER.size - len(data), deadline)
+        hello = self._frame(HEADER.unpack(data)[0], deadline)
+        self._greeted = True
+        if not hello.get("ok"):
+            self.kill()
+            log.error("a worker could not confine itself: %s", hello.get("error"))
+            raise Unavailable(f"user code is not run: {hello.get('error', 'the sandbox could not be set up')}")
+
+    def _reply(self, deadline: float) -> Any:
+        return self._frame(HEADER.unpack(self._read(HEADER.size, deadline))[0], deadline)
+
+    def _frame(self, size: int, deadline: float) -> Any:
+        if size > self._max_reply:
+            self.kill()
+            raise WorkerDied(f"the worker sent a reply of {size} bytes, above the limit of {self._max_reply} "
+                             "(MAX_WORKSPACE_MB sets it), and was stopped")
+        try:
+            return decode(self._read(size, deadline))
+        except ValueError:
+            self.kill()
+            raise WorkerDied("the worker sent a malformed reply and was stopped") from None
 
     def _read(self, n: int, deadline: float) -> bytes:
-        fd = self.proc.stdout.fileno()
         buf = bytearray()
         while len(buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._poll.poll(left * 1000):
-                self.kill()
-                raise WorkerTimeout()
-            chunk = os.read(fd, min(n - len(buf), 1 << 20))
+            self._wait(deadline)
+            chunk = os.read(self._fd, min(n - len(buf), 1 << 20))
             if not chunk:
                 self.kill()
                 raise WorkerDied("the worker process exited (it may have run out of memory)")
             buf += chunk
         return bytes(buf)
 
+    def _wait(self, deadline: float) -> None:
+        """Until the worker has something to say; its folder is measured while it runs."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise WorkerTimeout()
+            if self._poll.poll(min(left, _DISK_CHECK_SECONDS) * 1000):
+                return
+            self._check_disk()
+
+    def _check_disk(self) -> None:
+        self._disk_checked = time.monotonic()
+        if folder_size(self.dir, self._disk) > self._disk:
+            self.kill()
+            raise WorkerDied(f"the working directory grew past the limit of {self._disk // 2**20} MB "
+                             "(WORKER_DISK_MB) and the worker was stopped")
+
     @property
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        """Running, and silent since its last reply (a stray frame means it cannot be trusted)."""
+        return self.proc.poll() is None and not (self._greeted and self._poll.poll(0))
 
     def kill(self) -> None:
+        """End the worker and everything it started: setsid and setpgid are refused to it, so
+        its whole family is in its process group."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait()
+        if self._listener is not None:
+            limiter.forget(self._listener)
+            self._listener = None
+        self.chan.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def close(self) -> None:
+    close = kill  # nothing in a worker needs a graceful end: what matters is saved by the host
+
+
+def folder_size(path: str, budget: int) -> int:
+    """Bytes allocated beneath `path`; stops counting once past `budget` (or too many entries)."""
+    total, entries, stack = 0, 0, [path]
+    while stack and total <= budget:
         try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=2)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        self.kill()
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    entries += 1
+                    if entries > _MAX_ENTRIES:
+                        return budget + 1
+                    st = entry.stat(follow_symlinks=False)
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
+
+
+@lru_cache(maxsize=1)
+def host_dir() -> str:
+    """This host's folder for its workers' folders, locked for as long as the host lives.
+    Folders of hosts that died (their lock is free) are removed first."""
+    base = Path(tempfile.gettempdir()) / f"o16n-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    st = base.lstat()
+    if not base.is_dir() or base.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise Unavailable(f"the workers' folder {base} is not a private folder of this user")
+    for old in base.iterdir():
+        _remove_if_orphaned(old)
+    mine = Path(tempfile.mkdtemp(prefix="host-", dir=base))
+    lock = os.open(mine / ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held (never closed) until the process ends
+    return str(mine)
+
+
+def _remove_if_orphaned(folder: Path) -> None:
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        try:
+            if time.time() - folder.stat().st_mtime > 60:  # a host that died while creating it
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # another host removed it first
+        return
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            log.warning("cannot tell whether %s is in use: %s", folder, exc)
+        return  # a live host holds it
+    finally:
+        os.close(fd)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class WarmPool:
@@ -208,11 +348,15 @@ class Spares:
                 with self._lock:
                     if len(self._ready) >= get_settings().spare_workers:
                         return
-                worker = Worker()
+                try:
+                    worker = Worker()
+                except Unavailable as exc:
+                    log.warning("no spare workers: %s", exc.message)
+                    return
                 try:
                     worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
                                 timeout=_PRELOAD_SECONDS)
-                except (WorkerTimeout, WorkerDied):
+                except (WorkerTimeout, WorkerDied, Unavailable):
                     worker.kill()
                     log.warning("a spare worker could not preload its modules; spares are off")
                     return

@@ -1,13 +1,17 @@
 """The worker process: runs a session's or a service's user code. Started by the host with
-`python -I worker.py ROOT MEMORY_MB CONSOLE_BYTES IMPORT_PATH`, a scrubbed environment and its own
-working directory; speaks framed JSON on its original stdin/stdout."""
+`python -I worker.py POLICY_JSON CHANNEL_FD`, a scrubbed environment and its own working
+directory; confines itself (`confine`) before anything else, then speaks framed JSON on the
+channel socket, one reply per request, each echoing the request's id."""
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
+import importlib.util
 import io
+import json
 import os
-import resource
+import socket
 import sys
 import traceback
 import zipfile
@@ -36,9 +40,14 @@ class CappedText(io.TextIOBase):
         return out + "\n[console output truncated]\n" if self.cut else out
 
 
+class WorkspaceTooLarge(Exception):
+    pass
+
+
 class Worker:
-    def __init__(self, console_cap: int) -> None:
-        self.console_cap = console_cap
+    def __init__(self, policy: dict[str, Any]) -> None:
+        self.policy = policy
+        self.console_cap = policy["consoleBytes"]
         self.ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.code = None
         self.service: dict[str, Any] = {}
@@ -86,6 +95,11 @@ class Worker:
             zf.writestr(WORKSPACE_ENTRY, cloudpickle.dumps(objects, protocol=5))
             for name in sorted(_files()):
                 zf.write(name, FILES_PREFIX + name)
+        limit = self.policy["workspaceBytes"]
+        if buf.tell() > limit:
+            raise WorkspaceTooLarge(f"the workspace (objects and files) is {buf.tell() / 2**20:.1f} MB, above the "
+                                    f"limit of {limit // 2**20} MB (MAX_WORKSPACE_MB); delete objects or files "
+                                    "it does not need")
         return base64.b64encode(buf.getvalue()).decode(), notes
 
     # --- operations --------------------------------------------------------------------------
@@ -240,9 +254,24 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything, SystemExit included
             tb = traceback.TracebackException.from_exception(exc)
             tb.stack = traceback.StackSummary.from_list([f for f in tb.stack if f.filename != __file__])
-            return False, "".join(tb.format()).strip()
+            return False, "".join(tb.format()).strip() + self._hint(exc)
         finally:
             sys.stdout, sys.stderr = old
+
+    def _hint(self, exc: BaseException) -> str:
+        """Name the limit behind an error the sandbox caused."""
+        p = self.policy
+        if isinstance(exc, MemoryError):
+            return f"\n(o16n: each process may use {p['memoryBytes'] // 2**20} MB of memory, WORKER_MEMORY_MB)"
+        if isinstance(exc, BlockingIOError) or "can't start new thread" in str(exc):
+            return (f"\n(o16n: a worker may run {p['maxProcesses']} processes and threads at once, "
+                    "WORKER_MAX_PROCESSES)")
+        if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+            return f"\n(o16n: the working directory may hold {p['fileBytes'] // 2**20} MB, WORKER_DISK_MB)"
+        if isinstance(exc, PermissionError) and p["confine"]:
+            return ("\n(o16n: user code may write only in its working directory and has no network access "
+                    "unless SANDBOX_OUTBOUND_PORTS opens it)")
+        return ""
 
 
 _MISSING = object()
@@ -269,23 +298,33 @@ def _fingerprint() -> dict[str, str]:
 
 
 def main() -> None:
-    root, memory_mb, console_cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    host_path = [p for p in sys.argv[4].split(os.pathsep) if p] if len(sys.argv) > 4 else []
-    sys.path[:0] = [root] + [p for p in host_path if p not in sys.path]
-    limit = memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _die_with_parent()
-    # Keep the protocol on private descriptors; whatever user code writes to fd 1/2 is dropped.
-    rfile = os.fdopen(os.dup(0), "rb", buffering=0)
-    wfile = os.fdopen(os.dup(1), "wb", buffering=0)
+    policy = json.loads(sys.argv[1])
+    chan = socket.socket(fileno=int(sys.argv[2]))
+    _load_shared(policy["shared"])
+    # The host's import path, in its order; not this script's folder (its modules would shadow others).
+    sys.path[:] = policy["importPath"] + [p for p in sys.path[1:] if p not in policy["importPath"]]
+    # Nothing but the channel talks to the host: whatever user code writes to fd 1/2 is dropped.
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    from shared.sandbox import confine
     from shared.sandbox.protocol import HEADER, decode, encode
+
+    try:
+        listener = confine.apply(policy)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, no user code may run
+        chan.sendall(encode({"ok": False, "error": f"the sandbox could not be set up ({exc})"}))
+        return
+    if listener is None:
+        chan.sendall(encode({"ok": True}))
+    else:
+        socket.send_fds(chan, [encode({"ok": True})], [listener])
+        os.close(listener)  # in the host's hands only: user code must not answer its own requests
+    _die_with_parent()
+    rfile = chan.makefile("rb", buffering=0)
     import numpy  # noqa: F401 - most services need it; loading it here keeps it off the first request
 
-    worker = Worker(console_cap)
+    worker = Worker(policy)
     while True:
         header = _read(rfile, HEADER.size)
         if header is None:
@@ -293,19 +332,34 @@ def main() -> None:
         msg = decode(_read(rfile, HEADER.unpack(header)[0]) or b"{}")
         try:
             reply = getattr(worker, "op_" + msg["op"])(msg)
+        except WorkspaceTooLarge as exc:
+            reply = {"ok": False, "tooLarge": True, "error": str(exc)}
         except MemoryError:
             reply = {"ok": False, "error": "the worker ran out of memory"}
         except Exception as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        reply["id"] = msg.get("id")
         try:
             data = encode(reply)
         except (TypeError, ValueError) as exc:
-            data = encode({"ok": False, "error": f"the result could not be encoded: {exc}"})
-        wfile.write(data)
+            data = encode({"ok": False, "error": f"the result could not be encoded: {exc}", "id": msg.get("id")})
+        chan.sendall(data)
+
+
+def _load_shared(path: str) -> None:
+    """Import the app's `shared` package from its own folder: the app folder itself (which
+    holds the settings) is neither on the import path nor readable."""
+    spec = importlib.util.spec_from_file_location("shared", os.path.join(path, "__init__.py"),
+                                                  submodule_search_locations=[path])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["shared"] = module
+    spec.loader.exec_module(module)
 
 
 def _die_with_parent() -> None:
-    """A worker busy in user code when the host dies would never read the EOF that ends it."""
+    """A worker busy in user code when the host dies would never read the EOF that ends it;
+    its whole process group goes with it."""
+    import signal
     import threading
     import time
 
@@ -314,7 +368,7 @@ def _die_with_parent() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1)
-        os._exit(1)
+        os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True).start()
 

@@ -89,5 +89,7 @@ def test_a_reader_lists_and_consumes_but_cannot_publish_change_or_delete(base_ur
         assert requests.request(method, f"{base_url}/services/{name}/v1", json={}, headers=rita).status_code == 403
     ws = requests.get(f"{base_url}/services/{name}/v1", headers=rita).json()[0]
     assert ws["myPermissionOnService"] == "read only" and ws["code"] == ""
-    # sessions stay open to readers, as in ML Server
-    assert requests.post(f"{base_url}/sessions", json={"runtimeType": "Python"}, headers=rita).status_code == 201
+    # unlike ML Server, sessions (which run arbitrary code) are not for readers unless SESSION_ROLES says so
+    r = requests.post(f"{base_url}/sessions", json={"runtimeType": "Python"}, headers=rita)
+    assert r.status_code == 403 and "SESSION_ROLES" in r.json()["message"]
+    assert requests.get(f"{base_url}/sessions", headers=rita).status_code == 403

@@ -56,10 +56,12 @@ def test_get_and_delete_of_such_names_are_refused(base_url, alice, raw):
 def test_workspace_objects_uploaded_with_dill_load_in_the_session(base_url, alice):
     sid = new_session(base_url, alice)
     url = f"{base_url}/sessions/{sid}/workspace"
-    model = {"weights": [1, 2, 3], "scale": lambda x: x * 2}
-    r = requests.post(f"{url}/model", data=dill.dumps(model),
+    # as a client script or notebook defines it (in __main__, so dill sends it by value)
+    client = {"__name__": "__main__"}
+    exec("model = {'weights': [1, 2, 3], 'scale': lambda x: x * 2}", client)
+    r = requests.post(f"{url}/model", data=dill.dumps(client["model"]),
                       headers={**alice, "Content-Type": "application/octet-stream"})
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     out = execute(base_url, alice, sid, "y = model['scale'](sum(model['weights']))", outputParameters=["y"])
     assert out["outputParameters"] == [{"name": "y", "value": 12}]
     assert set(requests.get(url, headers=alice).json()) == {"model", "y"}

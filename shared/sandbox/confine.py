@@ -1,0 +1,65 @@
+"""Run by a worker on itself, before it reads a byte of user code or data: the limits, then
+(when confining) capabilities, no_new_privs, Landlock and seccomp, in that order. Each step
+either holds or raises: a worker that cannot confine itself never runs user code."""
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+from typing import Any
+
+from . import landlock, seccomp
+from .policy import syscall_rules
+
+_PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+_SYS_CAPGET, _SYS_CAPSET = 125, 126
+_CAP_V3 = 0x20080522
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def apply(policy: dict[str, Any]) -> int | None:
+    """Returns the seccomp listener fd the host must watch (None when not confining)."""
+    limits(policy)
+    if not policy["confine"]:
+        return None
+    drop_capabilities()
+    seccomp.no_new_privs()
+    landlock.restrict(read=policy["read"], write=policy["write"], files=policy["files"],
+                      tcp_connect=policy["tcpConnect"])
+    return seccomp.install(syscall_rules(udp=policy["udp"]), listener=True)
+
+
+def limits(policy: dict[str, Any]) -> None:
+    for which, value in ((resource.RLIMIT_AS, policy["memoryBytes"]), (resource.RLIMIT_FSIZE, policy["fileBytes"]),
+                         (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(which, (value, value))
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities() -> None:
+    """Empty the bounding, ambient, effective, permitted and inheritable sets (a root host's
+    workers would otherwise keep root's powers; a non-root host's have none to drop)."""
+    header, data = _CapHeader(_CAP_V3, 0), (_CapData * 2)()
+    if _libc.syscall(_SYS_CAPGET, ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    if any(d.effective or d.permitted for d in data):
+        cap = 0
+        while _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
+            cap += 1
+        if cap == 0:
+            raise OSError(ctypes.get_errno(), "could not drop capabilities from the bounding set")
+    _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    empty = (_CapData * 2)()
+    if _libc.syscall(_SYS_CAPSET, ctypes.byref(_CapHeader(_CAP_V3, 0)), empty) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    _libc.syscall(_SYS_CAPGET, ctypes.byref(header), data)
+    if any(d.effective or d.permitted or d.inheritable for d in data):
+        raise OSError(0, "capabilities are still held after dropping them")

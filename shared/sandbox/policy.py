@@ -1,0 +1,192 @@
+"""The sandbox's rules, in one place. A worker runs user code (session code, a service's code and
+initCode, unpickling) under all of them, applied by `confine` before any user byte is read:
+
+- files: read and execute only the interpreter, the import path, system libraries and the
+  app's `shared/` package; read-write only the worker's own folder. Nothing else: not the app
+  folder (local.settings.json, .azurite/), other workers' folders, the system temp directory.
+- network: no TCP bind; TCP connect only to SANDBOX_OUTBOUND_PORTS (none by default); sockets
+  other than TCP (and UDP while outbound ports are open, for DNS) cannot be created.
+- processes: no signals, ptrace, /proc/<pid>/environ or mem of anything outside the worker's
+  own domain; the worker and its children stay in one process group (setsid and setpgid fail),
+  so killing the group ends them all; at most WORKER_MAX_PROCESSES processes and threads.
+- privileges: no_new_privs, every capability dropped, no namespaces, mounts, BPF, keyrings,
+  perf, io_uring or kernel modules.
+- limits: address space (WORKER_MEMORY_MB), file size and folder size (WORKER_DISK_MB), no core
+  dumps, console output (MAX_CONSOLE_BYTES), reply size and workspace size (MAX_WORKSPACE_MB).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..config import get_settings
+from . import landlock, seccomp
+from .seccomp import RET_ALLOW, RET_NOTIFY, Rule, errno_ret
+
+APP_ROOT = Path(__file__).resolve().parents[2]
+SHARED = APP_ROOT / "shared"
+
+_SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc/ssl", "/etc/ca-certificates",
+                "/sys/devices/system/cpu")
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+                 "/etc/hosts", "/etc/resolv.conf", "/etc/host.conf", "/etc/gai.conf", "/etc/mime.types",
+                 "/proc/cpuinfo", "/proc/meminfo", "/dev/zero", "/dev/urandom", "/dev/random")
+_DEVICES_RW = ("/dev/null",)
+
+_AF_INET, _AF_INET6 = 2, 10
+_SOCK_STREAM, _SOCK_DGRAM = 1, 2
+_TCP, _UDP = 6, 17
+# clone() flags that create namespaces (and so escape the rest of the rules)
+_CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
+
+#: syscalls refused outright (EPERM): escape hatches, other processes' memory, kernel state,
+#: leaving the process group that is killed as one
+DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "process_mrelease", "pidfd_getfd",
+          "kcmp", "move_pages", "migrate_pages", "setsid", "setpgid", "unshare", "setns", "mount", "umount2",
+          "pivot_root", "chroot", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
+          "mount_setattr", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
+          "io_uring_setup", "io_uring_enter", "io_uring_register", "init_module", "finit_module",
+          "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "syslog", "acct",
+          "quotactl", "quotactl_fd", "name_to_handle_at", "open_by_handle_at", "fanotify_init", "uselib",
+          "lookup_dcookie", "vhangup", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime",
+          "adjtimex")
+#: calls that may only name the worker itself (pid 0) as their target
+SELF_ONLY = (("prlimit64", 0), ("sched_setaffinity", 0), ("sched_setscheduler", 0), ("sched_setparam", 0),
+             ("sched_setattr", 0))
+
+
+def syscall_rules(*, udp: bool) -> list[Rule]:
+    """The seccomp filter. New processes and threads go to the host, which counts them."""
+    types, protocols = ((_SOCK_STREAM, _SOCK_DGRAM), (0, _TCP, _UDP)) if udp else ((_SOCK_STREAM,), (0, _TCP))
+    rules = [Rule(name, errno_ret(errno.EPERM)) for name in DENIED]
+    rules += [Rule(name, RET_ALLOW, args=((index, (0,), 0),)) for name, index in SELF_ONLY]
+    rules += [
+        # its own process or group only: "every process of this user" would reach the host
+        Rule("setpriority", RET_ALLOW, args=((0, (0, 1), 0), (1, (0,), 0))),
+        Rule("ioprio_set", RET_ALLOW, args=((0, (1, 2), 0), (1, (0,), 0))),
+        Rule("socket", RET_ALLOW, args=((0, (_AF_INET, _AF_INET6), 0), (1, types, 0xF), (2, protocols, 0))),
+        Rule("clone", RET_NOTIFY, flags_denied=_CLONE_NEW),
+        Rule("clone3", errno_ret(errno.ENOSYS)),  # its flags sit behind a pointer: libc falls back to clone
+        Rule("fork", RET_NOTIFY),
+        Rule("vfork", RET_NOTIFY),
+    ]
+    return rules
+
+
+def outbound_ports() -> list[int]:
+    raw = get_settings().sandbox_outbound_ports
+    return [int(p) for p in raw.replace(" ", "").split(",") if p]
+
+
+def strict() -> bool:
+    return get_settings().sandbox == "strict"
+
+
+@lru_cache(maxsize=1)
+def kernel() -> dict[str, Any]:
+    """What this kernel offers the sandbox (probed once, from the host)."""
+    missing = []
+    abi = landlock.abi()
+    if abi < landlock.REQUIRED_ABI:
+        missing.append(f"Landlock ABI {landlock.REQUIRED_ABI}+ (this kernel offers {abi or 'none'})")
+    why = seccomp.supported()
+    if why is None:
+        try:
+            seccomp.check_notif_sizes()
+        except OSError as exc:
+            why = str(exc)
+    if why:
+        missing.append(f"seccomp ({why})")
+    return {"landlockAbi": abi, "seccomp": why is None, "missing": missing}
+
+
+def refusal() -> str | None:
+    """Why user code may not run here, or None."""
+    k = kernel()
+    if strict() and k["missing"]:
+        return ("user code is not run: SANDBOX=strict needs " + " and ".join(k["missing"]) +
+                "; run on a newer kernel, or set SANDBOX=process and accept the risks README states")
+    return None
+
+
+def for_worker(workdir: str) -> dict[str, Any]:
+    """The rules a worker applies to itself (given on its command line: nothing here is secret)."""
+    s = get_settings()
+    ports = outbound_ports()
+    return {
+        "confine": strict(),
+        "read": readable(workdir),
+        "write": [workdir],
+        "files": {**{f: landlock.EXECUTE | landlock.READ_FILE for f in _SYSTEM_FILES},
+                  **{f: landlock.READ_FILE | landlock.WRITE_FILE for f in _DEVICES_RW}},
+        "tcpConnect": ports,
+        "udp": bool(ports),
+        "memoryBytes": s.worker_memory_mb * 1024 * 1024,
+        "fileBytes": s.worker_disk_mb * 1024 * 1024,
+        "consoleBytes": s.max_console_bytes,
+        "workspaceBytes": s.max_workspace_mb * 1024 * 1024,
+        "maxProcesses": s.worker_max_processes,
+        "shared": str(SHARED),
+        "importPath": import_path(workdir),
+    }
+
+
+def readable(workdir: str) -> list[str]:
+    """Read-only paths: system directories, the interpreter, the import path and `shared/`."""
+    return _outside_guarded([*_SYSTEM_DIRS, sys.prefix, sys.base_prefix,
+                             os.path.dirname(os.path.realpath(sys.executable)), *sys.path, str(SHARED)], workdir)
+
+
+def import_path(workdir: str) -> list[str]:
+    """The host's import path for the worker (Azure Functions installs the app's packages on
+    PYTHONPATH, which `python -I` ignores), without the app folder: `shared` is loaded by path."""
+    return _outside_guarded(sys.path, workdir)
+
+
+def _outside_guarded(paths: list[str], workdir: str) -> list[str]:
+    """Existing folders that neither hold the app folder (local.settings.json, .azurite/) nor
+    touch the folder of all workers' folders (neither above nor inside it)."""
+    workers = Path(workdir).resolve().parents[1]
+    out: list[str] = []
+    for p in paths:
+        if not p or not os.path.isdir(p):
+            continue
+        real = Path(p).resolve()
+        if real == APP_ROOT or real in APP_ROOT.parents or real == workers or real in workers.parents \
+                or workers in real.parents:
+            continue
+        if str(real) not in out:
+            out.append(str(real))
+    return out
+
+
+def to_json(rules: dict[str, Any]) -> str:
+    return json.dumps(rules, separators=(",", ":"))
+
+
+def describe() -> dict[str, Any]:
+    """For /status: the level in force and why."""
+    s = get_settings()
+    k = kernel()
+    ports = outbound_ports()
+    details: dict[str, Any] = {
+        "mode": s.sandbox, "landlockAbi": k["landlockAbi"], "seccomp": k["seccomp"],
+        "network": f"outbound TCP to ports {', '.join(map(str, ports))}, and UDP" if ports else "none",
+        "limits": {"memoryMb": s.worker_memory_mb, "diskMb": s.worker_disk_mb,
+                   "processes": s.worker_max_processes, "executionSeconds": s.execution_timeout_seconds,
+                   "workspaceMb": s.max_workspace_mb},
+    }
+    why = refusal()
+    if why:
+        details["error"] = why
+        return {"statusCode": "fail", "details": details}
+    if not strict():
+        details["warning"] = ("SANDBOX=process: user code runs with the app's user and can read what it can "
+                              "read, reach the network and signal its processes")
+        return {"statusCode": "warn", "details": details}
+    return {"statusCode": "pass", "details": details}
