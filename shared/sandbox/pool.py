@@ -36,8 +36,8 @@ WORKER = Path(__file__).with_name("worker.py")
 _PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 #: while code runs, its folder is measured this often
 _DISK_CHECK_SECONDS = 0.2
-#: a folder with more entries than this counts as full, whatever their size
-_MAX_ENTRIES = 20000
+#: files and folders allowed per MB of WORKER_DISK_MB (empty files fill a disk's inodes too)
+_ENTRIES_PER_MB = 16
 
 
 class WorkerTimeout(Exception):
@@ -77,7 +77,8 @@ class Worker:
         self._max_processes = s.worker_max_processes
         self._listener: int | None = None
         self._greeted = False
-        self._disk_checked = 0.0
+        self._dead = False
+        self._reaping = threading.Lock()
         self.lock = threading.Lock()
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
 
@@ -85,25 +86,26 @@ class Worker:
         """One request, one reply. :raises WorkerTimeout: (the worker is killed)
         :raises WorkerDied: (also for a reply that breaks the protocol or a folder over budget)"""
         with self.lock:
+            if self._dead:
+                raise WorkerDied("the worker was stopped")
             deadline = time.monotonic() + timeout
             if not self._greeted:
                 self._greet(deadline)
             if self.proc.poll() is not None or self._poll.poll(0):
-                self.kill()  # it exited, or wrote when nobody asked: nothing it says can be trusted
+                self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
                 raise WorkerDied("the worker process has exited")
             call_id = secrets.token_hex(8)
             try:
                 self.chan.sendall(encode({**message, "id": call_id}))
             except OSError:
-                self.kill()
+                self._stop()
                 raise WorkerDied("the worker process has exited") from None
             reply = self._reply(deadline)
             if not isinstance(reply, dict) or reply.pop("id", None) != call_id:
-                self.kill()
+                self._stop()
                 raise WorkerDied("the worker broke the protocol (a reply that does not answer this call) "
                                  "and was stopped")
-            if time.monotonic() - self._disk_checked > 1:
-                self._check_disk()
+            self._check_disk()  # a burst of writes can finish between two measurements
             return reply
 
     def _greet(self, deadline: float) -> None:
@@ -122,7 +124,7 @@ class Worker:
         hello = self._frame(HEADER.unpack(data)[0], deadline)
         self._greeted = True
         if not hello.get("ok"):
-            self.kill()
+            self._stop()
             log.error("a worker could not confine itself: %s", hello.get("error"))
             raise Unavailable(f"user code is not run: {hello.get('error', 'the sandbox could not be set up')}")
 
@@ -131,13 +133,13 @@ class Worker:
 
     def _frame(self, size: int, deadline: float) -> Any:
         if size > self._max_reply:
-            self.kill()
+            self._stop()
             raise WorkerDied(f"the worker sent a reply of {size} bytes, above the limit of {self._max_reply} "
                              "(MAX_WORKSPACE_MB sets it), and was stopped")
         try:
             return decode(self._read(size, deadline))
         except ValueError:
-            self.kill()
+            self._stop()
             raise WorkerDied("the worker sent a malformed reply and was stopped") from None
 
     def _read(self, n: int, deadline: float) -> bytes:
@@ -146,7 +148,7 @@ class Worker:
             self._wait(deadline)
             chunk = os.read(self._fd, min(n - len(buf), 1 << 20))
             if not chunk:
-                self.kill()
+                self._stop()
                 raise WorkerDied("the worker process exited (it may have run out of memory)")
             buf += chunk
         return bytes(buf)
@@ -156,50 +158,73 @@ class Worker:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                self.kill()
+                self._stop()
                 raise WorkerTimeout()
             if self._poll.poll(min(left, _DISK_CHECK_SECONDS) * 1000):
                 return
             self._check_disk()
 
     def _check_disk(self) -> None:
-        self._disk_checked = time.monotonic()
-        if folder_size(self.dir, self._disk) > self._disk:
-            self.kill()
-            raise WorkerDied(f"the working directory grew past the limit of {self._disk // 2**20} MB "
-                             "(WORKER_DISK_MB) and the worker was stopped")
+        if folder_size(self.dir, self._disk, max(1000, self._disk // 2**20 * _ENTRIES_PER_MB)) > self._disk:
+            self._stop()
+            raise WorkerDied(f"the working directory grew past the limit of {self._disk // 2**20} MB, or "
+                             f"{_ENTRIES_PER_MB} files per MB (WORKER_DISK_MB), and the worker was stopped")
 
     @property
     def alive(self) -> bool:
         """Running, and silent since its last reply (a stray frame means it cannot be trusted)."""
-        return self.proc.poll() is None and not (self._greeted and self._poll.poll(0))
+        return not self._dead and self.proc.poll() is None and not (self._greeted and self._poll.poll(0))
 
     def kill(self) -> None:
-        """End the worker and everything it started: setsid and setpgid are refused to it, so
-        its whole family is in its process group."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
+        """End the worker and everything it started (from any thread). A call in progress sees
+        the worker's end and releases the channel itself: closing it under that call could hand
+        its descriptor number to another connection."""
+        self._signal()
+        if self.lock.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self.lock.release()
+
+    close = kill  # nothing in a worker needs a graceful end: what matters is saved by the host
+
+    def _stop(self) -> None:
+        """kill(), from the thread that holds the lock."""
+        self._signal()
+        self._release()
+
+    def _signal(self) -> None:
+        # setsid and setpgid are refused to user code, so its whole family is in this group.
+        # Never after the leader is reaped: its group id could then belong to someone else.
+        with self._reaping:
+            if self.proc.returncode is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def _release(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        with self._reaping:
+            self.proc.wait()
         if self._listener is not None:
             limiter.forget(self._listener)
             self._listener = None
         self.chan.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    close = kill  # nothing in a worker needs a graceful end: what matters is saved by the host
 
-
-def folder_size(path: str, budget: int) -> int:
-    """Bytes allocated beneath `path`; stops counting once past `budget` (or too many entries)."""
+def folder_size(path: str, budget: int, max_entries: int) -> int:
+    """Bytes allocated beneath `path`; stops counting once past `budget` (or `max_entries`)."""
     total, entries, stack = 0, 0, [path]
     while stack and total <= budget:
         try:
             with os.scandir(stack.pop()) as it:
                 for entry in it:
                     entries += 1
-                    if entries > _MAX_ENTRIES:
+                    if entries > max_entries:
                         return budget + 1
                     st = entry.stat(follow_symlinks=False)
                     total += st.st_blocks * 512

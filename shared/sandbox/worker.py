@@ -269,8 +269,8 @@ class Worker:
         if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
             return f"\n(o16n: the working directory may hold {p['fileBytes'] // 2**20} MB, WORKER_DISK_MB)"
         if isinstance(exc, PermissionError) and p["confine"]:
-            return ("\n(o16n: user code may write only in its working directory and has no network access "
-                    "unless SANDBOX_OUTBOUND_PORTS opens it)")
+            return ("\n(o16n: user code may read only Python, its libraries and its working directory, write only "
+                    "its working directory, and has no network access unless SANDBOX_OUTBOUND_PORTS opens it)")
         return ""
 
 

@@ -15,11 +15,13 @@ from tests.constants import ADMIN_PASSWORD, USERS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_host(**settings: str) -> tuple[subprocess.Popen, str]:
-    """The real function_app served by the local host, as `make run` serves it."""
+def start_host(*, prefix: tuple[str, ...] = (), **settings: str) -> tuple[subprocess.Popen, str]:
+    """The real function_app served by the local host, as `make run` serves it (`prefix`: a
+    command that runs it)."""
     port = free_port()
     env = {**os.environ, **settings}
-    proc = subprocess.Popen([sys.executable, "-m", "devhost", "serve", "--port", str(port)], cwd=ROOT, env=env)
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "devhost", "serve", "--port", str(port)], cwd=ROOT,
+                            env=env)
     deadline = time.monotonic() + 60
     while not port_open(port):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,51 @@
+"""Disk, file size and workspace size end in a clear success: false; the next call works."""
+
+import pytest
+
+from tests.e2e.helpers import execute, new_session
+from tests.security.conftest import LIMITS
+
+pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
+DISK_MB = int(LIMITS["WORKER_DISK_MB"])
+
+
+def test_a_fast_disk_fill_stops_the_worker_and_the_session_keeps_its_last_state(host, alice):
+    sid = new_session(host.url, alice)
+    execute(host.url, alice, sid, "kept = 'before'")
+    out = execute(host.url, alice, sid, "import os\nkept = 'during'\n"
+                  f"for i in range({DISK_MB + 5}):\n    open(f'.tmp/f{{i}}', 'wb').write(os.urandom(2**20))")
+    assert out["success"] is False and f"limit of {DISK_MB} MB" in out["errorMessage"]
+    out = execute(host.url, alice, sid, "import os\nfiles = os.listdir('.tmp')", outputParameters=["kept", "files"])
+    assert out["outputParameters"] == [{"name": "kept", "value": "before"}, {"name": "files", "value": []}]
+
+
+def test_a_slow_disk_fill_is_stopped_while_it_runs(host, alice):
+    out = execute(host.url, alice, new_session(host.url, alice),
+                  "import os, time\n"
+                  "for i in range(1000):\n    open(f'.tmp/f{i}', 'wb').write(os.urandom(2**20))\n    time.sleep(0.005)")
+    assert out["success"] is False and "WORKER_DISK_MB" in out["errorMessage"]
+    assert host.healthy(alice)
+
+
+def test_many_empty_files_count_too(host, alice):
+    out = execute(host.url, alice, new_session(host.url, alice),
+                  "import os\nos.mkdir('many')\nfor i in range(1500):\n    open(f'many/{i}', 'w').close()")
+    assert out["success"] is False and "WORKER_DISK_MB" in out["errorMessage"]
+
+
+def test_one_file_cannot_grow_past_the_disk_limit(host, alice):
+    out = execute(host.url, alice, new_session(host.url, alice),
+                  f"with open('.tmp/big', 'wb') as f:\n    f.seek({DISK_MB + 1} * 2**20)\n    f.write(b'x')")
+    assert out["success"] is False and "File too large" in out["errorMessage"]
+    assert "WORKER_DISK_MB" in out["errorMessage"]
+
+
+def test_a_workspace_over_its_limit_is_refused_by_name(host, alice):
+    sid = new_session(host.url, alice)
+    execute(host.url, alice, sid, "small = 1")
+    mb = int(LIMITS["MAX_WORKSPACE_MB"]) + 1
+    out = execute(host.url, alice, sid, f"import os\nbig = os.urandom({mb} * 2**20)")
+    assert out["success"] is False and "MAX_WORKSPACE_MB" in out["errorMessage"]
+    out = execute(host.url, alice, sid, "has_big = 'big' in globals()", outputParameters=["small", "has_big"])
+    assert out["outputParameters"] == [{"name": "small", "value": 1}, {"name": "has_big", "value": False}]
+    assert host.healthy(alice)
