@@ -2,8 +2,11 @@
 run with wrk, as performance.md describes; figures are reported as ratios to the floor.
 
     .venv/bin/python bench/consume.py [--seconds 3] [--rounds 3] [--connections 1,8,32]
+        [--variant NAME:KEY=VALUE,...]... [--tree NAME:PATH]...
 
-Needs wrk (Debian package `wrk`) and the project's venv and node_modules (`make deps`)."""
+Each --variant is another o16n host with those settings (e.g. `process:SANDBOX=process`), each
+--tree one served from another checkout (e.g. the code before a change), all measured in the
+same run. Needs wrk (Debian package `wrk`) and the project's venv and node_modules (`make deps`)."""
 from __future__ import annotations
 
 import argparse
@@ -58,63 +61,83 @@ def wrk(url: str, token: str | None, connections: int, seconds: int) -> dict[str
             "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
 
 
+def prepare(base: str, password: str) -> tuple[str, dict[str, float]]:
+    """Publish Iris V1.0 and V2.0 from a session; returns a token and the first-call times."""
+    token = requests.post(f"{base}/login", json={"username": "admin", "password": password}).json()["access_token"]
+    h = {"Authorization": f"Bearer {token}"}
+    sid = requests.post(f"{base}/sessions", json={"runtimeType": "Python"}, headers=h).json()["sessionId"]
+    code = ("from sklearn import svm, datasets\niris = datasets.load_iris()\nclf = svm.SVC().fit(iris.data, "
+            "iris.target)\nnames = {0: 'I. setosa', 1: 'I. versicolor', 2: 'I. virginica'}")
+    assert requests.post(f"{base}/sessions/{sid}/execute", json={"code": code}, headers=h).json()["success"]
+    snap = requests.post(f"{base}/sessions/{sid}/snapshot", json={}, headers=h).json()["snapshotId"]
+    publish = {"code": "iris_species = [names[x] for x in clf.predict([flower_data])]", "runtimeType": "Python",
+               "snapshotId": snap, "inputParameterDefinitions": [{"name": "flower_data", "type": "vector"}],
+               "outputParameterDefinitions": [{"name": "iris_species", "type": "vector"}]}
+    first_call = {}
+    for version in ("V1.0", "V2.0"):
+        assert requests.post(f"{base}/services/Iris/{version}", json=publish, headers=h).status_code == 201
+    time.sleep(5)  # let the host's spare worker finish importing scikit-learn
+    for version in ("V1.0", "V2.0"):  # V1.0 takes the spare; V2.0 comes before the refill is ready
+        start = time.perf_counter()
+        r = requests.post(f"{base}/api/Iris/{version}", data=BODY, headers={**h, "Content-Type": "application/json"})
+        first_call[version] = (time.perf_counter() - start) * 1000
+        assert r.json()["outputParameters"] == {"iris_species": ["I. versicolor"]}, r.text
+    return token, first_call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", default="1,8,32")
+    parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE")
+    parser.add_argument("--tree", action="append", default=[], help="NAME:PATH of another checkout")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     conns = [int(c) for c in args.connections.split(",")]
+    hosts: dict[str, tuple[Path, dict[str, str]]] = {"o16n": (ROOT, {})}
+    for v in args.variant:
+        name, _, pairs = v.partition(":")
+        hosts[name] = (ROOT, dict(p.split("=", 1) for p in pairs.split(",") if p))
+    for t in args.tree:
+        name, _, path = t.partition(":")
+        hosts[name] = (Path(path).resolve(), {})
 
     blob_port, table_port = free_port(), free_port()
     azurite = start_azurite(blob_port, table_port, location=None)
     password = secrets.token_urlsafe(12)
     env = {**os.environ, "STORAGE_CONNECTION_STRING": azurite_connection_string(blob_port, table_port),
            "TOKEN_SIGNING_KEY": secrets.token_urlsafe(48), "SNAPSHOT_SIGNING_KEY": secrets.token_urlsafe(48),
-           "LOCAL_ADMIN_PASSWORD": password, "STORAGE_PREFIX": "bench" + secrets.token_hex(4)}
-    o16n_port, floor_port = free_port(), free_port()
-    procs = [subprocess.Popen(pinned(0, [sys.executable, "-m", "devhost", "serve", "--port", str(o16n_port)]),
-                              cwd=ROOT, env=env),
-             subprocess.Popen(pinned(0, [sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)]))]
+           "LOCAL_ADMIN_PASSWORD": password}
+    floor_port = free_port()
+    procs = [subprocess.Popen(pinned(0, [sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)]))]
+    targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None)}
+    first_calls = {}
     try:
-        wait(o16n_port, procs[0])
-        wait(floor_port, procs[1])
-        base = f"http://127.0.0.1:{o16n_port}"
-        token = requests.post(f"{base}/login", json={"username": "admin", "password": password}).json()["access_token"]
-        h = {"Authorization": f"Bearer {token}"}
-        sid = requests.post(f"{base}/sessions", json={"runtimeType": "Python"}, headers=h).json()["sessionId"]
-        code = ("from sklearn import svm, datasets\niris = datasets.load_iris()\nclf = svm.SVC().fit(iris.data, "
-                "iris.target)\nnames = {0: 'I. setosa', 1: 'I. versicolor', 2: 'I. virginica'}")
-        assert requests.post(f"{base}/sessions/{sid}/execute", json={"code": code}, headers=h).json()["success"]
-        snap = requests.post(f"{base}/sessions/{sid}/snapshot", json={}, headers=h).json()["snapshotId"]
-        publish = {"code": "iris_species = [names[x] for x in clf.predict([flower_data])]", "runtimeType": "Python",
-                   "snapshotId": snap, "inputParameterDefinitions": [{"name": "flower_data", "type": "vector"}],
-                   "outputParameterDefinitions": [{"name": "iris_species", "type": "vector"}]}
-        first_call = {}
-        for version in ("V1.0", "V2.0"):
-            assert requests.post(f"{base}/services/Iris/{version}", json=publish, headers=h).status_code == 201
-        time.sleep(5)  # let the host's spare worker finish importing scikit-learn
-        for version in ("V1.0", "V2.0"):  # V1.0 takes the spare; V2.0 comes before the refill is ready
-            start = time.perf_counter()
-            r = requests.post(f"{base}/api/Iris/{version}", data=BODY,
-                              headers={**h, "Content-Type": "application/json"})
-            first_call[version] = (time.perf_counter() - start) * 1000
-            assert r.json()["outputParameters"] == {"iris_species": ["I. versicolor"]}, r.text
-        targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None), "o16n": (f"{base}/api/Iris/V1.0", token)}
+        ports = {}
+        for name, (tree, settings) in hosts.items():
+            ports[name] = free_port()
+            procs.append(subprocess.Popen(
+                pinned(0, [sys.executable, "-m", "devhost", "serve", "--port", str(ports[name])]), cwd=tree,
+                env={**env, "STORAGE_PREFIX": "bench" + secrets.token_hex(4), **settings}))
+        wait(floor_port, procs[0])
+        for (name, port), proc in zip(ports.items(), procs[1:]):
+            wait(port, proc)
+            token, first_calls[name] = prepare(f"http://127.0.0.1:{port}", password)
+            targets[name] = (f"http://127.0.0.1:{port}/api/Iris/V1.0", token)
         results: dict[tuple[str, int], list[dict]] = {}
         for url, tok in targets.values():
             wrk(url, tok, 1, 1)  # warm-up
         for rnd in range(args.rounds):
-            order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
+            order = list(targets)[rnd % len(targets):] + list(targets)[:rnd % len(targets)]
             for c in conns:
                 for name in order:
                     url, tok = targets[name]
                     results.setdefault((name, c), []).append(wrk(url, tok, c, args.seconds))
         print(f"\nwarm consume of Iris V1.0, medians of {args.rounds} rounds of {args.seconds:g}s "
-              "(server on core 0, wrk on core 1)")
-        print(f"{'c':>3} {'':6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   ratio to floor (p50, p99, req/s)")
+              "(servers on core 0, wrk on core 1)")
+        print(f"{'c':>3} {'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   ratio to floor (p50, p99, req/s)")
         for c in conns:
             med = {n: {k: statistics.median(r[k] for r in results[(n, c)]) for k in ("p50", "p99", "rps")}
                    for n in targets}
@@ -122,9 +145,10 @@ def main() -> None:
                 m = med[n]
                 ratio = (f"{m['p50'] / med['floor']['p50']:.2f}x  {m['p99'] / med['floor']['p99']:.2f}x  "
                          f"{m['rps'] / med['floor']['rps']:.2f}x") if n != "floor" else ""
-                print(f"{c:>3} {n:6} {m['p50']:8.3f} {m['p99']:8.3f} {m['rps']:8.0f}   {ratio}")
-        print(f"\nfirst call of a published service on a warm host: {first_call['V1.0']:.0f} ms with a spare "
-              f"worker ready, {first_call['V2.0']:.0f} ms right after (a cold worker, beside the refill)")
+                print(f"{c:>3} {n:10} {m['p50']:8.3f} {m['p99']:8.3f} {m['rps']:8.0f}   {ratio}")
+        print("\nfirst call of a published service on a warm host (with a spare worker ready / right after):")
+        for name, times in first_calls.items():
+            print(f"  {name:10} {times['V1.0']:.0f} ms / {times['V2.0']:.0f} ms")
     finally:
         for p in procs:
             p.terminate()
