@@ -80,11 +80,6 @@ class Settings:
     spare_workers: int = 1
     preload_modules: str = "numpy,pandas,sklearn.svm,sklearn.linear_model,sklearn.ensemble,sklearn.tree"
 
-    @property
-    def worker_reply_max_bytes(self) -> int:
-        """Largest frame a worker may send: a workspace in base64, console output and room for outputs."""
-        return self.max_workspace_mb * 2**20 * 4 // 3 + 4 * self.max_console_bytes + 64 * 2**20
-
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ

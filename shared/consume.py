@@ -1,14 +1,13 @@
 """Consuming a service: cached definition, typed input check, the warm worker, the reply."""
 from __future__ import annotations
 
-import base64
 
 from . import services, types, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import NotFound
+from .errors import NotFound, Unavailable
 from .sandbox import pool
-from .sandbox.pool import WorkerDied, WorkerTimeout
+from .sandbox.pool import WorkerBusy, WorkerDied, WorkerTimeout
 
 
 def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True) -> dict:
@@ -24,7 +23,7 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
             data = workspaces.load(services.binding(*key), svc)
         except NotFound:
             raise _Stale() from None
-        reply = worker.call({"op": "load_service", "state": base64.b64encode(data).decode() if data else None,
+        reply = worker.call({"op": "load_service", "state": data or None,
                              "code": svc.get("code", ""), "initCode": svc.get("initCode", ""),
                              "inputs": svc["_inputs"], "outputs": svc["_outputs"], "outputFileNames": svc["_files"]},
                             timeout=timeout)
@@ -42,6 +41,8 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
         return consume(user, name, version, body, retry=False)
     except ServiceLoadFailed as exc:
         return _failed(svc, exc.message)
+    except WorkerBusy:
+        raise Unavailable("the service is busy with other calls; try again", retry_after=1) from None
     except WorkerTimeout:
         pool.services.retire(key)
         return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")

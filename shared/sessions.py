@@ -2,7 +2,6 @@
 change, so any instance can serve the next call."""
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from typing import Any
@@ -12,7 +11,7 @@ from .auth import Principal
 from .config import get_settings
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, Unavailable
 from .sandbox import pool
-from .sandbox.pool import WorkerDied, WorkerTimeout
+from .sandbox.pool import WorkerBusy, WorkerDied, WorkerTimeout
 from .storage.entities import Entities
 
 log = logging.getLogger("o16n.sessions")
@@ -142,7 +141,7 @@ def load_snapshot(user: Principal, sid: str, snapshot_id: str) -> str:
     """Merge a snapshot's objects and files into the session (same names are overwritten)."""
     get(user, sid)
     data = snapshots.content(user, snapshot_id)
-    _checked(user, sid, {"op": "merge_state", "state": base64.b64encode(data).decode()})
+    _checked(user, sid, {"op": "merge_state", "state": data})
     return "Success"
 
 
@@ -151,13 +150,13 @@ def list_objects(user: Principal, sid: str) -> list[str]:
 
 
 def get_object(user: Principal, sid: str, name: str) -> bytes:
-    return base64.b64decode(_checked(user, sid, {"op": "get_object", "name": ids.object_name(name)})["data"])
+    return _checked(user, sid, {"op": "get_object", "name": ids.object_name(name)})["data"]
 
 
 def set_object(user: Principal, sid: str, name: str, data: bytes) -> str:
     if not data:
         raise BadRequest("send the serialized object (dill) as the request body")
-    _checked(user, sid, {"op": "set_object", "name": ids.object_name(name), "data": base64.b64encode(data).decode()})
+    _checked(user, sid, {"op": "set_object", "name": ids.object_name(name), "data": data})
     return "Success"
 
 
@@ -171,11 +170,11 @@ def list_files(user: Principal, sid: str) -> list[str]:
 
 
 def get_file(user: Principal, sid: str, name: str) -> bytes:
-    return base64.b64decode(_checked(user, sid, {"op": "get_file", "name": ids.file_name(name)})["data"])
+    return _checked(user, sid, {"op": "get_file", "name": ids.file_name(name)})["data"]
 
 
 def put_file(user: Principal, sid: str, name: str, data: bytes) -> str:
-    _checked(user, sid, {"op": "put_file", "name": ids.file_name(name), "data": base64.b64encode(data).decode()})
+    _checked(user, sid, {"op": "put_file", "name": ids.file_name(name), "data": data})
     return "Success"
 
 
@@ -197,7 +196,11 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
     """Send one message to the session's worker (started from storage when this instance
     has none up to date) and persist the workspace it returns."""
     sid = ids.existing_id(sid, "session")
-    with _lock(sid):
+    lock = _lock(sid)
+    if not lock.acquire(blocking=False):  # a call never waits behind another: it holds a thread
+        raise Conflict("another call is running in this session; try again when it has finished",
+                       headers={"Retry-After": "1"})
+    try:
         try:
             row = get(user, sid)  # read under the lock: another call may have just saved
         except NotFound:
@@ -210,7 +213,7 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
             current, data = workspaces.load_current(binding, dict(row), lambda: get(user, sid))
             row.clear()
             row.update(current)  # what the worker holds, and the ETag the save must match
-            reply = worker.call({"op": "load_session", "state": base64.b64encode(data).decode() if data else None},
+            reply = worker.call({"op": "load_session", "state": data or None},
                                 timeout=timeout)
             if not reply.get("ok"):
                 raise BadRequest(f"the session workspace could not be loaded: {reply.get('error')}")
@@ -219,6 +222,9 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
         worker.tag = row.get("stateSha256")
         try:
             reply = worker.call(message, timeout=timeout)
+        except WorkerBusy:
+            raise Conflict("another call is using this session's worker; try again",
+                           headers={"Retry-After": "1"}) from None
         except (WorkerTimeout, WorkerDied):
             pool.sessions.retire(sid)
             raise
@@ -233,12 +239,14 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
             raise Unavailable(reply.get("error", "the session's worker failed"))
         if "state" in reply:
             try:
-                _persist(row, binding, base64.b64decode(reply.pop("state")), reply, record, worker)
+                _persist(row, binding, reply.pop("state"), reply, record, worker)
             except ApiError:
                 # The worker is ahead of what storage holds: drop it, so the next call starts
                 # from the last saved workspace instead of from changes the caller saw fail.
                 pool.sessions.retire(sid)
                 raise
+    finally:
+        lock.release()
     return reply
 
 

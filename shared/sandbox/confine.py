@@ -27,7 +27,7 @@ def apply(policy: dict[str, Any]) -> int | None:
     seccomp.no_new_privs()
     landlock.restrict(read=policy["read"], write=policy["write"], files=policy["files"],
                       tcp_connect=policy["tcpConnect"])
-    return seccomp.install(syscall_rules(udp=policy["udp"]), listener=True)
+    return seccomp.install(syscall_rules(network=policy["network"]), listener=True)
 
 
 def limits(policy: dict[str, Any]) -> None:

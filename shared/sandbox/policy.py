@@ -4,13 +4,16 @@ initCode, unpickling) under all of them, applied by `confine` before any user by
 - files: read and execute only the interpreter, the import path, system libraries and the
   app's `shared/` package; read-write only the worker's own folder. Nothing else: not the app
   folder (local.settings.json, .azurite/), other workers' folders, the system temp directory.
-- network: no TCP bind; TCP connect only to SANDBOX_OUTBOUND_PORTS (none by default); sockets
-  other than TCP (and UDP while outbound ports are open, for DNS) cannot be created.
+- network: no sockets but UNIX socket pairs by default. With SANDBOX_OUTBOUND_PORTS, TCP sockets
+  that may connect to those ports only (and UDP, for DNS); never bind, listen or TCP Fast Open
+  (whose first send connects without the connect check).
 - processes: no signals, ptrace, /proc/<pid>/environ or mem of anything outside the worker's
-  own domain; the worker and its children stay in one process group (setsid and setpgid fail),
-  so killing the group ends them all; at most WORKER_MAX_PROCESSES processes and threads.
+  own domain; the worker and its children stay in one process group (setsid and setpgid fail)
+  and below the worker (no CLONE_PARENT), so killing the group ends them all; at most
+  WORKER_MAX_PROCESSES processes and threads.
 - privileges: no_new_privs, every capability dropped, no namespaces, mounts, BPF, keyrings,
-  perf, io_uring or kernel modules.
+  perf, io_uring or kernel modules; no memory outside the address-space limit that outlives a
+  process (memfd, System V shared memory, semaphores and message queues, POSIX queues).
 - limits: address space (WORKER_MEMORY_MB), file size and folder size (WORKER_DISK_MB), no core
   dumps, console output (MAX_CONSOLE_BYTES), reply size and workspace size (MAX_WORKSPACE_MB).
 """
@@ -41,8 +44,11 @@ _DEVICES_RW = ("/dev/null",)
 _AF_INET, _AF_INET6 = 2, 10
 _SOCK_STREAM, _SOCK_DGRAM = 1, 2
 _TCP, _UDP = 6, 17
-# clone() flags that create namespaces (and so escape the rest of the rules)
-_CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080
+_MSG_FASTOPEN = 0x20000000
+# clone() flags that create namespaces (and so escape the rest of the rules), and CLONE_PARENT,
+# which would make the new process a child of the host instead of the worker
+_CLONE_DENIED = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+                 | 0x00000080 | 0x00008000)
 
 #: syscalls refused outright (EPERM): escape hatches, other processes' memory, kernel state,
 #: leaving the process group that is killed as one
@@ -54,23 +60,30 @@ DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", 
           "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "syslog", "acct",
           "quotactl", "quotactl_fd", "name_to_handle_at", "open_by_handle_at", "fanotify_init", "uselib",
           "lookup_dcookie", "vhangup", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime",
-          "adjtimex")
+          "adjtimex", "listen", "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl", "shmdt", "semget",
+          "semop", "semctl", "semtimedop", "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink",
+          "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")
 #: calls that may only name the worker itself (pid 0) as their target
 SELF_ONLY = (("prlimit64", 0), ("sched_setaffinity", 0), ("sched_setscheduler", 0), ("sched_setparam", 0),
              ("sched_setattr", 0))
 
 
-def syscall_rules(*, udp: bool) -> list[Rule]:
+def syscall_rules(*, network: bool) -> list[Rule]:
     """The seccomp filter. New processes and threads go to the host, which counts them."""
-    types, protocols = ((_SOCK_STREAM, _SOCK_DGRAM), (0, _TCP, _UDP)) if udp else ((_SOCK_STREAM,), (0, _TCP))
+    # no family at all without outbound ports: nothing to connect, bind or listen with
+    families = (_AF_INET, _AF_INET6) if network else (-1 & 0xFFFFFFFF,)
+    types, protocols = (_SOCK_STREAM, _SOCK_DGRAM), (0, _TCP, _UDP)
     rules = [Rule(name, errno_ret(errno.EPERM)) for name in DENIED]
     rules += [Rule(name, RET_ALLOW, args=((index, (0,), 0),)) for name, index in SELF_ONLY]
     rules += [
         # its own process or group only: "every process of this user" would reach the host
         Rule("setpriority", RET_ALLOW, args=((0, (0, 1), 0), (1, (0,), 0))),
         Rule("ioprio_set", RET_ALLOW, args=((0, (1, 2), 0), (1, (0,), 0))),
-        Rule("socket", RET_ALLOW, args=((0, (_AF_INET, _AF_INET6), 0), (1, types, 0xF), (2, protocols, 0))),
-        Rule("clone", RET_NOTIFY, flags_denied=_CLONE_NEW),
+        Rule("socket", RET_ALLOW, args=((0, families, 0), (1, types, 0xF), (2, protocols, 0))),
+        Rule("sendto", RET_ALLOW, flags_denied=_MSG_FASTOPEN, flags_arg=3),
+        Rule("sendmsg", RET_ALLOW, flags_denied=_MSG_FASTOPEN, flags_arg=2),
+        Rule("sendmmsg", RET_ALLOW, flags_denied=_MSG_FASTOPEN, flags_arg=3),
+        Rule("clone", RET_NOTIFY, flags_denied=_CLONE_DENIED),
         Rule("clone3", errno_ret(errno.ENOSYS)),  # its flags sit behind a pointer: libc falls back to clone
         Rule("fork", RET_NOTIFY),
         Rule("vfork", RET_NOTIFY),
@@ -125,7 +138,7 @@ def for_worker(workdir: str) -> dict[str, Any]:
         "files": {**{f: landlock.EXECUTE | landlock.READ_FILE for f in _SYSTEM_FILES},
                   **{f: landlock.READ_FILE | landlock.WRITE_FILE for f in _DEVICES_RW}},
         "tcpConnect": ports,
-        "udp": bool(ports),
+        "network": bool(ports),
         "memoryBytes": s.worker_memory_mb * 1024 * 1024,
         "fileBytes": s.worker_disk_mb * 1024 * 1024,
         "consoleBytes": s.max_console_bytes,

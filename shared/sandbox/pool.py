@@ -27,7 +27,7 @@ from typing import Any
 from ..config import get_settings
 from ..errors import Unavailable
 from . import policy
-from .protocol import HEADER, decode, encode
+from .protocol import HEADER, check_reply, decode, encode
 from .tasks import limiter
 
 log = logging.getLogger("o16n.sandbox")
@@ -46,6 +46,10 @@ class WorkerTimeout(Exception):
 
 class WorkerDied(Exception):
     pass
+
+
+class WorkerBusy(Exception):
+    """Other calls held the worker until this call's deadline passed."""
 
 
 class Worker:
@@ -72,7 +76,8 @@ class Worker:
         self._fd = self.chan.fileno()
         self._poll = select.poll()  # made once: a selector per read costs more than the read
         self._poll.register(self._fd, select.POLLIN)
-        self._max_reply = s.worker_reply_max_bytes
+        self._max_json = s.max_request_bytes + 4 * s.max_console_bytes + 2**20
+        self._max_blob = s.max_workspace_mb * 2**20 + 2**20
         self._disk = s.worker_disk_mb * 1024 * 1024
         self._max_processes = s.worker_max_processes
         self._listener: int | None = None
@@ -83,30 +88,34 @@ class Worker:
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
 
     def call(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
-        """One request, one reply. :raises WorkerTimeout: (the worker is killed)
-        :raises WorkerDied: (also for a reply that breaks the protocol or a folder over budget)"""
-        with self.lock:
+        """One request, one reply (bytes values travel raw). :raises WorkerBusy: (other calls
+        held it until the deadline) :raises WorkerTimeout: (the worker is killed) :raises
+        WorkerDied: (also for a reply that breaks the protocol, or a folder over its budget)"""
+        deadline = time.monotonic() + timeout
+        if not self.lock.acquire(timeout=timeout):
+            raise WorkerBusy()
+        try:
             if self._dead:
                 raise WorkerDied("the worker was stopped")
-            deadline = time.monotonic() + timeout
             if not self._greeted:
                 self._greet(deadline)
             if self.proc.poll() is not None or self._poll.poll(0):
                 self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
                 raise WorkerDied("the worker process has exited")
             call_id = secrets.token_hex(8)
-            try:
-                self.chan.sendall(encode({**message, "id": call_id}))
-            except OSError:
-                self._stop()
-                raise WorkerDied("the worker process has exited") from None
+            self._send(encode({**message, "id": call_id}), deadline)
             reply = self._reply(deadline)
-            if not isinstance(reply, dict) or reply.pop("id", None) != call_id:
+            if isinstance(reply, dict) and reply.pop("id", None) == call_id:
+                why = check_reply(message["op"], reply)
+            else:
+                why = "a reply that does not answer this call"
+            if why:
                 self._stop()
-                raise WorkerDied("the worker broke the protocol (a reply that does not answer this call) "
-                                 "and was stopped")
+                raise WorkerDied(f"the worker broke the protocol ({why}) and was stopped")
             self._check_disk()  # a burst of writes can finish between two measurements
             return reply
+        finally:
+            self.lock.release()
 
     def _greet(self, deadline: float) -> None:
         """The worker's first frame says whether it confined itself and hands over the seccomp
@@ -119,30 +128,45 @@ class Worker:
         if fds:
             self._listener = fds[0]
             limiter.watch(self._listener, self.proc.pid, self._max_processes)
-        if len(data) < HEADER.size:
-            data += self._read(HEADER.size - len(data), deadline)
-        hello = self._frame(HEADER.unpack(data)[0], deadline)
+        hello = self._reply(deadline, data)
         self._greeted = True
-        if not hello.get("ok"):
+        if not isinstance(hello, dict) or not hello.get("ok"):
             self._stop()
-            log.error("a worker could not confine itself: %s", hello.get("error"))
-            raise Unavailable(f"user code is not run: {hello.get('error', 'the sandbox could not be set up')}")
+            why = hello.get("error") if isinstance(hello, dict) else None
+            log.error("a worker could not confine itself: %s", why)
+            raise Unavailable(f"user code is not run: {why or 'the sandbox could not be set up'}")
 
-    def _reply(self, deadline: float) -> Any:
-        return self._frame(HEADER.unpack(self._read(HEADER.size, deadline))[0], deadline)
-
-    def _frame(self, size: int, deadline: float) -> Any:
-        if size > self._max_reply:
-            self._stop()
-            raise WorkerDied(f"the worker sent a reply of {size} bytes, above the limit of {self._max_reply} "
-                             "(MAX_WORKSPACE_MB sets it), and was stopped")
+    def _send(self, buffers: list[bytes], deadline: float) -> None:
+        """Within the deadline: a worker that stops reading must not hold the caller forever."""
         try:
-            return decode(self._read(size, deadline))
+            for buf in buffers:
+                self.chan.settimeout(max(deadline - time.monotonic(), 0.001))
+                self.chan.sendall(buf)
+        except TimeoutError:
+            self._stop()
+            raise WorkerTimeout() from None
+        except OSError:
+            self._stop()
+            raise WorkerDied("the worker process has exited") from None
+
+    def _reply(self, deadline: float, head: bytes = b"") -> Any:
+        head += self._read(HEADER.size - len(head), deadline)
+        size, blob_size = HEADER.unpack(head)
+        if size > self._max_json or blob_size > self._max_blob:
+            self._stop()
+            raise WorkerDied(f"the worker sent a reply of {size + blob_size} bytes, above the limit of "
+                             f"{self._max_json} bytes of JSON and {self._max_blob} of data (MAX_REQUEST_BYTES and "
+                             "MAX_WORKSPACE_MB set them), and was stopped")
+        body = self._read(size, deadline)
+        blob = bytes(self._read(blob_size, deadline)) if blob_size else None
+        try:
+            return decode(body, blob)
         except ValueError:
             self._stop()
             raise WorkerDied("the worker sent a malformed reply and was stopped") from None
 
-    def _read(self, n: int, deadline: float) -> bytes:
+    def _read(self, n: int, deadline: float) -> bytearray:
+        """Grown as bytes arrive: a length a worker claims is never allocated ahead."""
         buf = bytearray()
         while len(buf) < n:
             self._wait(deadline)
@@ -151,7 +175,7 @@ class Worker:
                 self._stop()
                 raise WorkerDied("the worker process exited (it may have run out of memory)")
             buf += chunk
-        return bytes(buf)
+        return buf
 
     def _wait(self, deadline: float) -> None:
         """Until the worker has something to say; its folder is measured while it runs."""
@@ -172,8 +196,16 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        """Running, and silent since its last reply (a stray frame means it cannot be trusted)."""
-        return not self._dead and self.proc.poll() is None and not (self._greeted and self._poll.poll(0))
+        """Running, and (when idle) silent since its last reply: a stray frame means it cannot
+        be trusted. A worker in a call is alive; its reply is on the way."""
+        if self._dead or self.proc.poll() is not None:
+            return False
+        if not self.lock.acquire(blocking=False):
+            return True
+        try:
+            return not (self._greeted and self._poll.poll(0))
+        finally:
+            self.lock.release()
 
     def kill(self) -> None:
         """End the worker and everything it started (from any thread). A call in progress sees
@@ -381,7 +413,7 @@ class Spares:
                 try:
                     worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
                                 timeout=_PRELOAD_SECONDS)
-                except (WorkerTimeout, WorkerDied, Unavailable):
+                except (WorkerTimeout, WorkerDied, WorkerBusy, Unavailable):
                     worker.kill()
                     log.warning("a spare worker could not preload its modules; spares are off")
                     return

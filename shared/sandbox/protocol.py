@@ -1,18 +1,76 @@
-"""Frames between host and worker: a 4-byte big-endian length, then UTF-8 JSON. JSON, not
-pickle, so the host never unpickles anything a worker sends."""
+"""Frames between host and worker: an 8-byte header (JSON length, binary length), UTF-8 JSON,
+then raw bytes. JSON, not pickle, so the host never unpickles anything a worker sends; the one
+bytes value of a message (a workspace, an object, a file) travels raw beside it, named by "_blob".
+
+`check_reply` is what the host accepts from a worker: anything else means the worker broke the
+protocol (user code wrote into its channel) and is stopped."""
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
-HEADER = struct.Struct(">I")
+import struct
+
+HEADER = struct.Struct(">II")
+_BLOB_KEY = "_blob"
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any]) -> list[bytes]:
+    """The frame as buffers to send in order (a large blob is not copied into the header's)."""
+    blob_key = next((k for k, v in message.items() if isinstance(v, (bytes, bytearray, memoryview))), None)
+    blob = b""
+    if blob_key is not None:
+        message = dict(message)
+        blob = message.pop(blob_key)
+        message[_BLOB_KEY] = blob_key
     body = json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
-    return HEADER.pack(len(body)) + body
+    return [HEADER.pack(len(body), len(blob)) + body, blob] if blob else [HEADER.pack(len(body), 0) + body]
 
 
-def decode(body: bytes) -> dict[str, Any]:
-    return json.loads(body)
+def decode(body: bytes | bytearray, blob: bytes | None = None) -> Any:
+    """:raises ValueError: not JSON, non-finite numbers, or nested too deep"""
+    try:
+        message = json.loads(body, parse_constant=_refuse)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    if isinstance(message, dict) and isinstance(message.get(_BLOB_KEY), str):
+        message[message.pop(_BLOB_KEY)] = blob or b""
+    return message
+
+
+def _refuse(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STR_LIST = "list of strings"
+_OK_REPLIES: dict[str, dict[str, Any]] = {
+    "execute": {"success": bool, "errorMessage": str, "consoleOutput": str, "outputParameters": list,
+                "changedFiles": _STR_LIST},
+    "consume": {"success": bool, "errorMessage": str, "consoleOutput": str, "outputParameters": dict,
+                "changedFiles": _STR_LIST},
+    "list_objects": {"names": _STR_LIST},
+    "list_files": {"names": _STR_LIST},
+    "get_object": {"data": bytes},
+    "get_file": {"data": bytes},
+}
+_STATE_OPS = ("execute", "merge_state", "set_object", "delete_object", "put_file", "delete_file")
+
+
+def check_reply(op: str, reply: Any) -> str | None:
+    """None when `reply` is a well-formed answer to `op`, else what is wrong with it."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        return "not a reply"
+    if not reply["ok"]:
+        return None if isinstance(reply.get("error", ""), str) else "an error without a message"
+    expected = dict(_OK_REPLIES.get(op, {}))
+    if op in _STATE_OPS:
+        expected["state"] = bytes
+    for key, kind in expected.items():
+        value = reply.get(key)
+        if kind == _STR_LIST:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return f"'{key}' missing or of the wrong type"
+    return None

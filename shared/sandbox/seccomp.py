@@ -30,6 +30,10 @@ _ARCH = {"x86_64": 0xC000003E}
 _SYS_SECCOMP = {"x86_64": 317}
 _X32_BIT = 0x40000000
 NR = {  # x86_64 numbers
+    "shmget": 29, "shmat": 30, "shmctl": 31, "sendto": 44, "sendmsg": 46, "listen": 50, "semget": 64,
+    "semop": 65, "semctl": 66, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
+    "semtimedop": 220, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
+    "mq_notify": 244, "mq_getsetattr": 245, "sendmmsg": 307, "memfd_create": 319, "memfd_secret": 447,
     "socket": 41, "clone": 56, "fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "setpgid": 109,
     "setsid": 112, "uselib": 134, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
     "vhangup": 153, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163, "settimeofday": 164,
@@ -60,12 +64,13 @@ class Rule:
     """What a syscall gets: `action` always, or, with `args`, `action` only when every
     (index, allowed values) holds and `otherwise` when one does not. `mask` is ANDed with an
     argument before the comparison (one mask per index, 0 for none); `flags_denied` sends the
-    call to `otherwise` when its first argument has any of those bits set."""
+    call to `otherwise` when argument `flags_arg` has any of those bits set."""
     name: str
     action: int
     args: tuple[tuple[int, tuple[int, ...], int], ...] = ()
     otherwise: int = errno_ret(errno.EPERM)
     flags_denied: int = 0
+    flags_arg: int = 0
 
 
 def supported() -> str | None:
@@ -99,7 +104,8 @@ def _body(rule: Rule) -> list[tuple[int, int, int, int]]:
     """Instructions that end in a return on every path (jumps are relative, forward only)."""
     body: list[tuple[int, int, int, int]] = []
     if rule.flags_denied:
-        body += [(_LD_ABS, 0, 0, 16), (_JSET, 0, 1, rule.flags_denied), (_RET, 0, 0, rule.otherwise)]
+        body += [(_LD_ABS, 0, 0, 16 + 8 * rule.flags_arg), (_JSET, 0, 1, rule.flags_denied),
+                 (_RET, 0, 0, rule.otherwise)]
     for index, allowed, mask in rule.args:
         # load the low 32 bits of the argument; if it is one of `allowed`, go on, else deny
         body.append((_LD_ABS, 0, 0, 16 + 8 * index))

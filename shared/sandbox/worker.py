@@ -54,14 +54,14 @@ class Worker:
         self.kept_files: set[str] = set()
 
     # --- state -----------------------------------------------------------------------------
-    def load_state(self, state_b64: str | None) -> list[str]:
+    def load_state(self, state: bytes | None) -> list[str]:
         notes = []
-        if not state_b64:
+        if not state:
             return notes
         import cloudpickle  # noqa: F401 - registers reducers used by the stored objects
 
         import pickle
-        with zipfile.ZipFile(io.BytesIO(base64.b64decode(state_b64))) as zf:
+        with zipfile.ZipFile(io.BytesIO(state)) as zf:
             for info in zf.infolist():
                 if info.filename.startswith(FILES_PREFIX) and not info.is_dir():
                     name = info.filename[len(FILES_PREFIX):]
@@ -79,7 +79,7 @@ class Worker:
                                      f"({type(exc).__name__}: {exc})")
         return notes
 
-    def dump_state(self) -> tuple[str, list[str]]:
+    def dump_state(self) -> tuple[bytes, list[str]]:
         import cloudpickle
 
         objects, notes = {}, []
@@ -100,7 +100,7 @@ class Worker:
             raise WorkspaceTooLarge(f"the workspace (objects and files) is {buf.tell() / 2**20:.1f} MB, above the "
                                     f"limit of {limit // 2**20} MB (MAX_WORKSPACE_MB); delete objects or files "
                                     "it does not need")
-        return base64.b64encode(buf.getvalue()).decode(), notes
+        return buf.getvalue(), notes
 
     # --- operations --------------------------------------------------------------------------
     def op_preload(self, msg: dict) -> dict:
@@ -154,13 +154,13 @@ class Worker:
 
         if msg["name"] not in self.ns:
             return _missing(f"workspace object '{msg['name']}' not found")
-        return {"ok": True, "data": base64.b64encode(dill.dumps(self.ns[msg["name"]])).decode()}
+        return {"ok": True, "data": dill.dumps(self.ns[msg["name"]])}
 
     def op_set_object(self, msg: dict) -> dict:
         import dill  # the ML Server SDK uploads objects serialized with dill
 
         try:
-            self.ns[msg["name"]] = dill.loads(base64.b64decode(msg["data"]))
+            self.ns[msg["name"]] = dill.loads(msg["data"])
         except Exception as exc:
             return {"ok": False, "badRequest": True,
                     "error": f"the uploaded object could not be deserialized ({type(exc).__name__}: {exc})"}
@@ -179,13 +179,13 @@ class Worker:
         if not (_safe_name(name) and os.path.isfile(name)):
             return _missing(f"file '{name}' not found")
         with open(name, "rb") as f:
-            return {"ok": True, "data": base64.b64encode(f.read()).decode()}
+            return {"ok": True, "data": f.read()}
 
     def op_put_file(self, msg: dict) -> dict:
         if not _safe_name(msg["name"]):
             return {"ok": False, "badRequest": True, "error": "that file name is not allowed"}
         with open(msg["name"], "wb") as f:
-            f.write(base64.b64decode(msg["data"]))
+            f.write(msg["data"])
         return self._saved()
 
     def op_delete_file(self, msg: dict) -> dict:
@@ -313,12 +313,12 @@ def main() -> None:
     try:
         listener = confine.apply(policy)
     except Exception as exc:  # noqa: BLE001 - whatever failed, no user code may run
-        chan.sendall(encode({"ok": False, "error": f"the sandbox could not be set up ({exc})"}))
+        chan.sendall(encode({"ok": False, "error": f"the sandbox could not be set up ({exc})"})[0])
         return
     if listener is None:
-        chan.sendall(encode({"ok": True}))
+        chan.sendall(encode({"ok": True})[0])
     else:
-        socket.send_fds(chan, [encode({"ok": True})], [listener])
+        socket.send_fds(chan, encode({"ok": True}), [listener])
         os.close(listener)  # in the host's hands only: user code must not answer its own requests
     _die_with_parent()
     rfile = chan.makefile("rb", buffering=0)
@@ -329,7 +329,8 @@ def main() -> None:
         header = _read(rfile, HEADER.size)
         if header is None:
             return
-        msg = decode(_read(rfile, HEADER.unpack(header)[0]) or b"{}")
+        size, blob_size = HEADER.unpack(header)
+        msg = decode(_read(rfile, size) or b"{}", _read(rfile, blob_size) if blob_size else None)
         try:
             reply = getattr(worker, "op_" + msg["op"])(msg)
         except WorkspaceTooLarge as exc:
@@ -340,10 +341,11 @@ def main() -> None:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         reply["id"] = msg.get("id")
         try:
-            data = encode(reply)
+            frame = encode(reply)
         except (TypeError, ValueError) as exc:
-            data = encode({"ok": False, "error": f"the result could not be encoded: {exc}", "id": msg.get("id")})
-        chan.sendall(data)
+            frame = encode({"ok": False, "error": f"the result could not be encoded: {exc}", "id": msg.get("id")})
+        for buf in frame:
+            chan.sendall(buf)
 
 
 def _load_shared(path: str) -> None:

@@ -12,10 +12,17 @@ WRITE = """
 import json, os, struct, sys
 def send(frame):
     os.write(int(sys.argv[2]), frame)
-def forged(call_id):
-    body = json.dumps({"ok": True, "success": True, "errorMessage": "", "consoleOutput": "FORGED",
-                       "outputParameters": [], "changedFiles": [], "id": call_id}).encode()
-    return struct.pack('>I', len(body)) + body
+def frame(body, blob=b''):
+    return struct.pack('>II', len(body), len(blob)) + body + blob
+def forged(call_id, **fields):
+    reply = {"ok": True, "success": True, "errorMessage": "", "consoleOutput": "FORGED",
+             "outputParameters": [], "changedFiles": [], "id": call_id, "_blob": "state"}
+    return frame(json.dumps({**reply, **fields}).encode(), b'PK')
+def call_id():
+    f = sys._getframe()
+    while 'msg' not in f.f_locals:
+        f = f.f_back
+    return f.f_locals['msg']['id']
 """
 
 
@@ -29,18 +36,17 @@ def test_a_forged_reply_is_not_taken_for_the_answer(host, alice):
     assert out["success"] is True and out["outputParameters"] == [{"name": "kept", "value": "before"}]
 
 
-def test_a_reply_forged_with_the_calls_own_id_answers_that_call_only(host, alice):
+def test_a_reply_forged_with_the_calls_own_id_answers_that_call_only(host, alice, bob):
     # In-process, user code can read the call's id from memory: the most it gets is to choose
     # the answer to its own call, which its code decides anyway. The real reply then arrives
     # as a stray frame, and the next call gets a fresh worker.
-    sid = new_session(host.url, alice)
-    execute(host.url, alice, sid, "kept = 'before'")
-    out = execute(host.url, alice, sid, WRITE + "f = sys._getframe()\n"
-                  "while 'msg' not in f.f_locals:\n    f = f.f_back\nsend(forged(f.f_locals['msg']['id']))")
-    assert out["consoleOutput"] == "FORGED"
-    out = execute(host.url, alice, sid, "", outputParameters=["kept"])
-    assert out["success"] is True and out["consoleOutput"] == ""
-    assert out["outputParameters"] == [{"name": "kept", "value": "before"}]
+    name = publish(host.url, alice, WRITE + "if x:\n    send(forged(call_id(), _blob=None, outputParameters={'y': 999}))\n"
+                   "y = 2 * x", inputs=[{"name": "x", "type": "integer"}], outputs=[{"name": "y", "type": "integer"}])
+    r = requests.post(f"{host.url}/api/{name}/v1", json={"x": 1}, headers=alice)
+    assert r.json()["outputParameters"] == {"y": 999}
+    r = requests.post(f"{host.url}/api/{name}/v1", json={"x": 0}, headers=bob)
+    assert r.json()["success"] is True and r.json()["consoleOutput"] == ""
+    assert r.json()["outputParameters"] == {"y": 0}
 
 
 def test_a_frame_written_between_calls_never_reaches_the_next_caller(host, alice, bob):
@@ -61,16 +67,27 @@ def test_a_frame_written_between_calls_never_reaches_the_next_caller(host, alice
 def test_an_oversized_frame_stops_the_worker_without_the_host_allocating_it(host, alice):
     sid = new_session(host.url, alice)
     before = host.rss_mb()
-    out = execute(host.url, alice, sid, WRITE + "send(struct.pack('>I', 400 * 2**20) + b'x' * 2**20)\n"
+    out = execute(host.url, alice, sid, WRITE + "send(struct.pack('>II', 400 * 2**20, 0) + b'x' * 2**20)\n"
                   "import time\ntime.sleep(1)")
     assert out["success"] is False and "above the limit" in out["errorMessage"]
     assert host.rss_mb() - before < 50
     assert execute(host.url, alice, sid, "x = 1")["success"] is True
 
 
-def test_a_malformed_frame_stops_the_worker(host, alice):
+@pytest.mark.parametrize("body", ["b'not json!'", "b'[' * 200000", "b'{\"ok\": NaN}'"])
+def test_a_malformed_frame_stops_the_worker(host, alice, body):
     sid = new_session(host.url, alice)
-    out = execute(host.url, alice, sid, WRITE + "send(struct.pack('>I', 9) + b'not json!')")
+    out = execute(host.url, alice, sid, WRITE + f"send(frame({body}))")
     assert out["success"] is False and "malformed" in out["errorMessage"]
     assert execute(host.url, alice, sid, "x = 1")["success"] is True
     assert host.healthy(alice)
+
+
+@pytest.mark.parametrize("fields", ["success=None", "outputParameters=[float('nan')]", "ok=1",
+                                    "changedFiles=[1]"])
+def test_a_reply_with_the_right_id_but_the_wrong_shape_stops_the_worker(host, alice, fields):
+    sid = new_session(host.url, alice)
+    out = execute(host.url, alice, sid, WRITE + f"send(forged(call_id(), {fields}))")
+    assert out["success"] is False
+    assert "broke the protocol" in out["errorMessage"] or "malformed" in out["errorMessage"]
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True

@@ -47,6 +47,32 @@ def test_storage_and_the_api_itself_cannot_be_reached(host, alice, azurite):
     assert set(got["results"]) == {"PermissionError"}
 
 
+FAST_OPEN = """
+def fast_open(port):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.sendto(b'GET / HTTP/1.0\\r\\n\\r\\n', socket.MSG_FASTOPEN, ('127.0.0.1', port))
+        return 'SENT ' + repr(s.recv(100))
+    except Exception as e:
+        return type(e).__name__
+def listen_unbound():
+    try:
+        s = socket.socket()
+        s.listen()
+        return 'LISTENING on %d' % s.getsockname()[1]
+    except Exception as e:
+        return type(e).__name__
+"""
+
+
+def test_tcp_fast_open_and_listening_without_bind_are_refused(host, alice, azurite):
+    # A first sendto(MSG_FASTOPEN) connects without Landlock's connect check, and listen()
+    # on an unbound socket binds without its bind check.
+    got = probe(host.url, alice, FAST_OPEN + "fo = [fast_open(p) for p in ports]\nls = listen_unbound()", "fo", "ls",
+                inputs=[("ports", azurite_ports(azurite))])
+    assert got == {"fo": ["PermissionError"] * 2, "ls": "PermissionError"}
+
+
 def test_no_listening_udp_or_unix_sockets(host, alice):
     got = probe(host.url, alice, "try:\n    s = socket.socket()\n    s.bind(('127.0.0.1', 0))\n    bind = 'BOUND'\n"
                 "except Exception as e:\n    bind = type(e).__name__\n"
@@ -71,10 +97,12 @@ def test_outbound_ports_open_tcp_to_those_ports_only(azurite):
 
         token = requests.post(f"{url}/login", json={"username": "alice", "password": USERS["alice"]}).json()
         headers = {"Authorization": f"Bearer {token['access_token']}"}
-        got = probe(url, headers, "opened = connect(port)\nothers = [connect(p) for p in closed]\n"
-                    "udp = make(socket.AF_INET, socket.SOCK_DGRAM)", "opened", "others", "udp",
+        got = probe(url, headers, FAST_OPEN + "opened = connect(port)\nothers = [connect(p) for p in closed]\n"
+                    "fo = [fast_open(p) for p in closed]\nls = listen_unbound()\n"
+                    "udp = make(socket.AF_INET, socket.SOCK_DGRAM)", "opened", "others", "fo", "ls", "udp",
                     inputs=[("port", port), ("closed", azurite_ports(azurite))])
-        assert got == {"opened": "CONNECTED", "others": ["PermissionError"] * 2, "udp": "MADE"}
+        assert got == {"opened": "CONNECTED", "others": ["PermissionError"] * 2, "fo": ["PermissionError"] * 2,
+                       "ls": "PermissionError", "udp": "MADE"}
         status = requests.get(f"{url}/status", headers=headers).json()["components"]["sandbox"]["details"]
         assert status["network"] == f"outbound TCP to ports {port}, and UDP"
     finally:

@@ -124,3 +124,51 @@ def test_threads_count_against_the_same_limit(host, alice):
                   "for i in range(100):\n    threading.Thread(target=ev.wait, daemon=True).start()")
     assert out["success"] is False and "can't start new thread" in out["errorMessage"]
     assert "WORKER_MAX_PROCESSES" in out["errorMessage"]
+
+
+def test_a_child_cannot_be_handed_to_the_api_process(host, alice):
+    # clone(CLONE_PARENT) would make the child the API's, which never reaps it
+    got = values(execute(host.url, alice, new_session(host.url, alice),
+                         "import ctypes, os, signal\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                         "pid = libc.syscall(56, 0x8000 | signal.SIGCHLD, 0, 0, 0, 0)\n"
+                         "if pid == 0:\n    os._exit(0)\nerr = ctypes.get_errno()", outputParameters=["pid", "err"]))
+    assert got == {"pid": -1, "err": 1}
+    with open(f"/proc/{host.pid}/task/{host.pid}/children") as f:
+        children = f.read().split()
+    zombies = [c for c in children if open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"]
+    assert zombies == []
+
+
+def test_memory_that_would_outlive_its_process_cannot_be_made(host, alice):
+    got = values(execute(host.url, alice, new_session(host.url, alice),
+                         "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nout = {}\n"
+                         "for name, nr, args in [('memfd', 319, (b'x', 0)), ('shmget', 29, (0, 2**20, 0o1600)),\n"
+                         "                       ('semget', 64, (0, 1, 0o1600)), ('msgget', 68, (0, 0o1600)),\n"
+                         "                       ('mq_open', 240, (b'q', 0o100 | 2, 0o600, 0))]:\n"
+                         "    out[name] = (libc.syscall(nr, *args), ctypes.get_errno())", outputParameters=["out"]))
+    assert got["out"] == {k: [-1, 1] for k in ("memfd", "shmget", "semget", "msgget", "mq_open")}
+
+
+def test_a_worker_that_stops_reading_holds_no_one(host, alice):
+    sid = new_session(host.url, alice)
+    # the worker's loop never reads its next request
+    out = execute(host.url, alice, sid, "import __main__, time\n__main__._read = lambda f, n: time.sleep(10**9)")
+    assert out["success"] is True
+    results = []
+
+    def big_call():
+        start = time.monotonic()
+        r = requests.post(f"{host.url}/sessions/{sid}/execute", json={"code": "#" * 2 * 2**20}, headers=alice)
+        results.append((r.status_code, time.monotonic() - start))
+
+    threads = [threading.Thread(target=big_call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert host.healthy(alice) and time.monotonic() - start < 2
+    for t in threads:
+        t.join(15)
+    assert len(results) == 6 and {status for status, _ in results} <= {200, 409}
+    assert max(elapsed for _, elapsed in results) < float(LIMITS["EXECUTION_TIMEOUT_SECONDS"]) + 3
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True
