@@ -13,6 +13,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from ..config import get_settings
 from ..errors import Unavailable
 from . import policy
 from .protocol import HEADER, check_reply, decode, encode
-from .tasks import limiter
+from .tasks import limiter, members
 
 log = logging.getLogger("o16n.sandbox")
 WORKER = Path(__file__).with_name("worker.py")
@@ -79,6 +80,9 @@ class Worker:
         self._max_json = s.max_request_bytes + 4 * s.max_console_bytes + 2**20
         self._max_blob = s.max_workspace_mb * 2**20 + 2**20
         self._disk = s.worker_disk_mb * 1024 * 1024
+        self._memory = s.worker_memory_mb * 1024 * 1024
+        self._folder_stamp = 0
+        self._deleted_open = 0  # bytes of deleted files its processes held open at the last look
         self._max_processes = s.worker_max_processes
         self._listener: int | None = None
         self._greeted = False
@@ -113,6 +117,8 @@ class Worker:
                 self._stop()
                 raise WorkerDied(f"the worker broke the protocol ({why}) and was stopped")
             self._check_disk()  # a burst of writes can finish between two measurements
+            if self._listener is not None and limiter.started_process(self._listener, clear=True):
+                self._sweep()
             return reply
         finally:
             self.lock.release()
@@ -186,13 +192,53 @@ class Worker:
                 raise WorkerTimeout()
             if self._poll.poll(min(left, _DISK_CHECK_SECONDS) * 1000):
                 return
-            self._check_disk()
+            self._check_disk(running=True)
+            self._check_memory()
 
-    def _check_disk(self) -> None:
-        if folder_size(self.dir, self._disk, max(1000, self._disk // 2**20 * _ENTRIES_PER_MB)) > self._disk:
+    def _check_disk(self, *, running: bool = False) -> None:
+        """Its folder, and files it deleted but holds open (they fill the disk as much). The
+        processes' open files are looked at when the folder changed, while code runs, and
+        while it holds deleted files."""
+        used, stamp = folder_usage(self.dir, self._disk, max(1000, self._disk // 2**20 * _ENTRIES_PER_MB))
+        if running or stamp != self._folder_stamp or self._deleted_open:
+            self._folder_stamp = stamp
+            self._deleted_open = deleted_open_bytes(self._pids())
+        if used + self._deleted_open > self._disk:
             self._stop()
             raise WorkerDied(f"the working directory grew past the limit of {self._disk // 2**20} MB, or "
                              f"{_ENTRIES_PER_MB} files per MB (WORKER_DISK_MB), and the worker was stopped")
+
+    def _check_memory(self) -> None:
+        """RLIMIT_AS bounds each process; this bounds all of them together, while a call runs."""
+        if self._listener is None or not limiter.started_process(self._listener, clear=False):
+            return
+        if sum(proportional_memory(pid) for pid in self._pids()) > self._memory:
+            self._stop()
+            raise WorkerDied(f"the worker's processes together used more than {self._memory // 2**20} MB "
+                             "(WORKER_MEMORY_MB) and were stopped")
+
+    def _pids(self) -> list[int]:
+        if self._listener is not None and limiter.started_process(self._listener, clear=False):
+            return [pid for pid, _ in members(self.proc.pid)]
+        return [self.proc.pid]
+
+    def _sweep(self) -> None:
+        """Processes a call started end with it (the worker reaps them before its next call);
+        only threads live on in the worker."""
+        for pid, _ in members(self.proc.pid):
+            if pid == self.proc.pid:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:  # the pidfd pins the process: it is still the one listed in the group
+                if _pgid(pid) == self.proc.pid:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     @property
     def alive(self) -> bool:
@@ -248,23 +294,65 @@ class Worker:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def folder_size(path: str, budget: int, max_entries: int) -> int:
-    """Bytes allocated beneath `path`; stops counting once past `budget` (or `max_entries`)."""
+def folder_usage(path: str, budget: int, max_entries: int) -> tuple[int, int]:
+    """Bytes allocated beneath `path` (counting stops once past `budget` or `max_entries`), and
+    the newest change to any folder in it (a file made, renamed or deleted)."""
     total, entries, stack = 0, 0, [path]
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        stamp = 0
     while stack and total <= budget:
         try:
             with os.scandir(stack.pop()) as it:
                 for entry in it:
                     entries += 1
                     if entries > max_entries:
-                        return budget + 1
+                        return budget + 1, stamp
                     st = entry.stat(follow_symlinks=False)
                     total += st.st_blocks * 512
                     if entry.is_dir(follow_symlinks=False):
+                        stamp = max(stamp, st.st_mtime_ns)
                         stack.append(entry.path)
         except OSError:
             continue
+    return total, stamp
+
+
+def deleted_open_bytes(pids: list[int]) -> int:
+    """Bytes of deleted files these processes still hold open."""
+    total = 0
+    for pid in pids:
+        try:
+            with os.scandir(f"/proc/{pid}/fd") as it:
+                for entry in it:
+                    try:
+                        st = os.stat(entry.path)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink == 0:
+                        total += st.st_blocks * 512
+        except OSError:
+            continue
     return total
+
+
+def proportional_memory(pid: int) -> int:
+    """The process's share of the memory it uses (PSS: pages shared after fork count once)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _pgid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat_line = f.read()
+    return int(stat_line[stat_line.rfind(b")") + 2:].split()[2])
 
 
 @lru_cache(maxsize=1)

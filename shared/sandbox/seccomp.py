@@ -157,8 +157,9 @@ def check_notif_sizes() -> None:
         raise OSError(errno.EINVAL, f"unexpected seccomp notification sizes {tuple(sizes)}")
 
 
-def receive(fd: int) -> tuple[int, int] | None:
-    """(notification id, calling pid), or None when the call went away before it was read."""
+def receive(fd: int) -> tuple[int, int, int, int] | None:
+    """(notification id, calling pid, syscall number, first argument), or None when the call
+    went away before it was read."""
     buf = ctypes.create_string_buffer(_NOTIF.size)
     if _libc.ioctl(fd, _IOCTL_RECV, buf) != 0:
         err = ctypes.get_errno()
@@ -166,7 +167,7 @@ def receive(fd: int) -> tuple[int, int] | None:
             return None
         raise OSError(err, os.strerror(err))
     fields = _NOTIF.unpack(buf.raw)
-    return fields[0], fields[1]
+    return fields[0], fields[1], fields[3], fields[6]
 
 
 def respond(fd: int, notification: int, *, allow: bool, error: int = errno.EAGAIN) -> None:

@@ -1,7 +1,10 @@
 """Host side of the process limit. A confined worker's filter sends every fork, vfork and clone
 (threads included) to the host, which counts the tasks in the worker's process group and
 answers "go on" or EAGAIN. It works the same whatever the app's user is: RLIMIT_NPROC would
-count every process of that user (the host's too) and does not apply to root at all."""
+count every process of that user (the host's too) and does not apply to root at all.
+
+It also remembers whether a worker started a process (not a thread) since it was last asked,
+so the host sweeps and measures process groups only where there is something to find."""
 from __future__ import annotations
 
 import logging
@@ -20,6 +23,10 @@ log = logging.getLogger("o16n.sandbox")
 _IN_FLIGHT_SECONDS = 0.25
 #: a refusal is answered this late, so a fork loop at its limit cannot keep the host busy
 _REFUSAL_DELAY = 0.05
+#: processes and threads a worker may start per second, after a burst of as many as its limit;
+#: each start costs the host a look through /proc
+_STARTS_PER_SECOND = 50
+_CLONE_THREAD = 0x00010000
 
 
 @dataclass
@@ -28,6 +35,9 @@ class _Watched:
     limit: int
     approvals: dict[int, float] = field(default_factory=dict)  # caller pid -> when
     full_until: float = 0.0
+    tokens: float = 0.0
+    refilled: float = 0.0
+    started_process: bool = False
 
 
 class TaskLimiter:
@@ -35,16 +45,25 @@ class TaskLimiter:
         self._lock = threading.Lock()
         self._pending: list[tuple[int, _Watched | None]] = []
         self._watched: dict[int, _Watched] = {}
-        self._refusals: deque[tuple[float, int, int]] = deque()
+        self._later: deque[tuple[float, int, int, int, bool]] = deque()  # due, fd, id, caller, process
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
 
     def watch(self, listener: int, pgid: int, limit: int) -> None:
         """Take over `listener` (closed when its worker is gone or `forget` is called)."""
-        self._post(listener, _Watched(pgid, limit))
+        self._post(listener, _Watched(pgid, limit, tokens=limit, refilled=time.monotonic()))
 
     def forget(self, listener: int) -> None:
         self._post(listener, None)
+
+    def started_process(self, listener: int, *, clear: bool) -> bool:
+        """Whether the worker started a process since this was last cleared."""
+        entry = self._watched.get(listener)
+        if entry is None or not entry.started_process:
+            return False
+        if clear:
+            entry.started_process = False
+        return True
 
     def _post(self, fd: int, entry: _Watched | None) -> None:
         with self._lock:
@@ -60,17 +79,17 @@ class TaskLimiter:
         poller.register(self._wake_r, select.POLLIN)
         while True:
             timeout = None
-            if self._refusals:
-                timeout = max(0.0, (self._refusals[0][0] - time.monotonic()) * 1000)
+            if self._later:
+                timeout = max(0.0, (self._later[0][0] - time.monotonic()) * 1000)
             try:
                 events = poller.poll(timeout)
-                self._answer_due_refusals()
+                self._answer_due()
                 for fd, event in events:
                     if fd == self._wake_r:
                         self._apply_pending(poller)
                     elif fd in self._watched:
                         if event & select.POLLIN:
-                            self._decide(fd)
+                            self._receive(fd)
                         if event & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                             self._drop(poller, fd)
             except Exception:  # the thread must outlive any one worker's trouble
@@ -95,14 +114,27 @@ class TaskLimiter:
         if self._watched.pop(fd, None) is None:
             return
         poller.unregister(fd)
-        self._refusals = deque(r for r in self._refusals if r[1] != fd)
+        self._later = deque(r for r in self._later if r[1] != fd)
         os.close(fd)
 
-    def _decide(self, fd: int) -> None:
+    def _receive(self, fd: int) -> None:
         got = seccomp.receive(fd)
         if got is None:
             return
-        notification, caller = got
+        notification, caller, nr, flags = got
+        process = nr != seccomp.NR["clone"] or not flags & _CLONE_THREAD
+        entry = self._watched[fd]
+        now = time.monotonic()
+        entry.tokens = min(entry.limit, entry.tokens + (now - entry.refilled) * _STARTS_PER_SECOND)
+        entry.refilled = now
+        if entry.tokens < 1:  # answered when the rate allows, not before
+            self._defer(now + (1 - entry.tokens) / _STARTS_PER_SECOND, fd, notification, caller, process)
+            entry.tokens -= 1
+            return
+        entry.tokens -= 1
+        self._decide(fd, notification, caller, process)
+
+    def _decide(self, fd: int, notification: int, caller: int, process: bool) -> None:
         entry = self._watched[fd]
         now = time.monotonic()
         entry.approvals.pop(caller, None)
@@ -110,22 +142,31 @@ class TaskLimiter:
             del entry.approvals[pid]
         if now >= entry.full_until and count(entry.pgid) + len(entry.approvals) < entry.limit:
             entry.approvals[caller] = now
+            entry.started_process = entry.started_process or process
             seccomp.respond(fd, notification, allow=True)
             return
         entry.full_until = now + _REFUSAL_DELAY  # skip recounting while a loop hammers the limit
-        self._refusals.append((now + _REFUSAL_DELAY, fd, notification))
+        self._defer(now + _REFUSAL_DELAY, fd, notification, -1, process)
 
-    def _answer_due_refusals(self) -> None:
+    def _defer(self, due: float, fd: int, notification: int, caller: int, process: bool) -> None:
+        self._later.append((due, fd, notification, caller, process))
+        self._later = deque(sorted(self._later))
+
+    def _answer_due(self) -> None:
         now = time.monotonic()
-        while self._refusals and self._refusals[0][0] <= now:
-            _, fd, notification = self._refusals.popleft()
-            if fd in self._watched:
+        while self._later and self._later[0][0] <= now:
+            _, fd, notification, caller, process = self._later.popleft()
+            if fd not in self._watched:
+                continue
+            if caller < 0:  # a refusal that waited
                 seccomp.respond(fd, notification, allow=False)
+            else:
+                self._decide(fd, notification, caller, process)
 
 
-def count(pgid: int) -> int:
-    """Tasks (processes and their threads, zombies included) whose process group is `pgid`."""
-    total = 0
+def members(pgid: int) -> list[tuple[int, int]]:
+    """(pid, threads) of every process (zombies included) whose process group is `pgid`."""
+    found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -136,8 +177,13 @@ def count(pgid: int) -> int:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
         if len(fields) > 17 and int(fields[2]) == pgid:
-            total += int(fields[17])
-    return total
+            found.append((int(name), int(fields[17])))
+    return found
+
+
+def count(pgid: int) -> int:
+    """Tasks (processes and their threads) in process group `pgid`."""
+    return sum(threads for _, threads in members(pgid))
 
 
 limiter = TaskLimiter()

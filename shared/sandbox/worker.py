@@ -331,6 +331,7 @@ def main() -> None:
             return
         size, blob_size = HEADER.unpack(header)
         msg = decode(_read(rfile, size) or b"{}", _read(rfile, blob_size) if blob_size else None)
+        _reap()
         try:
             reply = getattr(worker, "op_" + msg["op"])(msg)
         except WorkspaceTooLarge as exc:
@@ -346,6 +347,15 @@ def main() -> None:
             frame = encode({"ok": False, "error": f"the result could not be encoded: {exc}", "id": msg.get("id")})
         for buf in frame:
             chan.sendall(buf)
+
+
+def _reap() -> None:
+    """Collect the processes the host ended after the last call (none outlives a call)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def _load_shared(path: str) -> None:

@@ -49,3 +49,25 @@ def test_a_workspace_over_its_limit_is_refused_by_name(host, alice):
     out = execute(host.url, alice, sid, "has_big = 'big' in globals()", outputParameters=["small", "has_big"])
     assert out["outputParameters"] == [{"name": "small", "value": 1}, {"name": "has_big", "value": False}]
     assert host.healthy(alice)
+
+
+def test_files_deleted_but_held_open_count_against_the_disk_limit(host, alice):
+    sid = new_session(host.url, alice)
+    out = execute(host.url, alice, sid, "import os\nkept = []\n"
+                  f"for i in range({DISK_MB // 8 + 2}):\n"
+                  "    f = open(f'.tmp/gone{i}', 'wb')\n    os.unlink(f'.tmp/gone{i}')\n"
+                  "    f.write(os.urandom(8 * 2**20))\n    f.flush()\n    kept.append(f)")
+    assert out["success"] is False and "WORKER_DISK_MB" in out["errorMessage"]
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True
+
+
+def test_memory_is_bounded_across_a_workers_processes(host, alice):
+    memory_mb = int(LIMITS["WORKER_MEMORY_MB"])
+    out = execute(host.url, alice, new_session(host.url, alice),
+                  "import os, time\n"
+                  f"for i in range({memory_mb // 300 + 2}):\n"
+                  "    if os.fork() == 0:\n"
+                  "        hog = bytearray(b'x') * (300 * 2**20)\n        time.sleep(30)\n        os._exit(0)\n"
+                  "time.sleep(30)")
+    assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"]
+    assert host.healthy(alice)
