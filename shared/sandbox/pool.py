@@ -37,6 +37,8 @@ WORKER = Path(__file__).with_name("worker.py")
 _PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 #: while code runs, its folder is measured this often
 _DISK_CHECK_SECONDS = 0.2
+#: a call shorter than this, soon after a measurement, is not followed by one
+_QUICK_CALL_SECONDS = 0.005
 #: files and folders allowed per MB of WORKER_DISK_MB (empty files fill a disk's inodes too)
 _ENTRIES_PER_MB = 16
 
@@ -74,14 +76,17 @@ class Worker:
                 [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
                 env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
+        self.chan.setblocking(False)
         self._fd = self.chan.fileno()
         self._poll = select.poll()  # made once: a selector per read costs more than the read
         self._poll.register(self._fd, select.POLLIN)
+        self._buf = bytearray()  # bytes read past the frame being parsed
         self._max_json = s.max_request_bytes + 4 * s.max_console_bytes + 2**20
         self._max_blob = s.max_workspace_mb * 2**20 + 2**20
         self._disk = s.worker_disk_mb * 1024 * 1024
         self._memory = s.worker_memory_mb * 1024 * 1024
         self._folder_stamp = 0
+        self._disk_checked = 0.0
         self._deleted_open = 0  # bytes of deleted files its processes held open at the last look
         self._max_processes = s.worker_max_processes
         self._listener: int | None = None
@@ -107,6 +112,7 @@ class Worker:
                 self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
                 raise WorkerDied("the worker process has exited")
             call_id = secrets.token_hex(8)
+            started = time.monotonic()
             self._send(encode({**message, "id": call_id}), deadline)
             reply = self._reply(deadline)
             if isinstance(reply, dict) and reply.pop("id", None) == call_id:
@@ -116,7 +122,11 @@ class Worker:
             if why:
                 self._stop()
                 raise WorkerDied(f"the worker broke the protocol ({why}) and was stopped")
-            self._check_disk()  # a burst of writes can finish between two measurements
+            now = time.monotonic()
+            # A call measures the folder after it, unless it was too short to write much and the
+            # folder was measured moments ago: the bound is the one code has while it runs.
+            if now - started >= _QUICK_CALL_SECONDS or now - self._disk_checked >= _DISK_CHECK_SECONDS:
+                self._check_disk()
             if self._listener is not None and limiter.started_process(self._listener, clear=True):
                 self._sweep()
             return reply
@@ -144,16 +154,19 @@ class Worker:
 
     def _send(self, buffers: list[bytes], deadline: float) -> None:
         """Within the deadline: a worker that stops reading must not hold the caller forever."""
-        try:
-            for buf in buffers:
-                self.chan.settimeout(max(deadline - time.monotonic(), 0.001))
-                self.chan.sendall(buf)
-        except TimeoutError:
-            self._stop()
-            raise WorkerTimeout() from None
-        except OSError:
-            self._stop()
-            raise WorkerDied("the worker process has exited") from None
+        for buf in buffers:
+            view = memoryview(buf)
+            while view:
+                try:
+                    view = view[os.write(self._fd, view):]
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([], [self._fd], [], left)[1]:
+                        self._stop()
+                        raise WorkerTimeout() from None
+                except OSError:
+                    self._stop()
+                    raise WorkerDied("the worker process has exited") from None
 
     def _reply(self, deadline: float, head: bytes = b"") -> Any:
         head += self._read(HEADER.size - len(head), deadline)
@@ -172,16 +185,21 @@ class Worker:
             raise WorkerDied("the worker sent a malformed reply and was stopped") from None
 
     def _read(self, n: int, deadline: float) -> bytearray:
-        """Grown as bytes arrive: a length a worker claims is never allocated ahead."""
-        buf = bytearray()
+        """Exactly `n` bytes, grown as they arrive: a length a worker claims is never allocated
+        ahead. Reads take what is there (a whole small reply at once); the rest waits in _buf."""
+        buf = self._buf
         while len(buf) < n:
             self._wait(deadline)
-            chunk = os.read(self._fd, min(n - len(buf), 1 << 20))
+            try:
+                chunk = os.read(self._fd, max(n - len(buf), 1 << 16))
+            except BlockingIOError:
+                continue
             if not chunk:
                 self._stop()
                 raise WorkerDied("the worker process exited (it may have run out of memory)")
             buf += chunk
-        return buf
+        out, self._buf = (buf, bytearray()) if len(buf) == n else (buf[:n], buf[n:])
+        return out
 
     def _wait(self, deadline: float) -> None:
         """Until the worker has something to say; its folder is measured while it runs."""
@@ -199,6 +217,7 @@ class Worker:
         """Its folder, and files it deleted but holds open (they fill the disk as much). The
         processes' open files are looked at when the folder changed, while code runs, and
         while it holds deleted files."""
+        self._disk_checked = time.monotonic()
         used, stamp = folder_usage(self.dir, self._disk, max(1000, self._disk // 2**20 * _ENTRIES_PER_MB))
         if running or stamp != self._folder_stamp or self._deleted_open:
             self._folder_stamp = stamp

@@ -15,6 +15,15 @@ HEADER = struct.Struct(">II")
 _BLOB_KEY = "_blob"
 
 
+def _refuse(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# made once: json.dumps/loads with options build a new encoder/decoder on every call
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder(parse_constant=_refuse)
+
+
 def encode(message: dict[str, Any]) -> list[bytes]:
     """The frame as buffers to send in order (a large blob is not copied into the header's)."""
     blob_key = next((k for k, v in message.items() if isinstance(v, (bytes, bytearray, memoryview))), None)
@@ -23,23 +32,19 @@ def encode(message: dict[str, Any]) -> list[bytes]:
         message = dict(message)
         blob = message.pop(blob_key)
         message[_BLOB_KEY] = blob_key
-    body = json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
+    body = _ENCODER.encode(message).encode()
     return [HEADER.pack(len(body), len(blob)) + body, blob] if blob else [HEADER.pack(len(body), 0) + body]
 
 
 def decode(body: bytes | bytearray, blob: bytes | None = None) -> Any:
     """:raises ValueError: not JSON, non-finite numbers, or nested too deep"""
     try:
-        message = json.loads(body, parse_constant=_refuse)
+        message = _DECODER.decode(bytes(body).decode())
     except RecursionError:
         raise ValueError("nested too deep") from None
     if isinstance(message, dict) and isinstance(message.get(_BLOB_KEY), str):
         message[message.pop(_BLOB_KEY)] = blob or b""
     return message
-
-
-def _refuse(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 _STR_LIST = "list of strings"
