@@ -80,6 +80,8 @@ class Worker:
         self._fd = self.chan.fileno()
         self._poll = select.poll()  # made once: a selector per read costs more than the read
         self._poll.register(self._fd, select.POLLIN)
+        self._out_poll = select.poll()
+        self._out_poll.register(self._fd, select.POLLOUT)
         self._buf = bytearray()  # bytes read past the frame being parsed
         self._max_json = s.max_request_bytes + 4 * s.max_console_bytes + 2**20
         self._max_blob = s.max_workspace_mb * 2**20 + 2**20
@@ -108,7 +110,7 @@ class Worker:
                 raise WorkerDied("the worker was stopped")
             if not self._greeted:
                 self._greet(deadline)
-            if self.proc.poll() is not None or self._poll.poll(0):
+            if self.proc.poll() is not None or self._stray():
                 self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
                 raise WorkerDied("the worker process has exited")
             call_id = secrets.token_hex(8)
@@ -136,11 +138,16 @@ class Worker:
     def _greet(self, deadline: float) -> None:
         """The worker's first frame says whether it confined itself and hands over the seccomp
         listener through which it asks to start processes."""
-        self._wait(deadline)
-        try:
-            data, fds, _, _ = socket.recv_fds(self.chan, HEADER.size, 1)
-        except OSError:
-            data, fds = b"", []
+        while True:
+            self._wait(deadline)
+            try:
+                data, fds, _, _ = socket.recv_fds(self.chan, HEADER.size, 1)
+                break
+            except BlockingIOError:
+                continue
+            except OSError:
+                data, fds = b"", []
+                break
         if fds:
             self._listener = fds[0]
             limiter.watch(self._listener, self.proc.pid, self._max_processes)
@@ -161,7 +168,7 @@ class Worker:
                     view = view[os.write(self._fd, view):]
                 except BlockingIOError:
                     left = deadline - time.monotonic()
-                    if left <= 0 or not select.select([], [self._fd], [], left)[1]:
+                    if left <= 0 or not self._out_poll.poll(left * 1000):
                         self._stop()
                         raise WorkerTimeout() from None
                 except OSError:
@@ -268,9 +275,13 @@ class Worker:
         if not self.lock.acquire(blocking=False):
             return True
         try:
-            return not (self._greeted and self._poll.poll(0))
+            return not self._stray()
         finally:
             self.lock.release()
+
+    def _stray(self) -> bool:
+        """Bytes from the worker beyond its last reply (call with the lock held)."""
+        return self._greeted and bool(self._buf or self._poll.poll(0))
 
     def kill(self) -> None:
         """End the worker and everything it started (from any thread). A call in progress sees
