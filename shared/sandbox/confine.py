@@ -9,7 +9,7 @@ import resource
 from typing import Any
 
 from . import landlock, seccomp
-from .policy import syscall_rules
+from .policy import late_rules, syscall_rules
 
 _PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 _SYS_CAPGET, _SYS_CAPSET = 125, 126
@@ -28,6 +28,13 @@ def apply(policy: dict[str, Any]) -> int | None:
     landlock.restrict(read=policy["read"], write=policy["write"], files=policy["files"],
                       tcp_connect=policy["tcpConnect"])
     return seccomp.install(syscall_rules(network=policy["network"]), listener=True)
+
+
+def seal(policy: dict[str, Any]) -> None:
+    """After the listener is in the host's hands: the rules that would have kept it from
+    getting there."""
+    if policy["confine"]:
+        seccomp.install(late_rules(), listener=False)
 
 
 def limits(policy: dict[str, Any]) -> None:

@@ -4,13 +4,16 @@ initCode, unpickling) under all of them, applied by `confine` before any user by
 - files: read and execute only the interpreter, the import path, system libraries and the
   app's `shared/` package; read-write only the worker's own folder. Nothing else: not the app
   folder (local.settings.json, .azurite/), other workers' folders, the system temp directory.
-- network: no sockets but UNIX socket pairs by default. With SANDBOX_OUTBOUND_PORTS, TCP sockets
+- network: no sockets but UNIX stream socket pairs by default (connected to each other only;
+  no sendmsg, so no descriptors passed through them). With SANDBOX_OUTBOUND_PORTS, TCP sockets
   that may connect to those ports only (and UDP, for DNS); never bind, listen or TCP Fast Open
   (whose first send connects without the connect check).
 - processes: no signals, ptrace, /proc/<pid>/environ or mem of anything outside the worker's
   own domain; the worker and its children stay in one process group (setsid and setpgid fail)
   and below the worker (no CLONE_PARENT), so killing the group ends them all; at most
   WORKER_MAX_PROCESSES processes and threads.
+- files' metadata: no chmod, chown, utime or extended attributes anywhere. Landlock does not
+  govern them, and the worker runs as the app's user, which owns the app's files.
 - privileges: no_new_privs, every capability dropped, no namespaces, mounts, BPF, keyrings,
   perf, io_uring or kernel modules; no memory outside the address-space limit that outlives a
   process (memfd, System V shared memory, semaphores and message queues, POSIX queues).
@@ -41,7 +44,7 @@ _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/passwd", "/etc/grou
                  "/proc/cpuinfo", "/proc/meminfo", "/dev/zero", "/dev/urandom", "/dev/random")
 _DEVICES_RW = ("/dev/null",)
 
-_AF_INET, _AF_INET6 = 2, 10
+_AF_UNIX, _AF_INET, _AF_INET6 = 1, 2, 10
 _SOCK_STREAM, _SOCK_DGRAM = 1, 2
 _TCP, _UDP = 6, 17
 _MSG_FASTOPEN = 0x20000000
@@ -62,7 +65,13 @@ DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", 
           "lookup_dcookie", "vhangup", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime",
           "adjtimex", "listen", "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl", "shmdt", "semget",
           "semop", "semctl", "semtimedop", "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink",
-          "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr")
+          "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+          "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes",
+          "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
+          "fremovexattr", "setxattrat", "removexattrat")
+#: ioctls that change a file's inode flags or attributes (chattr), which an owner may do on a
+#: file open only for reading
+_IOCTL_DENIED = (0x40086602, 0x40046602, 0x401C5820, 0x40087602, 0x40047602)
 #: calls that may only name the worker itself (pid 0) as their target
 SELF_ONLY = (("prlimit64", 0), ("sched_setaffinity", 0), ("sched_setscheduler", 0), ("sched_setparam", 0),
              ("sched_setattr", 0))
@@ -81,14 +90,22 @@ def syscall_rules(*, network: bool) -> list[Rule]:
         Rule("ioprio_set", RET_ALLOW, args=((0, (1, 2), 0), (1, (0,), 0))),
         Rule("socket", RET_ALLOW, args=((0, families, 0), (1, types, 0xF), (2, protocols, 0))),
         Rule("sendto", RET_ALLOW, flags_denied=_MSG_FASTOPEN, flags_arg=3),
-        Rule("sendmsg", RET_ALLOW, flags_denied=_MSG_FASTOPEN, flags_arg=2),
-        Rule("sendmmsg", RET_ALLOW, flags_denied=_MSG_FASTOPEN, flags_arg=3),
+        # stream pairs only: a datagram socket could send to any pathname socket on the machine
+        Rule("socketpair", RET_ALLOW, args=((0, (_AF_UNIX,), 0), (1, (_SOCK_STREAM,), 0xF))),
+        Rule("ioctl", RET_ALLOW, denied=(1, _IOCTL_DENIED)),
         Rule("clone", RET_NOTIFY, flags_denied=_CLONE_DENIED),
         Rule("clone3", errno_ret(errno.ENOSYS)),  # its flags sit behind a pointer: libc falls back to clone
         Rule("fork", RET_NOTIFY),
         Rule("vfork", RET_NOTIFY),
     ]
     return rules
+
+
+def late_rules() -> list[Rule]:
+    """A second filter, stacked once the worker has handed its listener to the host (which
+    takes sendmsg): sendmsg carries descriptors (SCM_RIGHTS), which would hide deleted files
+    from the disk measurement. ENOSYS, because glibc's resolver then falls back to send."""
+    return [Rule("sendmsg", errno_ret(errno.ENOSYS)), Rule("sendmmsg", errno_ret(errno.ENOSYS))]
 
 
 def outbound_ports() -> list[int]:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import lru_cache
@@ -29,7 +30,7 @@ from ..config import get_settings
 from ..errors import Unavailable
 from . import policy
 from .protocol import HEADER, check_reply, decode, encode
-from .tasks import limiter, members
+from .tasks import Watched, limiter, members
 
 log = logging.getLogger("o16n.sandbox")
 WORKER = Path(__file__).with_name("worker.py")
@@ -39,6 +40,12 @@ _PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZ
 _DISK_CHECK_SECONDS = 0.2
 #: a call shorter than this, soon after a measurement, is not followed by one
 _QUICK_CALL_SECONDS = 0.005
+#: how long a call waits for a worker busy with others before it is answered "busy": a slow
+#: service must not hold the API's threads in a queue
+_QUEUE_SECONDS = 2.0
+#: between calls a worker may use this share of a CPU (threads user code left running)
+_IDLE_CPU_SHARE = 0.25
+_IDLE_CHECK_SECONDS = 1.0
 #: files and folders allowed per MB of WORKER_DISK_MB (empty files fill a disk's inodes too)
 _ENTRIES_PER_MB = 16
 
@@ -91,19 +98,22 @@ class Worker:
         self._disk_checked = 0.0
         self._deleted_open = 0  # bytes of deleted files its processes held open at the last look
         self._max_processes = s.worker_max_processes
-        self._listener: int | None = None
+        self._watch: Watched | None = None  # the host's side of its process limit
         self._greeted = False
         self._dead = False
         self._reaping = threading.Lock()
         self.lock = threading.Lock()
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
+        self._cpu_mark = (time.monotonic(), 0)
+        _live.add(self)
+        _start_watcher()
 
     def call(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """One request, one reply (bytes values travel raw). :raises WorkerBusy: (other calls
         held it until the deadline) :raises WorkerTimeout: (the worker is killed) :raises
         WorkerDied: (also for a reply that breaks the protocol, or a folder over its budget)"""
         deadline = time.monotonic() + timeout
-        if not self.lock.acquire(timeout=timeout):
+        if not self.lock.acquire(timeout=min(timeout, _QUEUE_SECONDS)):
             raise WorkerBusy()
         try:
             if self._dead:
@@ -129,8 +139,9 @@ class Worker:
             # folder was measured moments ago: the bound is the one code has while it runs.
             if now - started >= _QUICK_CALL_SECONDS or now - self._disk_checked >= _DISK_CHECK_SECONDS:
                 self._check_disk()
-            if self._listener is not None and limiter.started_process(self._listener, clear=True):
+            if self._watch is not None and limiter.started_process(self._watch, clear=True):
                 self._sweep()
+            self._cpu_mark = (time.monotonic(), cpu_ticks(self.proc.pid))
             return reply
         finally:
             self.lock.release()
@@ -149,8 +160,7 @@ class Worker:
                 data, fds = b"", []
                 break
         if fds:
-            self._listener = fds[0]
-            limiter.watch(self._listener, self.proc.pid, self._max_processes)
+            self._watch = limiter.watch(fds[0], self.proc.pid, self._max_processes)
         hello = self._reply(deadline, data)
         self._greeted = True
         if not isinstance(hello, dict) or not hello.get("ok"):
@@ -187,9 +197,9 @@ class Worker:
         blob = bytes(self._read(blob_size, deadline)) if blob_size else None
         try:
             return decode(body, blob)
-        except ValueError:
+        except ValueError as exc:
             self._stop()
-            raise WorkerDied("the worker sent a malformed reply and was stopped") from None
+            raise WorkerDied(f"the worker sent a malformed reply ({exc}) and was stopped") from None
 
     def _read(self, n: int, deadline: float) -> bytearray:
         """Exactly `n` bytes, grown as they arrive: a length a worker claims is never allocated
@@ -236,7 +246,7 @@ class Worker:
 
     def _check_memory(self) -> None:
         """RLIMIT_AS bounds each process; this bounds all of them together, while a call runs."""
-        if self._listener is None or not limiter.started_process(self._listener, clear=False):
+        if self._watch is None or not limiter.started_process(self._watch, clear=False):
             return
         if sum(proportional_memory(pid) for pid in self._pids()) > self._memory:
             self._stop()
@@ -244,27 +254,9 @@ class Worker:
                              "(WORKER_MEMORY_MB) and were stopped")
 
     def _pids(self) -> list[int]:
-        if self._listener is not None and limiter.started_process(self._listener, clear=False):
+        if self._watch is not None and limiter.started_process(self._watch, clear=False):
             return [pid for pid, _ in members(self.proc.pid)]
         return [self.proc.pid]
-
-    def _sweep(self) -> None:
-        """Processes a call started end with it (the worker reaps them before its next call);
-        only threads live on in the worker."""
-        for pid, _ in members(self.proc.pid):
-            if pid == self.proc.pid:
-                continue
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:
-                continue
-            try:  # the pidfd pins the process: it is still the one listed in the group
-                if _pgid(pid) == self.proc.pid:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
 
     @property
     def alive(self) -> bool:
@@ -303,13 +295,16 @@ class Worker:
 
     def _signal(self) -> None:
         # setsid and setpgid are refused to user code, so its whole family is in this group.
-        # Never after the leader is reaped: its group id could then belong to someone else.
+        # Once the leader is reaped the group id is safe only while members hold it: then
+        # each member is ended by pidfd instead.
         with self._reaping:
             if self.proc.returncode is None:
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+                return
+        self._sweep()
 
     def _release(self) -> None:
         if self._dead:
@@ -317,11 +312,107 @@ class Worker:
         self._dead = True
         with self._reaping:
             self.proc.wait()
-        if self._listener is not None:
-            limiter.forget(self._listener)
-            self._listener = None
+        self._sweep()  # a leader reaped earlier (it exited) may have left its group behind
+        _live.discard(self)
+        if self._watch is not None:
+            limiter.forget(self._watch)
+            self._watch = None
         self.chan.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """Processes a call started end with it (the worker reaps them before its next call);
+        only threads live on in the worker. Repeated until none is left: one may have been
+        forking while the group was listed."""
+        for _ in range(_SWEEP_ROUNDS):
+            others = [pid for pid, _ in members(self.proc.pid) if pid != self.proc.pid]
+            if not others:
+                return
+            for pid in others:
+                _kill_member(pid, self.proc.pid)
+            time.sleep(0.001)
+        log.warning("worker %s: processes kept appearing while its group was ended", self.proc.pid)
+
+    def idle_check(self) -> None:
+        """From the watcher, between calls: a worker whose leftover threads burn CPU, whose
+        leftover processes or files grow, or which died, is stopped."""
+        if self._dead or not self._greeted or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self._dead:
+                return
+            if self.proc.poll() is not None:
+                self._stop()
+                return
+            if self._watch is not None and limiter.started_process(self._watch, clear=True):
+                self._sweep()
+            try:
+                self._check_disk()
+            except WorkerDied:
+                log.warning("worker %s stopped between calls: its folder outgrew WORKER_DISK_MB", self.proc.pid)
+                return
+            since, used = self._cpu_mark
+            now, ticks = time.monotonic(), cpu_ticks(self.proc.pid)
+            if now - since < 2 * _IDLE_CHECK_SECONDS:
+                return
+            if (ticks - used) / _TICKS > _IDLE_CPU_SHARE * (now - since):
+                log.warning("worker %s stopped: threads its code left running used a CPU between calls",
+                            self.proc.pid)
+                self._stop()
+                return
+            self._cpu_mark = (now, ticks)
+        finally:
+            self.lock.release()
+
+
+_SWEEP_ROUNDS = 20
+_TICKS = os.sysconf("SC_CLK_TCK")
+_live: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+
+
+def _kill_member(pid: int, pgid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:  # the pidfd pins the process: check it is still the one listed in the group
+        if _pgid(pid) == pgid:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def cpu_ticks(pid: int) -> int:
+    """CPU time the process (all its threads) has used, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _watch_idle_workers() -> None:
+    while True:
+        time.sleep(_IDLE_CHECK_SECONDS)
+        for worker in list(_live):
+            try:
+                worker.idle_check()
+            except Exception:  # one worker's trouble must not end the watching
+                log.exception("checking an idle worker failed")
+
+
+_watcher_lock = threading.Lock()
+_watcher: list[threading.Thread] = []
+
+
+def _start_watcher() -> None:
+    with _watcher_lock:
+        if not _watcher:
+            _watcher.append(threading.Thread(target=_watch_idle_workers, name="o16n-idle-watch", daemon=True))
+            _watcher[0].start()
 
 
 def folder_usage(path: str, budget: int, max_entries: int) -> tuple[int, int]:

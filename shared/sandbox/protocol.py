@@ -36,8 +36,17 @@ def encode(message: dict[str, Any]) -> list[bytes]:
     return [HEADER.pack(len(body), len(blob)) + body, blob] if blob else [HEADER.pack(len(body), 0) + body]
 
 
+#: what decoding one reply may cost the host: JSON's values become Python objects of up to
+#: ~64 bytes each (`[[]]*N` is 2 bytes a value on the wire)
+_DECODED_MAX = 256 * 2**20
+
+
 def decode(body: bytes | bytearray, blob: bytes | None = None) -> Any:
-    """:raises ValueError: not JSON, non-finite numbers, or nested too deep"""
+    """:raises ValueError: not JSON, non-finite numbers, nested too deep, or too many values"""
+    if len(body) > 2**20:
+        values = body.count(b",") + body.count(b"[") + body.count(b"{")
+        if len(body) + 64 * values > _DECODED_MAX:
+            raise ValueError(f"{values} values, more than the host decodes in one reply")
     try:
         message = _DECODER.decode(bytes(body).decode())
     except RecursionError:

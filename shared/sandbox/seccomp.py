@@ -34,7 +34,10 @@ NR = {  # x86_64 numbers
     "semop": 65, "semctl": 66, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
     "semtimedop": 220, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
     "mq_notify": 244, "mq_getsetattr": 245, "sendmmsg": 307, "memfd_create": 319, "memfd_secret": 447,
-    "socket": 41, "clone": 56, "fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "setpgid": 109,
+    "socket": 41, "ioctl": 16, "socketpair": 53, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
+    "lchown": 94, "utime": 132, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197,
+    "lremovexattr": 198, "fremovexattr": 199, "utimes": 235, "fchownat": 260, "futimesat": 261, "fchmodat": 268,
+    "utimensat": 280, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "clone": 56, "fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "setpgid": 109,
     "setsid": 112, "uselib": 134, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
     "vhangup": 153, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163, "settimeofday": 164,
     "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169, "iopl": 172, "ioperm": 173,
@@ -64,13 +67,15 @@ class Rule:
     """What a syscall gets: `action` always, or, with `args`, `action` only when every
     (index, allowed values) holds and `otherwise` when one does not. `mask` is ANDed with an
     argument before the comparison (one mask per index, 0 for none); `flags_denied` sends the
-    call to `otherwise` when argument `flags_arg` has any of those bits set."""
+    call to `otherwise` when argument `flags_arg` has any of those bits set, `denied` when
+    argument `denied[0]` is one of the values `denied[1]`."""
     name: str
     action: int
     args: tuple[tuple[int, tuple[int, ...], int], ...] = ()
     otherwise: int = errno_ret(errno.EPERM)
     flags_denied: int = 0
     flags_arg: int = 0
+    denied: tuple[int, tuple[int, ...]] | None = None
 
 
 def supported() -> str | None:
@@ -106,6 +111,12 @@ def _body(rule: Rule) -> list[tuple[int, int, int, int]]:
     if rule.flags_denied:
         body += [(_LD_ABS, 0, 0, 16 + 8 * rule.flags_arg), (_JSET, 0, 1, rule.flags_denied),
                  (_RET, 0, 0, rule.otherwise)]
+    if rule.denied:
+        index, values = rule.denied
+        body.append((_LD_ABS, 0, 0, 16 + 8 * index))
+        for i, value in enumerate(values):
+            body.append((_JEQ, len(values) - i, 0, value))  # match: jump to the deny after the allow
+        return body + [(_RET, 0, 0, rule.action), (_RET, 0, 0, rule.otherwise)]
     for index, allowed, mask in rule.args:
         # load the low 32 bits of the argument; if it is one of `allowed`, go on, else deny
         body.append((_LD_ABS, 0, 0, 16 + 8 * index))

@@ -29,8 +29,10 @@ _STARTS_PER_SECOND = 50
 _CLONE_THREAD = 0x00010000
 
 
-@dataclass
-class _Watched:
+@dataclass(eq=False)
+class Watched:
+    """One worker's listener; the limiter closes its descriptor exactly once."""
+    fd: int
     pgid: int
     limit: int
     approvals: dict[int, float] = field(default_factory=dict)  # caller pid -> when
@@ -43,35 +45,38 @@ class _Watched:
 class TaskLimiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[tuple[int, _Watched | None]] = []
-        self._watched: dict[int, _Watched] = {}
+        self._pending: list[tuple[Watched, bool]] = []
+        self._watched: dict[int, Watched] = {}
         self._later: deque[tuple[float, int, int, int, bool]] = deque()  # due, fd, id, caller, process
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
 
-    def watch(self, listener: int, pgid: int, limit: int) -> None:
-        """Take over `listener` (closed when its worker is gone or `forget` is called)."""
-        self._post(listener, _Watched(pgid, limit, tokens=limit, refilled=time.monotonic()))
+    def watch(self, listener: int, pgid: int, limit: int) -> Watched:
+        """Take over `listener` (closed when its worker is gone or `forget` is called). The
+        handle, not the descriptor number, names it from then on: numbers are reused."""
+        entry = Watched(listener, pgid, limit, tokens=limit, refilled=time.monotonic())
+        self._post(entry, True)
+        return entry
 
-    def forget(self, listener: int) -> None:
-        self._post(listener, None)
+    def forget(self, entry: Watched) -> None:
+        self._post(entry, False)
 
-    def started_process(self, listener: int, *, clear: bool) -> bool:
+    @staticmethod
+    def started_process(entry: Watched, *, clear: bool) -> bool:
         """Whether the worker started a process since this was last cleared."""
-        entry = self._watched.get(listener)
-        if entry is None or not entry.started_process:
+        if not entry.started_process:
             return False
         if clear:
             entry.started_process = False
         return True
 
-    def _post(self, fd: int, entry: _Watched | None) -> None:
+    def _post(self, entry: Watched, add: bool) -> None:
         with self._lock:
             if self._thread is None:
                 self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
                 self._thread = threading.Thread(target=self._run, name="o16n-task-limit", daemon=True)
                 self._thread.start()
-            self._pending.append((fd, entry))
+            self._pending.append((entry, add))
         os.write(self._wake_w, b"x")
 
     def _run(self) -> None:
@@ -103,12 +108,12 @@ class TaskLimiter:
             pass
         with self._lock:
             pending, self._pending = self._pending, []
-        for fd, entry in pending:
-            if entry is None:
-                self._drop(poller, fd)
-            else:
-                self._watched[fd] = entry
-                poller.register(fd, select.POLLIN)
+        for entry, add in pending:
+            if add:
+                self._watched[entry.fd] = entry
+                poller.register(entry.fd, select.POLLIN)
+            elif self._watched.get(entry.fd) is entry:
+                self._drop(poller, entry.fd)
 
     def _drop(self, poller: select.poll, fd: int) -> None:
         if self._watched.pop(fd, None) is None:

@@ -320,6 +320,10 @@ def main() -> None:
     else:
         socket.send_fds(chan, encode({"ok": True}), [listener])
         os.close(listener)  # in the host's hands only: user code must not answer its own requests
+    try:
+        confine.seal(policy)
+    except Exception:  # noqa: BLE001 - never expected; no user code runs half-confined
+        os._exit(1)
     _die_with_parent()
     rfile = chan.makefile("rb", buffering=0)
     import numpy  # noqa: F401 - most services need it; loading it here keeps it off the first request

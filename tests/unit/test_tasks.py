@@ -1,0 +1,32 @@
+"""The host's process limiter keeps its listeners by handle: descriptor numbers are reused."""
+import os
+import time
+
+from shared.sandbox.tasks import TaskLimiter
+
+
+def wait_for(condition, seconds=2.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_forgetting_a_listener_that_hung_up_never_closes_the_one_that_reused_its_number():
+    limiter = TaskLimiter()
+    read1, write1 = os.pipe()  # a pipe stands in for a worker's seccomp listener
+    first = limiter.watch(read1, pgid=0, limit=1)
+    assert wait_for(lambda: read1 in limiter._watched)
+    os.close(write1)  # the worker is gone: its listener hangs up and the limiter closes it
+    assert wait_for(lambda: read1 not in limiter._watched)
+    read2, write2 = os.pipe()
+    assert read2 == read1  # the lowest free number comes back
+    second = limiter.watch(read2, pgid=0, limit=1)
+    assert wait_for(lambda: limiter._watched.get(read2) is second)
+    limiter.forget(first)
+    time.sleep(0.2)
+    assert limiter._watched.get(read2) is second
+    os.fstat(read2)  # still open
+    limiter.forget(second)
+    assert wait_for(lambda: read2 not in limiter._watched)
+    os.close(write2)
