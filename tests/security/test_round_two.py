@@ -141,7 +141,7 @@ def test_a_slow_service_cannot_hold_the_api(host, alice, bob):
     time.sleep(0.5)
     start = time.monotonic()
     assert requests.get(f"{host.url}/services", headers=bob, timeout=30).status_code == 200
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 5  # not the 24 x 2.5 s a queue would make it
     for t in threads:
         t.join(30)
     assert set(answers) <= {200, 503} and answers.count(503) > 0
