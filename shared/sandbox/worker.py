@@ -270,7 +270,8 @@ class Worker:
             return f"\n(o16n: the working directory may hold {p['fileBytes'] // 2**20} MB, WORKER_DISK_MB)"
         if isinstance(exc, PermissionError) and p["confine"]:
             return ("\n(o16n: user code may read only Python, its libraries and its working directory, write only "
-                    "its working directory, and has no network access unless SANDBOX_OUTBOUND_PORTS opens it)")
+                    "its working directory, change no file's mode, owner or times, and has no network access "
+                    "unless SANDBOX_OUTBOUND_PORTS opens it)")
         return ""
 
 
