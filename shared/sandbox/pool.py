@@ -104,7 +104,7 @@ class Worker:
         self._reaping = threading.Lock()
         self.lock = threading.Lock()
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
-        self._cpu_mark = (time.monotonic(), 0)
+        self._cpu_mark: tuple[float, int] | None = None
         _live.add(self)
         _start_watcher()
 
@@ -141,7 +141,7 @@ class Worker:
                 self._check_disk()
             if self._watch is not None and limiter.started_process(self._watch, clear=True):
                 self._sweep()
-            self._cpu_mark = (time.monotonic(), cpu_ticks(self.proc.pid))
+            self._cpu_mark = None  # the idle watcher takes its baseline (off the hot path)
             return reply
         finally:
             self.lock.release()
@@ -351,8 +351,11 @@ class Worker:
             except WorkerDied:
                 log.warning("worker %s stopped between calls: its folder outgrew WORKER_DISK_MB", self.proc.pid)
                 return
-            since, used = self._cpu_mark
             now, ticks = time.monotonic(), cpu_ticks(self.proc.pid)
+            if self._cpu_mark is None:
+                self._cpu_mark = (now, ticks)
+                return
+            since, used = self._cpu_mark
             if now - since < 2 * _IDLE_CHECK_SECONDS:
                 return
             if (ticks - used) / _TICKS > _IDLE_CPU_SHARE * (now - since):

@@ -326,16 +326,19 @@ def main() -> None:
     except Exception:  # noqa: BLE001 - never expected; no user code runs half-confined
         os._exit(1)
     _die_with_parent()
-    rfile = chan.makefile("rb", buffering=0)
+    frames = _Frames(chan.fileno())
     import numpy  # noqa: F401 - most services need it; loading it here keeps it off the first request
 
     worker = Worker(policy)
     while True:
-        header = _read(rfile, HEADER.size)
+        header = frames.read(HEADER.size)
         if header is None:
             return
         size, blob_size = HEADER.unpack(header)
-        msg = decode(_read(rfile, size) or b"{}", _read(rfile, blob_size) if blob_size else None)
+        body, blob = frames.read(size), frames.read(blob_size) if blob_size else None
+        if body is None:
+            return
+        msg = decode(body, blob)
         _reap()
         try:
             reply = getattr(worker, "op_" + msg["op"])(msg)
@@ -390,14 +393,21 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _read(f: Any, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = f.read(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+class _Frames:
+    """Reads from the channel in as few system calls as the host's writes allow."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buf = fd, bytearray()
+
+    def read(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            chunk = os.read(self.fd, max(n - len(self.buf), 1 << 16))
+            if not chunk:
+                return None
+            self.buf += chunk
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
 
 
 if __name__ == "__main__":
