@@ -80,6 +80,14 @@ class Settings:
     spare_workers: int = 1
     preload_modules: str = "numpy,pandas,sklearn.svm,sklearn.linear_model,sklearn.ensemble,sklearn.tree"
 
+    @property
+    def outbound_port_list(self) -> list[int]:
+        return [int(p) for p in _items(self.sandbox_outbound_ports)]
+
+    @property
+    def session_role_list(self) -> list[str]:
+        return _items(self.session_roles)
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
@@ -110,10 +118,10 @@ class Settings:
         self.roles()
         if self.sandbox not in ("strict", "process"):
             raise ConfigError("setting SANDBOX must be strict or process")
-        ports = self.sandbox_outbound_ports.replace(" ", "").split(",")
-        if not all(p.isdigit() and 0 < int(p) < 65536 for p in ports if p):
+        ports = _items(self.sandbox_outbound_ports)
+        if not all(p.isdigit() and 0 < int(p) < 65536 for p in ports):
             raise ConfigError("setting SANDBOX_OUTBOUND_PORTS must be TCP port numbers, comma-separated")
-        if not set(self.session_roles.replace(" ", "").split(",")) <= set(ROLES):
+        if not set(self.session_role_list) <= set(ROLES):
             raise ConfigError(f"setting SESSION_ROLES must list roles among {', '.join(ROLES)}")
         for key in ("worker_memory_mb", "worker_max_processes", "worker_disk_mb", "max_workspace_mb"):
             if getattr(self, key) < 1:
@@ -142,6 +150,10 @@ class Settings:
             roles[name] = role
         roles["admin"] = "Owner"
         return roles
+
+
+def _items(raw: str) -> list[str]:
+    return [p for p in raw.replace(" ", "").split(",") if p]
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,6 @@
 """Consuming a service: cached definition, typed input check, the warm worker, the reply."""
 from __future__ import annotations
 
-
 from . import services, types, workspaces
 from .auth import Principal
 from .config import get_settings

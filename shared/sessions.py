@@ -29,7 +29,7 @@ def _binding(owner: str, sid: str) -> str:
 
 
 def _may_use(user: Principal) -> None:
-    if user.role not in get_settings().session_roles.replace(" ", "").split(","):
+    if user.role not in get_settings().session_role_list:
         raise Forbidden(f"the {user.role} role may not use sessions here (SESSION_ROLES)")
 
 
@@ -187,7 +187,11 @@ def _checked(user: Principal, sid: str, message: dict) -> dict:
     """A non-execute call: worker refusals become 404/400, a lost worker 503."""
     try:
         reply = _call(user, sid, message)
-    except (WorkerTimeout, WorkerDied):
+    except WorkerDied as exc:
+        if exc.limit:
+            raise PayloadTooLarge(str(exc)) from None
+        raise Unavailable("the session's worker did not answer; try again") from None
+    except WorkerTimeout:
         raise Unavailable("the session's worker did not answer; try again") from None
     return reply
 
@@ -218,9 +222,9 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
             if not reply.get("ok"):
                 raise BadRequest(f"the session workspace could not be loaded: {reply.get('error')}")
 
-        worker = pool.sessions.checkout(sid, row.get("stateSha256"), start)
-        worker.tag = row.get("stateSha256")
         try:
+            worker = pool.sessions.checkout(sid, row.get("stateSha256"), start)
+            worker.tag = row.get("stateSha256")
             reply = worker.call(message, timeout=timeout)
         except WorkerBusy:
             raise Conflict("another call is using this session's worker; try again",
@@ -235,7 +239,7 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
                 raise BadRequest(reply.get("error", "refused"))
             pool.sessions.retire(sid)  # it holds what was not saved
             if reply.get("tooLarge"):
-                raise PayloadTooLarge(reply["error"])
+                raise PayloadTooLarge(reply.get("error", "the workspace is too large"))
             raise Unavailable(reply.get("error", "the session's worker failed"))
         if "state" in reply:
             try:

@@ -14,6 +14,8 @@ from .policy import late_rules, syscall_rules
 _PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 _SYS_CAPGET, _SYS_CAPSET = 125, 126
 _CAP_V3 = 0x20080522
+#: descriptors per process: each pins kernel memory, and the host looks through them
+_MAX_OPEN_FILES = 4096
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -23,6 +25,8 @@ def apply(policy: dict[str, Any]) -> int | None:
     limits(policy)
     if not policy["confine"]:
         return None
+    if len(os.listdir("/proc/self/task")) != 1:  # Landlock and seccomp bind the calling thread only
+        raise OSError(0, "a thread started before the worker confined itself")
     drop_capabilities()
     seccomp.no_new_privs()
     landlock.restrict(read=policy["read"], write=policy["write"], files=policy["files"],
@@ -39,7 +43,9 @@ def seal(policy: dict[str, Any]) -> None:
 
 def limits(policy: dict[str, Any]) -> None:
     for which, value in ((resource.RLIMIT_AS, policy["memoryBytes"]), (resource.RLIMIT_FSIZE, policy["fileBytes"]),
-                         (resource.RLIMIT_CORE, 0)):
+                         (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES)):
+        hard = resource.getrlimit(which)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(which, (value, value))
 
 

@@ -6,14 +6,15 @@ initCode, unpickling) under all of them, applied by `confine` before any user by
   folder (local.settings.json, .azurite/), other workers' folders, the system temp directory.
 - network: no sockets but UNIX stream socket pairs by default (connected to each other only;
   no sendmsg, so no descriptors passed through them). With SANDBOX_OUTBOUND_PORTS, TCP sockets
-  that may connect to those ports only (and UDP, for DNS); never bind, listen or TCP Fast Open
-  (whose first send connects without the connect check).
+  that may connect to those ports only, and UDP to any address (DNS needs it); never bind,
+  listen or TCP Fast Open (whose first send connects without the connect check).
 - processes: no signals, ptrace, /proc/<pid>/environ or mem of anything outside the worker's
   own domain; the worker and its children stay in one process group (setsid and setpgid fail)
   and below the worker (no CLONE_PARENT), so killing the group ends them all; at most
   WORKER_MAX_PROCESSES processes and threads.
-- files' metadata: no chmod, chown, utime or extended attributes anywhere. Landlock does not
-  govern them, and the worker runs as the app's user, which owns the app's files.
+- files' metadata: no chmod, chown, utime, leases or extended attributes anywhere, no inotify
+  or dnotify. Landlock does not govern them, and the worker runs as the app's user, which owns
+  the app's files.
 - privileges: no_new_privs, every capability dropped, no namespaces, mounts, BPF, keyrings,
   perf, io_uring or kernel modules; no memory outside the address-space limit that outlives a
   process (memfd, System V shared memory, semaphores and message queues, POSIX queues).
@@ -48,10 +49,13 @@ _AF_UNIX, _AF_INET, _AF_INET6 = 1, 2, 10
 _SOCK_STREAM, _SOCK_DGRAM = 1, 2
 _TCP, _UDP = 6, 17
 _MSG_FASTOPEN = 0x20000000
-# clone() flags that create namespaces (and so escape the rest of the rules), and CLONE_PARENT,
-# which would make the new process a child of the host instead of the worker
-_CLONE_DENIED = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
-                 | 0x00000080 | 0x00008000)
+_CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
+_CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET, _CLONE_NEWTIME = 0x10000000, 0x20000000, 0x40000000, 0x00000080
+_CLONE_PARENT = 0x00008000
+# namespaces would escape the rest of the rules; CLONE_PARENT would make the new process a
+# child of the host instead of the worker
+_CLONE_DENIED = (_CLONE_NEWNS | _CLONE_NEWCGROUP | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWUSER | _CLONE_NEWPID
+                 | _CLONE_NEWNET | _CLONE_NEWTIME | _CLONE_PARENT)
 
 #: syscalls refused outright (EPERM): escape hatches, other processes' memory, kernel state,
 #: leaving the process group that is killed as one
@@ -68,10 +72,24 @@ DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", 
           "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
           "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes",
           "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
-          "fremovexattr", "setxattrat", "removexattrat")
+          "fremovexattr", "setxattrat", "removexattrat",
+          # reads Landlock does not govern: attributes of files it may not read, and watching
+          # folders it may not list (other users' file names as they are made)
+          "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr", "getxattrat",
+          "listxattrat", "inotify_init", "inotify_init1", "inotify_add_watch", "file_getattr", "file_setattr",
+          "open_tree_attr",
+          # flushes every file system of the machine
+          "sync", "syncfs")
 #: ioctls that change a file's inode flags or attributes (chattr), which an owner may do on a
 #: file open only for reading
-_IOCTL_DENIED = (0x40086602, 0x40046602, 0x401C5820, 0x40087602, 0x40047602)
+_FS_IOC_SETFLAGS, _FS_IOC32_SETFLAGS, _FS_IOC_FSSETXATTR = 0x40086602, 0x40046602, 0x401C5820
+_FS_IOC_SETVERSION, _FS_IOC32_SETVERSION, _FS_IOC_ENABLE_VERITY = 0x40087602, 0x40047602, 0x40806685
+_IOCTL_DENIED = (_FS_IOC_SETFLAGS, _FS_IOC32_SETFLAGS, _FS_IOC_FSSETXATTR, _FS_IOC_SETVERSION, _FS_IOC32_SETVERSION,
+                 _FS_IOC_ENABLE_VERITY)
+#: fcntl F_SETLEASE (an owner's lease stalls everyone who opens the file for 45 s) and
+#: F_NOTIFY (watching a folder it may not list)
+_F_SETLEASE, _F_NOTIFY = 1024, 1026
+_FCNTL_DENIED = (_F_SETLEASE, _F_NOTIFY)
 #: calls that may only name the worker itself (pid 0) as their target
 SELF_ONLY = (("prlimit64", 0), ("sched_setaffinity", 0), ("sched_setscheduler", 0), ("sched_setparam", 0),
              ("sched_setattr", 0))
@@ -93,6 +111,7 @@ def syscall_rules(*, network: bool) -> list[Rule]:
         # stream pairs only: a datagram socket could send to any pathname socket on the machine
         Rule("socketpair", RET_ALLOW, args=((0, (_AF_UNIX,), 0), (1, (_SOCK_STREAM,), 0xF))),
         Rule("ioctl", RET_ALLOW, denied=(1, _IOCTL_DENIED)),
+        Rule("fcntl", RET_ALLOW, denied=(1, _FCNTL_DENIED)),
         Rule("clone", RET_NOTIFY, flags_denied=_CLONE_DENIED),
         Rule("clone3", errno_ret(errno.ENOSYS)),  # its flags sit behind a pointer: libc falls back to clone
         Rule("fork", RET_NOTIFY),
@@ -106,11 +125,6 @@ def late_rules() -> list[Rule]:
     takes sendmsg): sendmsg carries descriptors (SCM_RIGHTS), which would hide deleted files
     from the disk measurement. ENOSYS, because glibc's resolver then falls back to send."""
     return [Rule("sendmsg", errno_ret(errno.ENOSYS)), Rule("sendmmsg", errno_ret(errno.ENOSYS))]
-
-
-def outbound_ports() -> list[int]:
-    raw = get_settings().sandbox_outbound_ports
-    return [int(p) for p in raw.replace(" ", "").split(",") if p]
 
 
 def strict() -> bool:
@@ -147,12 +161,12 @@ def refusal() -> str | None:
 def for_worker(workdir: str) -> dict[str, Any]:
     """The rules a worker applies to itself (given on its command line: nothing here is secret)."""
     s = get_settings()
-    ports = outbound_ports()
+    ports = get_settings().outbound_port_list
     return {
         "confine": strict(),
         "read": readable(workdir),
         "write": [workdir],
-        "files": {**{f: landlock.EXECUTE | landlock.READ_FILE for f in _SYSTEM_FILES},
+        "files": {**{f: landlock.READ_FILE for f in _SYSTEM_FILES},
                   **{f: landlock.READ_FILE | landlock.WRITE_FILE for f in _DEVICES_RW}},
         "tcpConnect": ports,
         "network": bool(ports),
@@ -160,6 +174,8 @@ def for_worker(workdir: str) -> dict[str, Any]:
         "fileBytes": s.worker_disk_mb * 1024 * 1024,
         "consoleBytes": s.max_console_bytes,
         "workspaceBytes": s.max_workspace_mb * 1024 * 1024,
+        # a reply's JSON: outputs as large as a request may be, and console output
+        "replyJsonBytes": s.max_request_bytes + 4 * s.max_console_bytes + 2**20,
         "maxProcesses": s.worker_max_processes,
         "shared": str(SHARED),
         "importPath": import_path(workdir),
@@ -203,7 +219,7 @@ def describe() -> dict[str, Any]:
     """For /status: the level in force and why."""
     s = get_settings()
     k = kernel()
-    ports = outbound_ports()
+    ports = get_settings().outbound_port_list
     details: dict[str, Any] = {
         "mode": s.sandbox, "landlockAbi": k["landlockAbi"], "seccomp": k["seccomp"],
         "network": f"outbound TCP to ports {', '.join(map(str, ports))}, and UDP" if ports else "none",

@@ -4,6 +4,7 @@ overruns, and keep warm ones in an LRU."""
 from __future__ import annotations
 
 import atexit
+import copy
 import errno
 import fcntl
 import logging
@@ -30,7 +31,7 @@ from ..config import get_settings
 from ..errors import Unavailable
 from . import policy
 from .protocol import HEADER, check_reply, decode, encode
-from .tasks import Watched, limiter, members
+from .tasks import Watched, limiter, members, proc_stat
 
 log = logging.getLogger("o16n.sandbox")
 WORKER = Path(__file__).with_name("worker.py")
@@ -43,6 +44,8 @@ _QUICK_CALL_SECONDS = 0.005
 #: how long a call waits for a worker busy with others before it is answered "busy": a slow
 #: service must not hold the API's threads in a queue
 _QUEUE_SECONDS = 2.0
+#: a worker that failed to load is not tried again for the same definition this soon
+_FAILURE_SECONDS = 5.0
 #: between calls a worker may use this share of a CPU (threads user code left running)
 _IDLE_CPU_SHARE = 0.25
 _IDLE_CHECK_SECONDS = 1.0
@@ -55,11 +58,14 @@ class WorkerTimeout(Exception):
 
 
 class WorkerDied(Exception):
-    pass
+    def __init__(self, message: str, *, limit: bool = False) -> None:
+        super().__init__(message)
+        #: it was stopped for going past a limit (not worth retrying as is)
+        self.limit = limit
 
 
 class WorkerBusy(Exception):
-    """Other calls held the worker until this call's deadline passed."""
+    """Other calls kept the worker busy for _QUEUE_SECONDS."""
 
 
 class Worker:
@@ -78,11 +84,16 @@ class Worker:
         env.setdefault("LANG", "C.UTF-8")
         rules = policy.for_worker(self.dir)
         self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        with theirs:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
-                env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
+        try:
+            with theirs:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
+                    env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
+        except BaseException:
+            self.chan.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         self.chan.setblocking(False)
         self._fd = self.chan.fileno()
         self._poll = select.poll()  # made once: a selector per read costs more than the read
@@ -90,31 +101,35 @@ class Worker:
         self._out_poll = select.poll()
         self._out_poll.register(self._fd, select.POLLOUT)
         self._buf = bytearray()  # bytes read past the frame being parsed
-        self._max_json = s.max_request_bytes + 4 * s.max_console_bytes + 2**20
-        self._max_blob = s.max_workspace_mb * 2**20 + 2**20
-        self._disk = s.worker_disk_mb * 1024 * 1024
-        self._memory = s.worker_memory_mb * 1024 * 1024
+        self._max_json = rules["replyJsonBytes"]
+        self._max_blob = rules["workspaceBytes"] + 2**20
+        self._disk = rules["fileBytes"]
+        self._memory = rules["memoryBytes"]
+        self._max_processes = rules["maxProcesses"]
         self._folder_stamp = 0
         self._disk_checked = 0.0
         self._deleted_open = 0  # bytes of deleted files its processes held open at the last look
-        self._max_processes = s.worker_max_processes
         self._watch: Watched | None = None  # the host's side of its process limit
         self._greeted = False
         self._dead = False
+        self._doomed = False  # to be stopped as soon as no call holds it
         self._reaping = threading.Lock()
         self.lock = threading.Lock()
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
-        self._cpu_mark: tuple[float, int] | None = None
+        self._in_calls = 0.0  # seconds spent in calls, so idle CPU can be told from call CPU
+        self._cpu_mark: tuple[float, int, float] | None = None
         _live.add(self)
         _start_watcher()
 
+    # --- calls --------------------------------------------------------------------------------
     def call(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """One request, one reply (bytes values travel raw). :raises WorkerBusy: (other calls
-        held it until the deadline) :raises WorkerTimeout: (the worker is killed) :raises
-        WorkerDied: (also for a reply that breaks the protocol, or a folder over its budget)"""
-        deadline = time.monotonic() + timeout
+        kept it busy for _QUEUE_SECONDS) :raises WorkerTimeout: (the worker is killed) :raises
+        WorkerDied: (also for a reply that breaks the protocol, or a limit breached)"""
         if not self.lock.acquire(timeout=min(timeout, _QUEUE_SECONDS)):
             raise WorkerBusy()
+        started = time.monotonic()
+        deadline = started + timeout
         try:
             if self._dead:
                 raise WorkerDied("the worker was stopped")
@@ -124,7 +139,6 @@ class Worker:
                 self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
                 raise WorkerDied("the worker process has exited")
             call_id = secrets.token_hex(8)
-            started = time.monotonic()
             self._send(encode({**message, "id": call_id}), deadline)
             reply = self._reply(deadline)
             if isinstance(reply, dict) and reply.pop("id", None) == call_id:
@@ -139,12 +153,12 @@ class Worker:
             # folder was measured moments ago: the bound is the one code has while it runs.
             if now - started >= _QUICK_CALL_SECONDS or now - self._disk_checked >= _DISK_CHECK_SECONDS:
                 self._check_disk()
-            if self._watch is not None and limiter.started_process(self._watch, clear=True):
+            if self._watch is not None and self._watch.processes_started(clear=True):
                 self._sweep()
-            self._cpu_mark = None  # the idle watcher takes its baseline (off the hot path)
             return reply
         finally:
-            self.lock.release()
+            self._in_calls += time.monotonic() - started
+            self._unlock()
 
     def _greet(self, deadline: float) -> None:
         """The worker's first frame says whether it confined itself and hands over the seccomp
@@ -152,7 +166,7 @@ class Worker:
         while True:
             self._wait(deadline)
             try:
-                data, fds, _, _ = socket.recv_fds(self.chan, HEADER.size, 1)
+                data, fds, _, _ = socket.recv_fds(self.chan, HEADER.size, 1, socket.MSG_CMSG_CLOEXEC)
                 break
             except BlockingIOError:
                 continue
@@ -192,7 +206,7 @@ class Worker:
             self._stop()
             raise WorkerDied(f"the worker sent a reply of {size + blob_size} bytes, above the limit of "
                              f"{self._max_json} bytes of JSON and {self._max_blob} of data (MAX_REQUEST_BYTES and "
-                             "MAX_WORKSPACE_MB set them), and was stopped")
+                             "MAX_WORKSPACE_MB set them), and was stopped", limit=True)
         body = self._read(size, deadline)
         blob = bytes(self._read(blob_size, deadline)) if blob_size else None
         try:
@@ -211,6 +225,8 @@ class Worker:
                 chunk = os.read(self._fd, max(n - len(buf), 1 << 16))
             except BlockingIOError:
                 continue
+            except OSError:  # ECONNRESET: it died with our request unread
+                chunk = b""
             if not chunk:
                 self._stop()
                 raise WorkerDied("the worker process exited (it may have run out of memory)")
@@ -219,7 +235,7 @@ class Worker:
         return out
 
     def _wait(self, deadline: float) -> None:
-        """Until the worker has something to say; its folder is measured while it runs."""
+        """Until the worker has something to say; its folder and memory are measured while it runs."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -230,6 +246,11 @@ class Worker:
             self._check_disk(running=True)
             self._check_memory()
 
+    def _stray(self) -> bool:
+        """Bytes from the worker beyond its last reply (call with the lock held)."""
+        return self._greeted and bool(self._buf or self._poll.poll(0))
+
+    # --- limits ---------------------------------------------------------------------------------
     def _check_disk(self, *, running: bool = False) -> None:
         """Its folder, and files it deleted but holds open (they fill the disk as much). The
         processes' open files are looked at when the folder changed, while code runs, and
@@ -242,51 +263,100 @@ class Worker:
         if used + self._deleted_open > self._disk:
             self._stop()
             raise WorkerDied(f"the working directory grew past the limit of {self._disk // 2**20} MB, or "
-                             f"{_ENTRIES_PER_MB} files per MB (WORKER_DISK_MB), and the worker was stopped")
+                             f"{_ENTRIES_PER_MB} files per MB (WORKER_DISK_MB), and the worker was stopped",
+                             limit=True)
 
     def _check_memory(self) -> None:
-        """RLIMIT_AS bounds each process; this bounds all of them together, while a call runs."""
-        if self._watch is None or not limiter.started_process(self._watch, clear=False):
+        """RLIMIT_AS bounds each process; this bounds all of them together."""
+        if self._watch is None or not self._watch.processes_started(clear=False):
             return
         if sum(proportional_memory(pid) for pid in self._pids()) > self._memory:
             self._stop()
             raise WorkerDied(f"the worker's processes together used more than {self._memory // 2**20} MB "
-                             "(WORKER_MEMORY_MB) and were stopped")
+                             "(WORKER_MEMORY_MB) and were stopped", limit=True)
 
     def _pids(self) -> list[int]:
-        if self._watch is not None and limiter.started_process(self._watch, clear=False):
-            return [pid for pid, _ in members(self.proc.pid)]
+        if self._watch is not None and self._watch.processes_started(clear=False):
+            return [pid for pid, _, zombie in members(self.proc.pid) if not zombie]
         return [self.proc.pid]
 
+    def idle_check(self) -> None:
+        """From the watcher, between calls: a worker that died, whose leftover threads use more
+        than _IDLE_CPU_SHARE of a CPU outside calls, or whose leftover processes or files grow
+        past its limits, is stopped."""
+        if self._dead or not self._greeted or not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self._dead:
+                return
+            if self.proc.poll() is not None:
+                self._stop()
+                return
+            if self._watch is not None and self._watch.processes_started(clear=False):
+                self._sweep()
+            try:
+                self._check_disk()
+                self._check_memory()
+            except WorkerDied as exc:
+                log.warning("worker %s stopped between calls: %s", self.proc.pid, exc)
+                return
+            now, ticks = time.monotonic(), cpu_ticks(self.proc.pid)
+            if self._cpu_mark is None or now - self._cpu_mark[0] < 2 * _IDLE_CHECK_SECONDS:
+                self._cpu_mark = self._cpu_mark or (now, ticks, self._in_calls)
+                return
+            since, used, in_calls = self._cpu_mark
+            outside = (ticks - used) / _TICKS - (self._in_calls - in_calls)
+            if outside > _IDLE_CPU_SHARE * (now - since):
+                log.warning("worker %s stopped: threads its code left running used a CPU between calls",
+                            self.proc.pid)
+                self._stop()
+                return
+            self._cpu_mark = (now, ticks, self._in_calls)
+        finally:
+            self._unlock()
+
+    # --- the end ----------------------------------------------------------------------------------
     @property
     def alive(self) -> bool:
         """Running, and (when idle) silent since its last reply: a stray frame means it cannot
         be trusted. A worker in a call is alive; its reply is on the way."""
-        if self._dead or self.proc.poll() is not None:
+        if self._dead or self._doomed or self.proc.poll() is not None:
             return False
         if not self.lock.acquire(blocking=False):
             return True
         try:
-            return not self._stray()
+            return not self._dead and not self._stray()
         finally:
-            self.lock.release()
-
-    def _stray(self) -> bool:
-        """Bytes from the worker beyond its last reply (call with the lock held)."""
-        return self._greeted and bool(self._buf or self._poll.poll(0))
+            self._unlock()
 
     def kill(self) -> None:
-        """End the worker and everything it started (from any thread). A call in progress sees
-        the worker's end and releases the channel itself: closing it under that call could hand
-        its descriptor number to another connection."""
+        """End the worker and everything it started, now (from any thread). A call in progress
+        sees the worker's end; its channel and folder are released once no call holds it:
+        closing the channel under a call could hand its descriptor number to another connection."""
+        self._doomed = True
         self._signal()
+        self._stop_if_idle()
+
+    close = kill  # nothing in a worker needs a graceful end: what matters is saved by the host
+
+    def close_when_idle(self) -> None:
+        """Stop it once the call it may be in has answered (an evicted worker's caller keeps its answer)."""
+        self._doomed = True
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> None:
         if self.lock.acquire(blocking=False):
             try:
-                self._release()
+                self._stop()
             finally:
                 self.lock.release()
 
-    close = kill  # nothing in a worker needs a graceful end: what matters is saved by the host
+    def _unlock(self) -> None:
+        """Release the lock; a worker doomed while it was held is stopped now (the doomer set the
+        flag before trying the lock, the holder looks after releasing it: one of them stops it)."""
+        self.lock.release()
+        if self._doomed and not self._dead:
+            self._stop_if_idle()
 
     def _stop(self) -> None:
         """kill(), from the thread that holds the lock."""
@@ -323,49 +393,15 @@ class Worker:
     def _sweep(self) -> None:
         """Processes a call started end with it (the worker reaps them before its next call);
         only threads live on in the worker. Repeated until none is left: one may have been
-        forking while the group was listed."""
+        forking while the group was listed. Zombies are dead already (the worker reaps them)."""
         for _ in range(_SWEEP_ROUNDS):
-            others = [pid for pid, _ in members(self.proc.pid) if pid != self.proc.pid]
+            others = [pid for pid, _, zombie in members(self.proc.pid) if pid != self.proc.pid and not zombie]
             if not others:
                 return
             for pid in others:
                 _kill_member(pid, self.proc.pid)
             time.sleep(0.001)
         log.warning("worker %s: processes kept appearing while its group was ended", self.proc.pid)
-
-    def idle_check(self) -> None:
-        """From the watcher, between calls: a worker whose leftover threads burn CPU, whose
-        leftover processes or files grow, or which died, is stopped."""
-        if self._dead or not self._greeted or not self.lock.acquire(blocking=False):
-            return
-        try:
-            if self._dead:
-                return
-            if self.proc.poll() is not None:
-                self._stop()
-                return
-            if self._watch is not None and limiter.started_process(self._watch, clear=True):
-                self._sweep()
-            try:
-                self._check_disk()
-            except WorkerDied:
-                log.warning("worker %s stopped between calls: its folder outgrew WORKER_DISK_MB", self.proc.pid)
-                return
-            now, ticks = time.monotonic(), cpu_ticks(self.proc.pid)
-            if self._cpu_mark is None:
-                self._cpu_mark = (now, ticks)
-                return
-            since, used = self._cpu_mark
-            if now - since < 2 * _IDLE_CHECK_SECONDS:
-                return
-            if (ticks - used) / _TICKS > _IDLE_CPU_SHARE * (now - since):
-                log.warning("worker %s stopped: threads its code left running used a CPU between calls",
-                            self.proc.pid)
-                self._stop()
-                return
-            self._cpu_mark = (now, ticks)
-        finally:
-            self.lock.release()
 
 
 _SWEEP_ROUNDS = 20
@@ -379,7 +415,8 @@ def _kill_member(pid: int, pgid: int) -> None:
     except OSError:
         return
     try:  # the pidfd pins the process: check it is still the one listed in the group
-        if _pgid(pid) == pgid:
+        fields = proc_stat(pid)
+        if fields is not None and int(fields[2]) == pgid:
             signal.pidfd_send_signal(fd, signal.SIGKILL)
     except OSError:
         pass
@@ -389,12 +426,8 @@ def _kill_member(pid: int, pgid: int) -> None:
 
 def cpu_ticks(pid: int) -> int:
     """CPU time the process (all its threads) has used, in clock ticks."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return 0
+    fields = proc_stat(pid)
+    return int(fields[11]) + int(fields[12]) if fields is not None else 0
 
 
 def _watch_idle_workers() -> None:
@@ -473,12 +506,6 @@ def proportional_memory(pid: int) -> int:
     return 0
 
 
-def _pgid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat_line = f.read()
-    return int(stat_line[stat_line.rfind(b")") + 2:].split()[2])
-
-
 @lru_cache(maxsize=1)
 def host_dir() -> str:
     """This host's folder for its workers' folders, locked for as long as the host lives.
@@ -491,8 +518,10 @@ def host_dir() -> str:
     for old in base.iterdir():
         _remove_if_orphaned(old)
     mine = Path(tempfile.mkdtemp(prefix="host-", dir=base))
-    lock = os.open(mine / ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    # Locked before it is named .lock: another host starting now must never find it free.
+    lock = os.open(mine / ".lock.new", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)  # held (never closed) until the process ends
+    os.rename(mine / ".lock.new", mine / ".lock")
     return str(mine)
 
 
@@ -525,6 +554,7 @@ class WarmPool:
     def __init__(self, size: Callable[[], int]) -> None:
         self._size = size
         self._workers: OrderedDict[Any, Worker] = OrderedDict()
+        self._failures: dict[Any, tuple[Any, float, Exception]] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[Any, threading.Lock] = {}
 
@@ -533,33 +563,47 @@ class WarmPool:
             return self._key_locks.setdefault(key, threading.Lock())
 
     def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None]) -> Worker:
-        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`."""
+        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`.
+        :raises WorkerBusy: another call has been preparing one for _QUEUE_SECONDS"""
         with self._lock:
             worker = self._workers.get(key)
             if worker is not None and worker.alive and worker.tag == tag:
                 self._workers.move_to_end(key)
                 return worker
-        with self.key_lock(key):
+        lock = self.key_lock(key)
+        if not lock.acquire(timeout=_QUEUE_SECONDS):
+            raise WorkerBusy()
+        try:
             with self._lock:
                 worker = self._workers.get(key)
                 if worker is not None and worker.alive and worker.tag == tag:
                     return worker
+                failed = self._failures.get(key)
+            if failed is not None and failed[0] == tag and time.monotonic() - failed[1] < _FAILURE_SECONDS:
+                raise copy.copy(failed[2])  # the same load failing again would hold a thread for nothing
             self.retire(key)
             worker = spares.take()
             try:
                 start(worker)
-            except BaseException:
+            except BaseException as exc:
                 worker.kill()
+                if isinstance(exc, Exception):
+                    with self._lock:
+                        self._failures[key] = (tag, time.monotonic(), exc)
                 raise
             worker.tag = tag
             with self._lock:
+                self._failures.pop(key, None)
                 self._workers[key] = worker
-                old = []
-                while len(self._workers) > max(1, self._size()):
-                    old.append(self._workers.popitem(last=False)[1])
-            for w in old:
-                w.close()
+                # the least recently used idle ones go; one in a call finishes it first
+                extra = len(self._workers) - max(1, self._size())
+                old = [k for k, w in self._workers.items() if k != key and not w.lock.locked()][:max(extra, 0)]
+                evicted = [self._workers.pop(k) for k in old]
+            for w in evicted:
+                w.close_when_idle()
             return worker
+        finally:
+            lock.release()
 
     def retire(self, key: Any) -> None:
         with self._lock:

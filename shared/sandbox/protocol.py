@@ -41,14 +41,22 @@ def encode(message: dict[str, Any]) -> list[bytes]:
 _DECODED_MAX = 256 * 2**20
 
 
-def decode(body: bytes | bytearray, blob: bytes | None = None) -> Any:
-    """:raises ValueError: not JSON, non-finite numbers, nested too deep, or too many values"""
+def too_costly(body: bytes | bytearray) -> str | None:
+    """Why decoding `body` would cost the host too much memory, or None."""
     if len(body) > 2**20:
         values = body.count(b",") + body.count(b"[") + body.count(b"{")
         if len(body) + 64 * values > _DECODED_MAX:
-            raise ValueError(f"{values} values, more than the host decodes in one reply")
+            return f"{values} values, more than the host decodes in one reply"
+    return None
+
+
+def decode(body: bytes | bytearray, blob: bytes | None = None) -> Any:
+    """:raises ValueError: not JSON, non-finite numbers, nested too deep, or too many values"""
+    problem = too_costly(body)
+    if problem:
+        raise ValueError(problem)
     try:
-        message = _DECODER.decode(bytes(body).decode())
+        message = _DECODER.decode(body.decode())
     except RecursionError:
         raise ValueError("nested too deep") from None
     if isinstance(message, dict) and isinstance(message.get(_BLOB_KEY), str):

@@ -16,6 +16,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
 _libc.ioctl.restype = ctypes.c_int
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
 PR_SET_NO_NEW_PRIVS = 38
 _SET_MODE_FILTER, _GET_ACTION_AVAIL, _GET_NOTIF_SIZES = 1, 2, 3
@@ -28,7 +29,6 @@ _RET_ERRNO = 0x00050000
 # no filter, and strict mode then refuses to run user code (see `supported`).
 _ARCH = {"x86_64": 0xC000003E}
 _SYS_SECCOMP = {"x86_64": 317}
-_X32_BIT = 0x40000000
 NR = {  # x86_64 numbers
     "shmget": 29, "shmat": 30, "shmctl": 31, "sendto": 44, "sendmsg": 46, "listen": 50, "semget": 64,
     "semop": 65, "semctl": 66, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
@@ -37,7 +37,10 @@ NR = {  # x86_64 numbers
     "socket": 41, "ioctl": 16, "socketpair": 53, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
     "lchown": 94, "utime": 132, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197,
     "lremovexattr": 198, "fremovexattr": 199, "utimes": 235, "fchownat": 260, "futimesat": 261, "fchmodat": 268,
-    "utimensat": 280, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "clone": 56, "fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "setpgid": 109,
+    "utimensat": 280, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "fcntl": 72, "sync": 162,
+    "syncfs": 306, "inotify_init": 253, "inotify_add_watch": 254, "inotify_init1": 294, "getxattr": 191,
+    "lgetxattr": 192, "fgetxattr": 193, "listxattr": 194, "llistxattr": 195, "flistxattr": 196,
+    "getxattrat": 464, "listxattrat": 465, "open_tree_attr": 467, "file_getattr": 468, "file_setattr": 469, "clone": 56, "fork": 57, "vfork": 58, "ptrace": 101, "syslog": 103, "setpgid": 109,
     "setsid": 112, "uselib": 134, "setpriority": 141, "sched_setparam": 142, "sched_setscheduler": 144,
     "vhangup": 153, "pivot_root": 155, "adjtimex": 159, "chroot": 161, "acct": 163, "settimeofday": 164,
     "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169, "iopl": 172, "ioperm": 173,
@@ -55,7 +58,7 @@ NR = {  # x86_64 numbers
 }
 
 # Classic BPF opcodes used here.
-_LD_ABS, _JEQ, _JSET, _AND, _RET = 0x20, 0x15, 0x45, 0x54, 0x06
+_LD_ABS, _JEQ, _JGT, _JSET, _AND, _RET = 0x20, 0x15, 0x25, 0x45, 0x54, 0x06
 
 
 def errno_ret(code: int) -> int:
@@ -90,11 +93,13 @@ def supported() -> str | None:
 
 
 def program(rules: list[Rule]) -> bytes:
-    """The BPF program: wrong architecture kills, x32 calls fail, each rule, then allow."""
+    """The BPF program: wrong architecture kills; x32 calls, and calls newer than this table
+    (kernels add some every release, unreviewed), fail with ENOSYS; each rule; then allow."""
     machine = platform.machine()
+    newest = max(NR.values())
     out: list[tuple[int, int, int, int]] = [
         (_LD_ABS, 0, 0, 4), (_JEQ, 1, 0, _ARCH[machine]), (_RET, 0, 0, RET_KILL_PROCESS),
-        (_LD_ABS, 0, 0, 0), (0x35, 0, 1, _X32_BIT), (_RET, 0, 0, errno_ret(errno.ENOSYS)),  # 0x35: JGE
+        (_LD_ABS, 0, 0, 0), (_JGT, 0, 1, newest), (_RET, 0, 0, errno_ret(errno.ENOSYS)),
     ]
     for rule in rules:
         body = _body(rule)

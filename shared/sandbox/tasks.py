@@ -7,12 +7,12 @@ It also remembers whether a worker started a process (not a thread) since it was
 so the host sweeps and measures process groups only where there is something to find."""
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import select
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from . import seccomp
@@ -39,7 +39,22 @@ class Watched:
     full_until: float = 0.0
     tokens: float = 0.0
     refilled: float = 0.0
-    started_process: bool = False
+    _started: bool = False
+    _last_start: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note_process(self) -> None:
+        with self._lock:
+            self._started, self._last_start = True, time.monotonic()
+
+    def processes_started(self, *, clear: bool) -> bool:
+        """Whether the worker started a process since this was last cleared. It stays set while
+        a start may still be under way (approved, not yet in /proc), so a sweep cannot miss it."""
+        with self._lock:
+            started = self._started
+            if clear and time.monotonic() - self._last_start >= _IN_FLIGHT_SECONDS:
+                self._started = False
+            return started
 
 
 class TaskLimiter:
@@ -47,7 +62,7 @@ class TaskLimiter:
         self._lock = threading.Lock()
         self._pending: list[tuple[Watched, bool]] = []
         self._watched: dict[int, Watched] = {}
-        self._later: deque[tuple[float, int, int, int, bool]] = deque()  # due, fd, id, caller, process
+        self._later: list[tuple[float, int, int, int, bool]] = []  # a heap: due, fd, id, caller, process
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
 
@@ -60,15 +75,6 @@ class TaskLimiter:
 
     def forget(self, entry: Watched) -> None:
         self._post(entry, False)
-
-    @staticmethod
-    def started_process(entry: Watched, *, clear: bool) -> bool:
-        """Whether the worker started a process since this was last cleared."""
-        if not entry.started_process:
-            return False
-        if clear:
-            entry.started_process = False
-        return True
 
     def _post(self, entry: Watched, add: bool) -> None:
         with self._lock:
@@ -119,7 +125,8 @@ class TaskLimiter:
         if self._watched.pop(fd, None) is None:
             return
         poller.unregister(fd)
-        self._later = deque(r for r in self._later if r[1] != fd)
+        self._later = [r for r in self._later if r[1] != fd]
+        heapq.heapify(self._later)
         os.close(fd)
 
     def _receive(self, fd: int) -> None:
@@ -147,20 +154,20 @@ class TaskLimiter:
             del entry.approvals[pid]
         if now >= entry.full_until and count(entry.pgid) + len(entry.approvals) < entry.limit:
             entry.approvals[caller] = now
-            entry.started_process = entry.started_process or process
+            if process:
+                entry.note_process()
             seccomp.respond(fd, notification, allow=True)
             return
         entry.full_until = now + _REFUSAL_DELAY  # skip recounting while a loop hammers the limit
         self._defer(now + _REFUSAL_DELAY, fd, notification, -1, process)
 
     def _defer(self, due: float, fd: int, notification: int, caller: int, process: bool) -> None:
-        self._later.append((due, fd, notification, caller, process))
-        self._later = deque(sorted(self._later))
+        heapq.heappush(self._later, (due, fd, notification, caller, process))
 
     def _answer_due(self) -> None:
         now = time.monotonic()
         while self._later and self._later[0][0] <= now:
-            _, fd, notification, caller, process = self._later.popleft()
+            _, fd, notification, caller, process = heapq.heappop(self._later)
             if fd not in self._watched:
                 continue
             if caller < 0:  # a refusal that waited
@@ -169,26 +176,29 @@ class TaskLimiter:
                 self._decide(fd, notification, caller, process)
 
 
-def members(pgid: int) -> list[tuple[int, int]]:
-    """(pid, threads) of every process (zombies included) whose process group is `pgid`."""
+def proc_stat(pid: int | str) -> list[bytes] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, ...] (fields 3 onwards)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return fields if len(fields) > 17 else None
+
+
+def members(pgid: int) -> list[tuple[int, int, bool]]:
+    """(pid, threads, zombie) of every process whose process group is `pgid`."""
     found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 17 and int(fields[2]) == pgid:
-            found.append((int(name), int(fields[17])))
+        if name.isdigit() and (fields := proc_stat(name)) is not None and int(fields[2]) == pgid:
+            found.append((int(name), int(fields[17]), fields[0] == b"Z"))
     return found
 
 
 def count(pgid: int) -> int:
-    """Tasks (processes and their threads) in process group `pgid`."""
-    return sum(threads for _, threads in members(pgid))
+    """Tasks (processes and their threads, zombies too: they hold pids) in group `pgid`."""
+    return sum(threads for _, threads, _ in members(pgid))
 
 
 limiter = TaskLimiter()

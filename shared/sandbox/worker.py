@@ -349,12 +349,32 @@ def main() -> None:
         except Exception as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         reply["id"] = msg.get("id")
-        try:
-            frame = encode(reply)
-        except (TypeError, ValueError) as exc:
-            frame = encode({"ok": False, "error": f"the result could not be encoded: {exc}", "id": msg.get("id")})
-        for buf in frame:
+        for buf in _encoded(reply, policy["replyJsonBytes"]):
             chan.sendall(buf)
+
+
+def _encoded(reply: dict, limit: int) -> list[bytes]:
+    """The reply as a frame the host accepts: outputs too large to send are replaced by an
+    error that names the limit (the workspace, sent beside them, is kept)."""
+    from shared.sandbox.protocol import HEADER, encode, too_costly
+
+    try:
+        frame = encode(reply)
+    except (TypeError, ValueError) as exc:
+        return encode({"ok": False, "error": f"the result could not be encoded: {exc}", "id": reply.get("id")})
+    body = frame[0][HEADER.size:]
+    problem = f"{len(body)} bytes" if len(body) > limit else too_costly(body)
+    if problem is None:
+        return frame
+    why = (f"the outputs are too large to send ({problem}; a reply may hold {limit} bytes of JSON, "
+           "set by MAX_REQUEST_BYTES and MAX_CONSOLE_BYTES)")
+    if "outputParameters" not in reply:
+        return encode({"ok": False, "error": why, "id": reply.get("id")})
+    slim = {**reply, "success": False, "errorMessage": why, "consoleOutput": "",
+            "outputParameters": type(reply["outputParameters"])()}
+    if "outputFiles" in reply:
+        slim["outputFiles"] = {name: None for name in reply["outputFiles"]}
+    return encode(slim)
 
 
 def _reap() -> None:

@@ -145,3 +145,50 @@ def test_a_slow_service_cannot_hold_the_api(host, alice, bob):
     for t in threads:
         t.join(30)
     assert set(answers) <= {200, 503} and answers.count(503) > 0
+
+
+def test_leases_notifications_attributes_and_sync_are_refused(host, alice, app_sentinel, readable_file):
+    got = values(execute(host.url, alice, new_session(host.url, alice),
+                         "import os, fcntl, ctypes, signal\nout = {}\n"
+                         "libc = ctypes.CDLL(None, use_errno=True)\n"
+                         "def t(name, call):\n"
+                         "    try:\n        call()\n        out[name] = 'DONE'\n"
+                         "    except Exception as e:\n        out[name] = type(e).__name__\n"
+                         "signal.signal(signal.SIGIO, signal.SIG_IGN)\n"
+                         "fd = os.open(readable, os.O_RDONLY)\n"
+                         "t('lease', lambda: fcntl.fcntl(fd, 1024, fcntl.F_RDLCK))\n"
+                         "t('dnotify', lambda: fcntl.fcntl(os.open('.', os.O_RDONLY), 1026, 0x2))\n"
+                         "t('getxattr', lambda: os.getxattr(app, 'user.x'))\n"
+                         "t('listxattr', lambda: os.listxattr(app))\n"
+                         "n = libc.inotify_init1(0)\nout['inotify'] = (n, ctypes.get_errno())\n"
+                         "libc.sync()\nout['sync'] = ctypes.get_errno()\n"
+                         "out['file_setattr'] = (libc.syscall(469, -100, app.encode(), 0, 0, 0),"
+                         " ctypes.get_errno())\n"
+                         "out['newer'] = (libc.syscall(470), ctypes.get_errno())",
+                         outputParameters=["out"], inputParameters=[{"name": "app", "value": app_sentinel},
+                                                                    {"name": "readable", "value": readable_file}]))
+    assert got["out"] == {"lease": "PermissionError", "dnotify": "PermissionError", "getxattr": "PermissionError",
+                          "listxattr": "PermissionError", "inotify": [-1, 1], "sync": 1, "file_setattr": [-1, 1],
+                          "newer": [-1, 38]}
+
+
+def test_making_many_sessions_never_stops_another_users_running_call(azurite):
+    from tests.e2e.conftest import start_host, stop_host
+    from tests.security.conftest import Host
+
+    proc, url = start_host(MAX_WARM_SESSIONS="2", SPARE_WORKERS="0", EXECUTION_TIMEOUT_SECONDS="20")
+    host = Host(url, proc.pid)
+    try:
+        alice, bob = host.login("alice"), host.login("bob")
+        sid = new_session(url, bob)
+        answer = {}
+        t = threading.Thread(target=lambda: answer.update(
+            execute(url, bob, sid, "import time\ntime.sleep(3)\nx = 42", outputParameters=["x"])))
+        t.start()
+        time.sleep(1)
+        for _ in range(4):  # more warm sessions than MAX_WARM_SESSIONS, while bob's call runs
+            assert execute(url, alice, new_session(url, alice), "y = 1")["success"] is True
+        t.join(30)
+        assert answer["success"] is True and answer["outputParameters"] == [{"name": "x", "value": 42}]
+    finally:
+        stop_host(proc)
