@@ -31,7 +31,7 @@ def load_settings(path: Path = SETTINGS) -> None:
 
 def prepare_settings() -> str | None:
     """Create local.settings.json from the sample, filling secrets that are still placeholders.
-    Returns the admin password when this call generated it."""
+    Returns the admin password when this call generated it (the file keeps only its hash)."""
     if not SETTINGS.exists():
         shutil.copyfile(SAMPLE, SETTINGS)
     data = json.loads(SETTINGS.read_text())
@@ -41,7 +41,11 @@ def prepare_settings() -> str | None:
         if "change-me" in values.get(key, "change-me") and "change-me" in os.environ.get(key, "change-me"):
             values[key] = secrets.token_urlsafe(48)
     if not values.get("LOCAL_ADMIN_PASSWORD") and not os.environ.get("LOCAL_ADMIN_PASSWORD"):
-        generated = values["LOCAL_ADMIN_PASSWORD"] = secrets.token_urlsafe(12)
+        from shared.passwords import hash_password
+
+        # Only the hash is saved: the password is printed once, by `run`.
+        generated = secrets.token_urlsafe(15)
+        values["LOCAL_ADMIN_PASSWORD"] = hash_password(generated)
     SETTINGS.write_text(json.dumps(data, indent=2) + "\n")
     os.chmod(SETTINGS, 0o600)
     return generated
@@ -128,8 +132,8 @@ def run(port: int) -> None:
     print(f"""
 o16n is serving on http://localhost:{port}   (Azurite data in .azurite/, Ctrl-C stops both)
 
-  Log in as admin{f' with the generated password {password} (saved in local.settings.json)' if password else
-                  ' with LOCAL_ADMIN_PASSWORD from local.settings.json'}:
+  Log in as admin with {f"the generated password {password} (shown only this once: local.settings.json keeps its hash)"
+                        if password else "your admin password"}:
     curl -s -X POST http://localhost:{port}/login -H 'Content-Type: application/json' \\
          -d '{{"username": "admin", "password": "{password or '<password>'}"}}'
   then send  Authorization: Bearer <access_token>  on every other call (README shows the whole workflow).

@@ -124,6 +124,10 @@ class FunctionHost:
         for k, v in scope["headers"]:
             key = k.decode("latin-1").lower()
             headers[key] = f"{headers[key]},{v.decode('latin-1')}" if key in headers else v.decode("latin-1")
+        # As Azure's front end does: the caller's address is appended, so the last entry is true.
+        client = (scope.get("client") or ("unknown", 0))[0]
+        xff = headers.get("x-forwarded-for")
+        headers["x-forwarded-for"] = f"{xff}, {client}" if xff else client
         params: dict[str, str] = {}
         for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1")):
             params[k] = f"{params[k]},{v}" if k in params else v

@@ -2,16 +2,16 @@ import azure.functions as func
 
 from shared import auth
 from shared.api import operation
-from shared.http import json_response, read_json
+from shared.http import client_address, json_response, read_json
 
 bp = func.Blueprint()
 TAG = "User"
 
 
 @operation(bp, "POST", "login", "login", tag=TAG, summary="Log in; returns a bearer access token and a refresh token",
-           body="LoginRequest", returns="AccessTokenResponse", authenticated=False)
+           body="LoginRequest", returns="AccessTokenResponse", authenticated=False, errors=(400, 401, 429))
 def login(req: func.HttpRequest) -> func.HttpResponse:
-    return json_response(auth.login(read_json(req)))
+    return json_response(auth.login(read_json(req), client_address(req)))
 
 
 @operation(bp, "POST", "login/refreshToken", "renewToken", tag=TAG,

@@ -29,7 +29,7 @@ def publish_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
 
 @operation(bp, "POST", "services/{name}/{version}", "publishWebServiceVersion", tag=TAG,
            summary="Publish a service version (409 if it exists: use PATCH)", body="PublishWebServiceRequest",
-           status=201, returns="string", errors=(400, 401, 404, 409))
+           status=201, returns="string", errors=(400, 401, 403, 404, 409))
 def publish_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(services.publish(user, route(req, "name"), route(req, "version"), read_json(req)), 201)
 

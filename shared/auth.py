@@ -1,14 +1,17 @@
-"""Local accounts and the bearer tokens o16n issues itself: HS256 access tokens signed with
-one key that every instance shares, and rotating refresh tokens stored by hash.
+"""Who is calling: o16n's own bearer tokens for local accounts (HS256, one key every instance
+shares) and Entra ID access tokens.
 
-Each login starts a token family. Access tokens carry the family and its generation; a renew
-bumps the generation (the old pair stops working), a revoke ends the family. Instances learn
-of a renew or revoke made elsewhere within TOKEN_STATE_TTL_SECONDS; on the instance that made
-it, at once."""
+Each login starts a token family, one row in storage holding the hash of its one live refresh
+token. Access tokens carry the family, its generation and the account's credential version:
+a renew bumps the generation (the old pair stops working), a revoke ends the family, reusing a
+superseded refresh token ends it too (it may have been stolen), and a removed account or a
+changed password ends every token of the account. Instances learn of a renew or revoke made
+elsewhere within TOKEN_STATE_TTL_SECONDS; on the instance that made it, at once."""
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 import time
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from . import entra
+from . import accounts, entra, throttle
 from .config import ROLES, get_settings
 from .errors import BadRequest, Forbidden, NotFound, PreconditionFailed, Unauthorized
 
@@ -25,6 +28,8 @@ ISSUER = "o16n"
 AUDIENCE = "o16n"
 _ALGORITHMS = ["HS256"]
 _INVALID_REFRESH = "invalid or expired refresh token"
+_GONE = "the account of this token was removed or its password changed; log in again"
+_SPENT_KEPT = 16  # superseded refresh tokens remembered per family, to catch their reuse
 
 
 @dataclass(frozen=True)
@@ -42,55 +47,46 @@ class Principal:
         return self.role == "Reader"
 
 
-def check_password(username: str, password: str) -> Principal:
-    """:raises Unauthorized: unknown user or wrong password (same message for both)."""
-    expected = get_settings().accounts().get(username, "")
-    # Compare even for unknown users so timing does not tell which names exist.
-    ok = hmac.compare_digest(expected.encode(), password.encode()) and bool(expected)
-    if not ok:
-        raise Unauthorized("invalid credentials")
-    return _local(username)
-
-
-def _local(name: str) -> Principal:
-    # Read per request, so a changed role applies to tokens already issued.
-    return Principal(name, get_settings().roles().get(name, "Contributor"))
-
-
-def _entra(claims: dict) -> Principal:
-    granted = set(claims.get("roles") or [])
-    role = next((r for r in ROLES if r in granted), get_settings().aad_default_role)
-    if role == "none":
-        raise Forbidden("this account has no o16n role (Owner, Contributor or Reader)")
-    return Principal(f"aad:{claims.get('oid') or claims['sub']}", role)
-
-
-def login(body: dict) -> dict:
+def login(body: dict, address: str) -> dict:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise BadRequest("send 'username' and 'password' as strings")
-    user = check_password(username, password)
+    if len(username) > 256 or len(password) > 1024:
+        raise BadRequest("'username' or 'password' is too long")
+    attempt = throttle.begin(username, address)
+    account = accounts.check_password(username, password)
+    if account is None:
+        attempt.failed()
+        raise Unauthorized("invalid credentials")  # the same for an unknown name and a wrong password
+    attempt.succeeded()
     family, secret, now = uuid.uuid4().hex, secrets.token_urlsafe(32), int(time.time())
-    _families().create(family, {"user": user.name, "generation": 1, "refreshHash": _hash(secret),
-                                "chainStart": now, "lastUsed": now, "revoked": False})
+    cv = accounts.credential_version(account, get_settings().token_signing_key)
+    _families().create(family, {"user": account.name, "generation": 1, "refreshHash": _hash(secret),
+                                "spent": "[]", "cv": cv, "chainStart": now, "lastUsed": now, "revoked": False})
     _remember(family, 1, False)
-    return _pair(user.name, family, 1, secret, now)
+    return _pair(account.name, cv, family, 1, secret, now)
 
 
 def renew(body: dict) -> dict:
     """A new pair for a valid refresh token; the old pair stops working."""
     family, row, now = _refresh_row(body.get("refreshToken"))
     settings = get_settings()
+    account = accounts.find(str(row["user"]))
+    if account is None or str(row.get("cv")) not in _credential_versions(account):
+        raise Unauthorized(_GONE)
     if now - int(row["chainStart"]) > settings.refresh_chain_lifetime_seconds:
         raise Unauthorized(f"{_INVALID_REFRESH}: the renewal chain is over; log in again")
     secret = secrets.token_urlsafe(32)
-    row.update(generation=int(row["generation"]) + 1, refreshHash=_hash(secret), lastUsed=now)
+    spent = [row["refreshHash"], *_spent(row)][:_SPENT_KEPT]
+    cv = accounts.credential_version(account, settings.token_signing_key)
+    row.update(generation=int(row["generation"]) + 1, refreshHash=_hash(secret), spent=json.dumps(spent),
+               cv=cv, lastUsed=now)
     try:
         _families().replace(row)
     except PreconditionFailed:
         raise Unauthorized(_INVALID_REFRESH) from None  # a concurrent renew or revoke won
     _remember(family, row["generation"], False)
-    return _pair(row["user"], family, row["generation"], secret, now)
+    return _pair(account.name, cv, family, row["generation"], secret, now)
 
 
 def revoke(token: str | None) -> dict:
@@ -105,7 +101,8 @@ def revoke(token: str | None) -> dict:
 
 
 def authenticate(header: str | None) -> Principal:
-    """:raises Unauthorized: missing, malformed, expired, rotated or foreign token."""
+    """:raises Unauthorized: missing, malformed, expired, rotated or foreign token, or an account
+    that changed. :raises Forbidden: an Entra token without an o16n role."""
     if not header:
         raise Unauthorized("this call needs an 'Authorization: Bearer <token>' header; get a token from POST /login")
     scheme, _, token = header.strip().partition(" ")
@@ -119,19 +116,50 @@ def authenticate(header: str | None) -> Principal:
             if issuer not in entra.issuers():
                 raise Unauthorized("the access token is not valid")
             return _entra(entra.validate(token))
-    try:
-        claims = jwt.decode(token, get_settings().token_signing_key, algorithms=_ALGORITHMS,
-                            audience=AUDIENCE, issuer=ISSUER, leeway=60,
-                            options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub"]})
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized("the access token has expired; log in again or renew it") from None
-    except jwt.PyJWTError:
-        raise Unauthorized("the access token is not valid") from None
-    if "fam" in claims:
-        generation, revoked = _family_state(str(claims["fam"]))
-        if revoked or generation != claims.get("gen"):
-            raise Unauthorized("the access token was replaced by a renew or revoked; log in again") from None
-    return _local(claims["sub"])
+    claims, key = _decode_local(token)
+    account = accounts.find(str(claims["sub"]))
+    if account is None or not hmac.compare_digest(str(claims["cv"]), accounts.credential_version(account, key)):
+        raise Unauthorized(_GONE)
+    generation, revoked = _family_state(str(claims["fam"]))
+    if revoked or generation != claims["gen"]:
+        raise Unauthorized("the access token was replaced by a renew or revoked; log in again")
+    return Principal(account.name, account.role)
+
+
+def _decode_local(token: str) -> tuple[dict, str]:
+    """The claims and the key that verified them (the previous key still verifies during a rotation)."""
+    s = get_settings()
+    for key in filter(None, (s.token_signing_key, s.token_signing_key_previous)):
+        try:
+            claims = jwt.decode(token, key, algorithms=_ALGORITHMS, audience=AUDIENCE, issuer=ISSUER, leeway=60,
+                                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "fam", "gen", "cv"]})
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the access token has expired; log in again or renew it") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("the access token is not valid") from None
+        return claims, key
+    raise Unauthorized("the access token is not valid")
+
+
+def _entra(claims: dict) -> Principal:
+    s = get_settings()
+    # ID tokens are signed by the same keys for the same audience; only access tokens name the
+    # client they were issued to (azp in v2, appid in v1) and never carry a nonce or hashes.
+    if not (claims.get("azp") or claims.get("appid")) or any(k in claims for k in ("nonce", "at_hash", "c_hash")):
+        raise Unauthorized("only access tokens are accepted; this looks like an ID token")
+    roles = claims.get("roles") if isinstance(claims.get("roles"), list) else []
+    delegated = "scp" in claims
+    if delegated and s.aad_scope not in str(claims.get("scp") or "").split():
+        raise Forbidden(f"the token was not granted the scope '{s.aad_scope}' this API requires")
+    role = next((r for r in ROLES if r in roles), None)
+    if role is None and delegated and s.aad_default_role != "none":
+        role = s.aad_default_role
+    if role is None:
+        raise Forbidden("the token carries none of o16n's app roles (Owner, Contributor, Reader); "
+                        "ask an administrator to assign one")
+    return Principal(f"aad:{claims.get('oid') or claims['sub']}", role)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -143,11 +171,11 @@ def _issuer(token: str) -> object:
         raise Unauthorized("the access token is not valid") from None
 
 
-def _pair(user: str, family: str, generation: int, secret: str, now: int) -> dict:
+def _pair(user: str, cv: str, family: str, generation: int, secret: str, now: int) -> dict:
     settings = get_settings()
     exp = now + settings.access_token_lifetime_seconds
     access = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": user, "iat": now, "nbf": now, "exp": exp,
-                         "jti": uuid.uuid4().hex, "fam": family, "gen": generation},
+                         "jti": uuid.uuid4().hex, "fam": family, "gen": generation, "cv": cv},
                         settings.token_signing_key, algorithm="HS256")
     return {"token_type": "Bearer", "access_token": access, "expires_in": settings.access_token_lifetime_seconds,
             "expires_on": exp, "refresh_token": f"{family}.{secret}"}
@@ -159,13 +187,50 @@ def _refresh_row(token: object) -> tuple[str, dict, int]:
     family, _, secret = token.partition(".")
     now = int(time.time())
     try:
-        row = _families().get(family) if family.isalnum() else None
+        row = _families().get(family) if family.isalnum() and len(family) <= 64 else None
     except NotFound:
         row = None
-    if (row is None or row.get("revoked") or not hmac.compare_digest(_hash(secret), str(row.get("refreshHash")))
-            or now - int(row["lastUsed"]) > get_settings().refresh_token_lifetime_seconds):
+    if row is None or row.get("revoked"):
+        raise Unauthorized(_INVALID_REFRESH)
+    digest = _hash(secret)
+    if not hmac.compare_digest(digest, str(row.get("refreshHash"))):
+        if any(hmac.compare_digest(digest, old) for old in _spent(row)):
+            _revoke_family(family, row)
+            raise Unauthorized("this refresh token was already used once; as it may have been stolen, every "
+                               "token of its sign-in is now revoked; log in again")
+        raise Unauthorized(_INVALID_REFRESH)
+    if now - int(row["lastUsed"]) > get_settings().refresh_token_lifetime_seconds:
         raise Unauthorized(_INVALID_REFRESH)
     return family, row, now
+
+
+def _revoke_family(family: str, row: dict) -> None:
+    """Theft detection (OAuth 2.0 security BCP): a superseded refresh token came back, so the
+    family ends for whoever holds its live tokens too."""
+    for _ in range(5):
+        row["revoked"] = True
+        try:
+            _families().replace(row)
+            break
+        except PreconditionFailed:
+            try:
+                row = _families().get(family)
+            except NotFound:
+                break
+    _remember(family, int(row["generation"]), True)
+
+
+def _spent(row: dict) -> list[str]:
+    try:
+        spent = json.loads(row.get("spent") or "[]")
+    except ValueError:
+        return []
+    return [str(x) for x in spent] if isinstance(spent, list) else []
+
+
+def _credential_versions(account: accounts.Account) -> set[str]:
+    s = get_settings()
+    return {accounts.credential_version(account, k) for k in (s.token_signing_key, s.token_signing_key_previous) if k}
 
 
 def _hash(secret: str) -> str:
@@ -183,8 +248,13 @@ _state_lock = threading.Lock()
 
 
 def _remember(family: str, generation: int, revoked: bool) -> None:
+    now = time.monotonic()
     with _state_lock:
-        _state[family] = (time.monotonic(), generation, revoked)
+        if len(_state) > 100_000:  # many logins: keep only what is still fresh
+            ttl = get_settings().token_state_ttl_seconds
+            for key in [k for k, v in _state.items() if now - v[0] >= ttl]:
+                del _state[key]
+        _state[family] = (now, generation, revoked)
 
 
 def _family_state(family: str) -> tuple[int, bool]:

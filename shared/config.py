@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
+from . import passwords
 from .errors import ConfigError
 
 _PLACEHOLDER = "change-me"
@@ -28,6 +29,9 @@ class Settings:
     token_signing_key: str = ""
     #: HMAC key sealing every stored workspace before a worker may unpickle it
     snapshot_signing_key: str = ""
+    #: during a key rotation, the key being replaced: still accepted to verify, never used to sign
+    token_signing_key_previous: str = ""
+    snapshot_signing_key_previous: str = ""
     #: Entra ID: the tenant whose tokens are accepted, and this API's audience(s), comma-separated
     #: (its application id and/or App ID URI). Both empty: only o16n's own tokens.
     aad_tenant_id: str = ""
@@ -36,11 +40,15 @@ class Settings:
     aad_jwks_url: str = ""
     #: after a key-set fetch, an unknown key id waits this long before another fetch (stops kid spam)
     aad_jwks_cooldown_seconds: float = 30.0
-    #: the role of an Entra caller whose token carries none of the app roles Owner, Contributor,
-    #: Reader ("none": such callers are refused)
-    aad_default_role: str = "Contributor"
+    #: the role of a delegated Entra token that carries AAD_SCOPE but none of the app roles Owner,
+    #: Contributor, Reader ("none": such callers are refused)
+    aad_default_role: str = "none"
+    #: the delegated scope a user's token must carry (app-only tokens need an app role instead)
+    aad_scope: str = "user_impersonation"
+    #: the admin's password: a hash from `python -m shared.passwords`, or a plain password of at
+    #: least 12 characters that is hashed at start and never kept
     local_admin_password: str = ""
-    #: extra local accounts, "user:password;user2:password2"
+    #: extra local accounts, "user:password;user2:password2" (each password plain or hashed)
     local_users: str = ""
     #: roles of local accounts, "user:Owner;user2:Reader" (admin is Owner; others default to Contributor)
     local_roles: str = ""
@@ -51,6 +59,20 @@ class Settings:
     refresh_chain_lifetime_seconds: int = 90 * 24 * 3600
     #: how long an instance trusts what it knows of a token family (renewed or revoked elsewhere)
     token_state_ttl_seconds: float = 5.0
+    #: failed logins for one user name before it is locked out (any password refused with 429)
+    login_max_failures: int = 10
+    #: failed logins from one client address before it is locked out
+    login_max_failures_per_address: int = 50
+    #: the first lock-out; each later one doubles, up to LOGIN_LOCKOUT_MAX_SECONDS
+    login_lockout_seconds: float = 60.0
+    login_lockout_max_seconds: float = 3600.0
+    #: failures are forgotten after this long without one (and after the last lock-out ends)
+    login_failure_window_seconds: float = 900.0
+    #: the header whose last entry is the caller's address, appended by Azure's front end
+    client_address_header: str = "X-Forwarded-For"
+    #: "owned": a service name belongs to its first publisher, its co-publishers and Owners;
+    #: "shared": any Contributor may publish a version under any name (ML Server's rule)
+    service_names: str = "owned"
     #: "strict": user code runs only under Landlock + seccomp (refused with 503 where the kernel
     #: lacks them); "process": a separate process with limits only (README states the risks)
     sandbox: str = "strict"
@@ -109,12 +131,25 @@ class Settings:
             value = getattr(self, key)
             if len(value) < 32 or _PLACEHOLDER in value:
                 raise ConfigError(f"setting {key.upper()} must be a secret of at least 32 characters")
+            previous = getattr(self, f"{key}_previous")
+            if previous and (len(previous) < 32 or _PLACEHOLDER in previous):
+                raise ConfigError(f"setting {key.upper()}_PREVIOUS must be empty or a secret of at least 32 characters")
         if not self.storage_connection_string and not (self.storage_blob_endpoint and self.storage_table_endpoint):
             raise ConfigError("set STORAGE_CONNECTION_STRING, or STORAGE_BLOB_ENDPOINT and STORAGE_TABLE_ENDPOINT")
         if not self.storage_prefix.isalnum() or not self.storage_prefix[:1].isalpha():
             raise ConfigError("setting STORAGE_PREFIX must be letters and digits, starting with a letter")
         if self.aad_default_role not in (*ROLES, "none"):
             raise ConfigError(f"setting AAD_DEFAULT_ROLE must be one of {', '.join(ROLES)} or none")
+        if self.service_names not in ("owned", "shared"):
+            raise ConfigError("setting SERVICE_NAMES must be owned or shared")
+        if not self.aad_scope or " " in self.aad_scope.strip():
+            raise ConfigError("setting AAD_SCOPE must be one scope name, such as user_impersonation")
+        for key in ("login_max_failures", "login_max_failures_per_address"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"setting {key.upper()} must be at least 1")
+        if not 0 < self.login_lockout_seconds <= self.login_lockout_max_seconds:
+            raise ConfigError("setting LOGIN_LOCKOUT_SECONDS must be above 0 and at most LOGIN_LOCKOUT_MAX_SECONDS")
+        self.accounts()
         self.roles()
         if self.sandbox not in ("strict", "process"):
             raise ConfigError("setting SANDBOX must be strict or process")
@@ -131,14 +166,15 @@ class Settings:
             raise ConfigError("setting EXECUTION_TIMEOUT_SECONDS must be between 0 and 200")
 
     def accounts(self) -> dict[str, str]:
+        """Local user name -> the password as configured (a scrypt$ hash or plain text)."""
         users = {}
         for pair in filter(None, (p.strip() for p in self.local_users.split(";"))):
             name, sep, password = pair.partition(":")
             if not sep or not name or not password:
                 raise ConfigError("setting LOCAL_USERS must look like user:password;user2:password2")
-            users[name] = password
+            users[name] = _password(f"LOCAL_USERS ({name})", password)
         if self.local_admin_password:
-            users["admin"] = self.local_admin_password
+            users["admin"] = _password("LOCAL_ADMIN_PASSWORD", self.local_admin_password)
         return users
 
     def roles(self) -> dict[str, str]:
@@ -150,6 +186,18 @@ class Settings:
             roles[name] = role
         roles["admin"] = "Owner"
         return roles
+
+
+def _password(where: str, value: str) -> str:
+    if passwords.is_hash(value):
+        try:
+            passwords.parse(value)
+        except ValueError:
+            raise ConfigError(f"setting {where} is not a hash made by 'python -m shared.passwords'") from None
+    elif len(value) < passwords.MIN_LENGTH:
+        raise ConfigError(f"setting {where}: a password needs at least {passwords.MIN_LENGTH} characters "
+                          "(or give its hash from 'python -m shared.passwords')")
+    return value
 
 
 def _items(raw: str) -> list[str]:

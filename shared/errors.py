@@ -45,6 +45,13 @@ class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
 
 
+class TooManyRequests(ApiError):
+    status, code = 429, "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
 class IntegrityFailed(ApiError):
     """Stored bytes do not match their seal: refused before anything is unpickled."""
     status, code = 422, "snapshot_integrity_failed"

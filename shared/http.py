@@ -2,11 +2,14 @@
 place where errors become responses."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import azure.functions as func
 
@@ -69,12 +72,25 @@ def _json(value: Any, status: int, headers: dict[str, str] | None = None) -> fun
 
 
 def bytes_response(data: bytes, *, mimetype: str, filename: str | None = None) -> func.HttpResponse:
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if filename else None
+    headers = {"Content-Disposition": content_disposition(filename)} if filename else None
     return func.HttpResponse(data, status_code=200, headers=headers, mimetype=mimetype)
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback, and the exact name as UTF-8 in `filename*` (RFC 8187)."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _reject_constant(name: str) -> Any:
     raise BadRequest(f"the JSON body contains {name}, which JSON does not allow")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"the JSON body holds the number {text[:32]}, which is too large for a 64-bit float")
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -92,7 +108,8 @@ def parse_json(raw: bytes) -> Any:
         raise PayloadTooLarge(f"the request body is larger than {get_settings().max_request_bytes} bytes")
     try:
         text = raw.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite,
+                          object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
         raise BadRequest("the request body is not valid UTF-8") from None
     except RecursionError:
@@ -103,18 +120,35 @@ def parse_json(raw: bytes) -> Any:
 
 def read_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]:
     """The request's JSON object body; an empty body is `{}` unless required."""
-    ctype = (req.headers.get("content-type") or "application/json").split(";")[0].strip().lower()
+    ctype = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = req.get_body() or b""
     if not raw.strip():
         if required:
             raise BadRequest("a JSON object body is required")
         return {}
-    if ctype not in ("application/json", "text/json", "text/plain") and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(f"send the body as application/json, not {ctype}")
+    # Not text/plain nor a missing type: those a page on another site can send without a CORS preflight.
+    if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+        raise UnsupportedMediaType(f"send the body with 'Content-Type: application/json', not "
+                                   f"{ctype[:64] or 'no Content-Type'}")
     value = parse_json(raw)
     if not isinstance(value, dict):
         raise BadRequest("the JSON body must be an object")
     return value
+
+
+def client_address(req: func.HttpRequest) -> str:
+    """The caller's address: the last entry of CLIENT_ADDRESS_HEADER, the one Azure's front end
+    (or the local host) appended; entries before it are whatever the client sent."""
+    raw = req.headers.get(get_settings().client_address_header) or ""
+    last = raw.split(",")[-1].strip()
+    if last.startswith("["):  # [v6]:port
+        last = last[1:].partition("]")[0]
+    elif last.count(":") == 1:  # v4:port
+        last = last.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(last))
+    except ValueError:
+        return "unknown"
 
 
 def route(req: func.HttpRequest, name: str) -> str:

@@ -51,14 +51,17 @@ DEFINITIONS: dict[str, dict] = {
         "snapshotId": _S, "code": _S, "description": _S, "operationId": _S,
         "inputParameterDefinitions": {"type": "array", "items": _ref("ParameterDefinition")},
         "outputParameterDefinitions": {"type": "array", "items": _ref("ParameterDefinition")},
-        "runtimeType": _RUNTIME, "initCode": _S, "outputFileNames": _STRINGS}),
+        "runtimeType": _RUNTIME, "initCode": _S, "outputFileNames": _STRINGS,
+        # o16n: who besides the name's holder may publish versions under it (SERVICE_NAMES=owned)
+        "coPublishers": _STRINGS}),
     "WebService": _obj({
         "name": _S, "version": _S, "versionPublishedBy": _S, "creationTime": _S, "snapshotId": _S,
         "runtimeType": {"type": "string", "enum": ["R", "Python", "Realtime"]}, "initCode": _S, "code": _S,
         "description": _S, "operationId": _S,
         "inputParameterDefinitions": {"type": "array", "items": _ref("ParameterDefinition")},
         "outputParameterDefinitions": {"type": "array", "items": _ref("ParameterDefinition")},
-        "outputFileNames": _STRINGS, "myPermissionOnService": _S}, required=["name", "version"]),
+        "outputFileNames": _STRINGS, "myPermissionOnService": _S, "coPublishers": _STRINGS},
+        required=["name", "version"]),
     "SwaggerJsonResponse": {"type": "object", "additionalProperties": {}},
 }
 

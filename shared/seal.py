@@ -15,14 +15,17 @@ def seal(binding: str, data: bytes) -> dict[str, str]:
 
 
 def verify(binding: str, data: bytes, record: dict) -> None:
-    """:raises IntegrityFailed: the bytes or their seal were changed, or belong to something else."""
+    """:raises IntegrityFailed: the bytes or their seal were changed, or belong to something else.
+    During a key rotation a seal made with SNAPSHOT_SIGNING_KEY_PREVIOUS still verifies."""
     digest = hashlib.sha256(data).hexdigest()
-    expected = _mac(binding, digest)
+    s = get_settings()
+    stored = str(record.get("stateMac", ""))
+    macs = [_mac(binding, digest, key) for key in (s.snapshot_signing_key, s.snapshot_signing_key_previous) if key]
     if not (hmac.compare_digest(digest, str(record.get("stateSha256", "")))
-            and hmac.compare_digest(expected, str(record.get("stateMac", "")))):
+            and any(hmac.compare_digest(m, stored) for m in macs)):
         raise IntegrityFailed("the stored workspace does not match its seal; it was not loaded")
 
 
-def _mac(binding: str, digest: str) -> str:
-    key = get_settings().snapshot_signing_key.encode()
-    return hmac.new(key, f"v1|{binding}|{digest}".encode(), hashlib.sha256).hexdigest()
+def _mac(binding: str, digest: str, key: str | None = None) -> str:
+    key = get_settings().snapshot_signing_key if key is None else key
+    return hmac.new(key.encode(), f"v1|{binding}|{digest}".encode(), hashlib.sha256).hexdigest()

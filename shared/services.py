@@ -15,6 +15,10 @@ from .sandbox import pool
 from .storage.entities import Entities
 
 _rows = Entities("services", what="service")
+# Who may publish under a name: one row per name (lower case, so 'az' cannot shadow 'Az').
+_names = Entities("servicenames", what="service name")
+_NAMES = "names"
+MAX_CO_PUBLISHERS = 50
 MAX_CODE_CHARS = 30000  # a Table property holds 64 KiB
 _LISTS = ("inputParameterDefinitions", "outputParameterDefinitions", "outputFileNames")
 
@@ -33,6 +37,10 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     values = {"runtimeType": ids.runtime(body), "code": code, "versionPublishedBy": user.name,
               "creationTime": ids.now(), "snapshotId": "", "devVersion": dev}
     values.update(_fields(body))
+    co_publishers = _co_publishers(body)
+    claim = _check_name(user, name)  # after the checks above, so a refused request claims nothing
+    if co_publishers is not None:
+        _set_co_publishers(user, name, claim, co_publishers)
     snapshot_id = ids.optional_str(body, "snapshotId")
     stored: dict[str, Any] = {}
     if snapshot_id:
@@ -50,6 +58,9 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
 def patch(user: Principal, name: str, version: str, body: dict) -> str:
     row = _own(user, name, version)
     name, version = row["PartitionKey"], row["RowKey"]
+    co_publishers = _co_publishers(body)
+    if co_publishers is not None:
+        _set_co_publishers(user, name, _check_name(user, name), co_publishers)
     old = dict(row)
     row.update(_fields(body, partial=True))
     if body.get("code") is not None:
@@ -83,6 +94,7 @@ def delete(user: Principal, name: str, version: str) -> str:
         raise Conflict("the service was changed by another request at the same time; try again") from None
     forget(name, version)
     workspaces.discard(row)
+    _release_if_unused(row["PartitionKey"])
     return "Success"
 
 
@@ -108,20 +120,24 @@ def list_all(user: Principal, name: str | None = None) -> list[dict]:
         except BadRequest:
             return []
     rows = sorted(_rows.list(name), key=lambda r: (r["PartitionKey"], r.get("creationTime", "")))
-    return [view(user, r) for r in rows if visible(user, r)]
+    claims = {c["RowKey"]: c for c in _names.list(_NAMES)} if rows else {}
+    return [view(user, r, claims.get(r["PartitionKey"].lower())) for r in rows if visible(user, r)]
 
 
 def describe(user: Principal, name: str, version: str) -> list[dict]:
-    return [view(user, get(name, version, user))]
+    row = get(name, version, user)
+    return [view(user, row, _claim(row["PartitionKey"]))]
 
 
-def view(user: Principal, row: dict) -> dict:
-    """The WebService model, every field present."""
+def view(user: Principal, row: dict, claim: dict | None = None) -> dict:
+    """The WebService model, every field present. Code and initCode (which may hold keys) are
+    shown only to the version's publisher and Owners."""
     mine = row.get("versionPublishedBy") == user.name or user.owner
     out = {"name": row["PartitionKey"], "version": row["RowKey"],
            "versionPublishedBy": row.get("versionPublishedBy", ""), "creationTime": row.get("creationTime", ""),
            "snapshotId": row.get("snapshotId", ""), "runtimeType": row.get("runtimeType", "Python"),
-           "initCode": row.get("initCode", ""), "code": row.get("code", "") if mine else "",
+           "initCode": row.get("initCode", "") if mine else "", "code": row.get("code", "") if mine else "",
+           "coPublishers": _listed(claim) if claim else [],
            "description": row.get("description", ""), "operationId": row.get("operationId") or "consume",
            "myPermissionOnService": "read/write" if mine and not user.reader else "read only"}
     for key in _LISTS:
@@ -140,6 +156,75 @@ def _own(user: Principal, name: str, version: str) -> dict:
     if row.get("versionPublishedBy") != user.name and not user.owner:
         raise Forbidden(f"service '{name}' version '{version}' is owned by another user; only its owner can change it")
     return row
+
+
+def _claim(name: str) -> dict | None:
+    try:
+        return _names.get(_NAMES, name.lower())
+    except NotFound:
+        return None
+
+
+def _check_name(user: Principal, name: str) -> dict | None:
+    """The name's claim, made now for a name nobody holds. :raises Forbidden: the name is someone
+    else's (SERVICE_NAMES=owned)."""
+    if get_settings().service_names == "shared":
+        return _claim(name)
+    claim = _claim(name)
+    if claim is None:
+        # Versions published before names were claimed: the name is their first publisher's.
+        earlier = sorted(_rows.list(name), key=lambda r: r.get("creationTime", ""))
+        holder = earlier[0].get("versionPublishedBy", user.name) if earlier else user.name
+        try:
+            claim = _names.create(_NAMES, name.lower(), {"owner": holder, "coPublishers": "[]", "name": name})
+        except Conflict:
+            claim = _names.get(_NAMES, name.lower())
+    if get_settings().service_names == "owned" and not user.owner and not (
+            claim["owner"] == user.name or user.name in _listed(claim)):
+        raise Forbidden(f"the service name '{claim.get('name') or name}' belongs to {claim['owner']}: only they, the "
+                        "co-publishers they name (coPublishers) and Owners may publish versions under it")
+    return claim
+
+
+def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: list[str]) -> None:
+    if claim is None:
+        raise BadRequest("'coPublishers' needs SERVICE_NAMES=owned: every Contributor may publish under any name")
+    if claim["owner"] != user.name and not user.owner:
+        raise Forbidden(f"only {claim['owner']}, who holds the service name '{name}', or an Owner may change "
+                        "its co-publishers")
+    try:
+        _names.replace({**claim, "coPublishers": json.dumps(names)})
+    except PreconditionFailed:
+        raise Conflict("the service name was changed by another request at the same time; try again") from None
+
+
+def _release_if_unused(name: str) -> None:
+    """A name without versions is free again (for its holder, or the next to publish)."""
+    claim = _claim(name)
+    if claim is None or any(True for _ in _rows.list(name)):
+        return
+    try:
+        _names.delete(claim)
+    except (NotFound, PreconditionFailed):
+        pass
+
+
+def _co_publishers(body: dict) -> list[str] | None:
+    value = body.get("coPublishers")
+    if value is None:
+        return None
+    if (not isinstance(value, list) or len(value) > MAX_CO_PUBLISHERS
+            or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)):
+        raise BadRequest(f"'coPublishers' must be a list of at most {MAX_CO_PUBLISHERS} user names")
+    return sorted(set(value))
+
+
+def _listed(claim: dict) -> list[str]:
+    try:
+        names = json.loads(claim.get("coPublishers") or "[]")
+    except ValueError:
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def _code(code: object) -> str:

@@ -112,6 +112,9 @@ def execute(user: Principal, sid: str, body: dict) -> dict:
     if not isinstance(inputs, list) or not all(
             isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"].isidentifier() for p in inputs):
         raise BadRequest("'inputParameters' must be a list of {name, value} objects with identifier names")
+    for p in inputs:
+        if "value" not in p:
+            raise BadRequest(f"input parameter '{p['name'][:64]}' has no 'value' (send null for None)")
     outputs = body.get("outputParameters") or []
     if not isinstance(outputs, list) or not all(isinstance(n, str) for n in outputs):
         raise BadRequest("'outputParameters' must be a list of names")

@@ -104,8 +104,9 @@ def core_document() -> dict:
     }
 
 
-_REASONS = {400: "Bad request", 401: "Missing, invalid or expired token", 403: "Owned by another user",
-            404: "Not found", 409: "Already exists, or changed at the same time", 501: "Not on Azure Functions"}
+_REASONS = {400: "Bad request", 401: "Missing, invalid or expired token", 403: "Not allowed: owned by another user, or the role does not allow it",
+            404: "Not found", 409: "Already exists, or changed at the same time",
+            429: "Too many failed logins: wait Retry-After seconds", 501: "Not on Azure Functions"}
 
 
 def _schema(returns: str) -> dict:

@@ -119,7 +119,7 @@ class Worker:
 
     def op_execute(self, msg: dict) -> dict:
         for p in msg.get("inputs") or []:
-            self.ns[p["name"]] = p["value"]
+            self.ns[p["name"]] = p.get("value")
         before = _fingerprint()
         console = CappedText(self.console_cap)
         success, error = self._run(msg["code"], "<session>", self.ns, console)

@@ -78,7 +78,7 @@ def test_every_web_service_field_is_present_with_empty_defaults(base_url, alice)
     assert ws == {"name": "bare", "version": "v1", "versionPublishedBy": "alice", "creationTime": ws["creationTime"],
                   "snapshotId": "", "runtimeType": "Python", "initCode": "", "code": "pass", "description": "",
                   "operationId": "consume", "inputParameterDefinitions": [], "outputParameterDefinitions": [],
-                  "outputFileNames": [], "myPermissionOnService": "read/write"}
+                  "outputFileNames": [], "myPermissionOnService": "read/write", "coPublishers": []}
     out = requests.post(f"{base_url}/api/bare/v1", json={}, headers=alice).json()
     assert out == {"success": True, "errorMessage": "", "consoleOutput": "", "changedFiles": [],
                    "outputParameters": {}}

@@ -23,7 +23,7 @@ def short_lifetimes(azurite, monkeypatch):
 
 
 def login():
-    return auth.login({"username": "alice", "password": USERS["alice"]})
+    return auth.login({"username": "alice", "password": USERS["alice"]}, "127.0.0.1")
 
 
 def test_a_refresh_token_unused_for_its_lifetime_expires(short_lifetimes):

@@ -1,5 +1,6 @@
 import pytest
 
+from shared import passwords
 from shared.config import Settings
 from shared.errors import ConfigError
 
@@ -26,10 +27,29 @@ def test_bad_settings_stop_start_up_naming_the_setting(env, fragment):
 
 
 def test_local_accounts_come_from_local_users_and_the_admin_password():
-    s = Settings.from_env({**GOOD, "LOCAL_USERS": "alice:a1;bob:b2", "LOCAL_ADMIN_PASSWORD": "pw"})
-    assert s.accounts() == {"alice": "a1", "bob": "b2", "admin": "pw"}
+    hashed = passwords.hash_password("bob-password-12")
+    s = Settings.from_env({**GOOD, "LOCAL_USERS": f"alice:alice-password;bob:{hashed}",
+                           "LOCAL_ADMIN_PASSWORD": "admin-password"})
+    assert s.accounts() == {"alice": "alice-password", "bob": hashed, "admin": "admin-password"}
     with pytest.raises(ConfigError, match="LOCAL_USERS"):
         Settings.from_env({**GOOD, "LOCAL_USERS": "alice"}).accounts()
+
+
+@pytest.mark.parametrize("key,value", [("LOCAL_ADMIN_PASSWORD", "a"), ("LOCAL_ADMIN_PASSWORD", "elevenchars"),
+                                       ("LOCAL_USERS", "alice:short")])
+def test_passwords_shorter_than_12_characters_stop_the_start(key, value):
+    with pytest.raises(ConfigError, match="at least 12 characters"):
+        Settings.from_env({**GOOD, key: value})
+
+
+def test_a_mangled_hash_stops_the_start():
+    with pytest.raises(ConfigError, match="not a hash"):
+        Settings.from_env({**GOOD, "LOCAL_ADMIN_PASSWORD": "scrypt$15$8$1$abc"})
+
+
+def test_a_previous_key_must_be_a_real_secret_too():
+    with pytest.raises(ConfigError, match="TOKEN_SIGNING_KEY_PREVIOUS"):
+        Settings.from_env({**GOOD, "TOKEN_SIGNING_KEY_PREVIOUS": "short"})
 
 
 def test_local_roles_default_to_contributor_and_admin_is_owner():

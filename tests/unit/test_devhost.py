@@ -6,6 +6,7 @@ import pytest
 
 from devhost import __main__ as devhost_main
 from devhost.host import FunctionHost, compile_route, index
+from shared import passwords
 
 
 def test_route_templates_follow_asp_net_rules():
@@ -86,7 +87,9 @@ def test_run_generates_missing_secrets_into_local_settings(tmp_path, monkeypatch
         monkeypatch.delenv(key, raising=False)
     password = devhost_main.prepare_settings()
     values = json.loads(target.read_text())["Values"]
-    assert password and values["LOCAL_ADMIN_PASSWORD"] == password
+    # Only the hash is written; the password is returned to be printed once.
+    assert password and len(password) >= 12 and password not in target.read_text()
+    assert passwords.verify(values["LOCAL_ADMIN_PASSWORD"], password)
     assert len(values["TOKEN_SIGNING_KEY"]) >= 32 and values["TOKEN_SIGNING_KEY"] != values["SNAPSHOT_SIGNING_KEY"]
     assert devhost_main.prepare_settings() is None  # a second run keeps the password it made
     assert json.loads(target.read_text())["Values"] == values

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared import auth, entra
 from shared.config import get_settings
-from shared.errors import Unauthorized
+from shared.errors import Forbidden, Unauthorized
 
 TENANT = str(uuid.uuid4())
 API = str(uuid.uuid4())
@@ -68,9 +68,11 @@ def keys(monkeypatch):
 
 
 def token(keys, kid, *, kid_header=None, **overrides):
+    """A v2 delegated access token, as Entra issues one to a client app for a user with a role."""
     now = int(time.time())
     claims = {"iss": f"https://login.microsoftonline.com/{TENANT}/v2.0", "aud": API, "tid": TENANT,
-              "oid": "1111-oid", "sub": "pairwise", "iat": now, "nbf": now, "exp": now + 600, **overrides}
+              "oid": "1111-oid", "sub": "pairwise", "iat": now, "nbf": now, "exp": now + 600, "ver": "2.0",
+              "azp": "client-app-id", "scp": "user_impersonation", "roles": ["Contributor"], **overrides}
     claims = {k: v for k, v in claims.items() if v is not None}
     return "Bearer " + jwt.encode(claims, keys.keys[kid], algorithm="RS256", headers={"kid": kid_header or kid})
 
@@ -83,7 +85,8 @@ def test_a_valid_v2_token_names_the_caller_by_object_id(keys):
 
 def test_v1_tokens_with_the_app_id_uri_audience_are_accepted(keys):
     kid = keys.add()
-    user = auth.authenticate(token(keys, kid, iss=f"https://sts.windows.net/{TENANT}/", aud=f"api://{API}"))
+    user = auth.authenticate(token(keys, kid, iss=f"https://sts.windows.net/{TENANT}/", aud=f"api://{API}",
+                                   ver="1.0", azp=None, appid="client-app-id"))
     assert user.name == "aad:1111-oid"
 
 
@@ -92,18 +95,41 @@ def test_app_roles_map_to_ml_server_roles_and_the_highest_wins(keys):
     assert auth.authenticate(token(keys, kid, roles=["Owner"])).owner is True
     assert auth.authenticate(token(keys, kid, roles=["Reader", "Contributor"])).role == "Contributor"
     assert auth.authenticate(token(keys, kid, roles=["Reader"])).reader is True
-    assert auth.authenticate(token(keys, kid)).role == "Contributor"  # AAD_DEFAULT_ROLE
 
 
-def test_callers_without_a_role_are_refused_when_the_default_is_none(keys, monkeypatch):
-    from shared.errors import Forbidden
-
-    monkeypatch.setenv("AAD_DEFAULT_ROLE", "none")
-    get_settings.cache_clear()
+def test_an_app_only_token_needs_an_app_role(keys):
     kid = keys.add()
+    assert auth.authenticate(token(keys, kid, scp=None, roles=["Reader"])).reader is True
+    with pytest.raises(Forbidden, match="app roles"):
+        auth.authenticate(token(keys, kid, scp=None, roles=None))
+
+
+def test_without_a_role_a_delegated_token_is_refused_unless_a_default_role_is_set(keys, monkeypatch):
+    kid = keys.add()
+    with pytest.raises(Forbidden, match="app roles"):  # AAD_DEFAULT_ROLE is none by default
+        auth.authenticate(token(keys, kid, roles=None))
     with pytest.raises(Forbidden):
-        auth.authenticate(token(keys, kid))
-    assert auth.authenticate(token(keys, kid, roles=["Reader"])).reader is True
+        auth.authenticate(token(keys, kid, roles=["Administrator", "Writer"]))
+    monkeypatch.setenv("AAD_DEFAULT_ROLE", "Reader")
+    get_settings.cache_clear()
+    assert auth.authenticate(token(keys, kid, roles=None)).reader is True
+
+
+@pytest.mark.parametrize("scp", ["", "User.Read", "user_impersonation_x other"])
+def test_a_delegated_token_without_the_api_scope_is_refused_even_with_a_role(keys, scp):
+    kid = keys.add()
+    with pytest.raises(Forbidden, match="user_impersonation"):
+        auth.authenticate(token(keys, kid, scp=scp, roles=["Owner"]))
+
+
+@pytest.mark.parametrize("overrides", [
+    {"azp": None, "scp": None},  # an ID token names no client it was issued to
+    {"nonce": "n-0S6_WzA2Mj"}, {"at_hash": "77QmUPtjPfzWtF2AnpK9RQ"}, {"c_hash": "LDktKdoQak3Pk0cnXxCltA"},
+])
+def test_id_tokens_are_refused_even_for_this_audience_with_a_role(keys, overrides):
+    kid = keys.add()
+    with pytest.raises(Unauthorized, match="ID token"):
+        auth.authenticate(token(keys, kid, **overrides))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -128,7 +154,7 @@ def test_alg_none_and_hs256_with_the_public_key_are_refused(keys):
     kid = keys.add()
     now = int(time.time())
     claims = {"iss": f"https://login.microsoftonline.com/{TENANT}/v2.0", "aud": API, "tid": TENANT, "oid": "x",
-              "iat": now, "nbf": now, "exp": now + 600}
+              "iat": now, "nbf": now, "exp": now + 600, "azp": "client-app-id", "roles": ["Owner"]}
     none = jwt.encode(claims, None, algorithm="none", headers={"kid": kid})
     with pytest.raises(Unauthorized):
         auth.authenticate(f"Bearer {none}")
