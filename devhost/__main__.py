@@ -113,7 +113,9 @@ def serve(host: str, port: int) -> None:
     from shared.sandbox import pool
     pool.spares.fill()  # so the first call does not wait for scikit-learn to import
     asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"))
-    uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on")
+    # proxy_headers off: uvicorn would otherwise take a client-sent X-Forwarded-For as the peer.
+    uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on",
+                proxy_headers=False)
 
 
 def run(port: int) -> None:

@@ -20,7 +20,7 @@ param tokenSigningKey string
 @minLength(32)
 param snapshotSigningKey string
 
-@description('Password of the local admin account; leave empty to disable it.')
+@description('The local admin password as a hash from `python -m shared.passwords` (or a plain password of 12+ characters); empty disables the account.')
 @secure()
 param localAdminPassword string = ''
 

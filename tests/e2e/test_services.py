@@ -111,3 +111,67 @@ def test_publish_without_a_version_gets_a_generated_one(base_url, alice):
 def test_consume_of_an_unknown_service_is_404(base_url, alice):
     r = requests.post(f"{base_url}/api/nothing/v9", json={}, headers=alice)
     assert r.status_code == 404 and "nothing" in r.json()["message"]
+
+
+# --- who may publish under a name, and who may read the code ---------------------------------
+
+def _publish(base_url, headers, name, version, **extra):
+    url = f"{base_url}/services/{name}" + (f"/{version}" if version else "")
+    return requests.post(url, json={"code": "y = 1", "runtimeType": "Python", **extra}, headers=headers)
+
+
+def test_a_name_belongs_to_its_first_publisher(base_url, alice, bob, admin):
+    import uuid
+
+    name = "Az" + uuid.uuid4().hex[:6]
+    assert _publish(base_url, alice, name, "1.0").status_code == 201
+    for squat in ((name, "9.9"), (name.lower(), "1.0"), (name.upper(), "1.0"), (name, None)):
+        r = _publish(base_url, bob, *squat)
+        assert r.status_code == 403 and "belongs to alice" in r.json()["message"], squat
+    versions = requests.get(f"{base_url}/services/{name}", headers=alice).json()
+    assert [v["versionPublishedBy"] for v in versions] == ["alice"]
+    # Owners may publish under any name.
+    assert _publish(base_url, admin, name, "1.1").status_code == 201
+
+
+def test_the_holder_names_co_publishers_and_only_the_holder_may(base_url, alice, bob):
+    import uuid
+
+    name = "Shared" + uuid.uuid4().hex[:6]
+    assert _publish(base_url, alice, name, "1.0").status_code == 201
+    r = requests.patch(f"{base_url}/services/{name}/1.0", json={"coPublishers": ["bob"]}, headers=alice)
+    assert r.status_code == 200, r.text
+    assert requests.get(f"{base_url}/services/{name}/1.0", headers=bob).json()[0]["coPublishers"] == ["bob"]
+    assert _publish(base_url, bob, name, "2.0").status_code == 201
+    # A co-publisher owns his version, not the name.
+    r = requests.patch(f"{base_url}/services/{name}/2.0", json={"coPublishers": ["bob", "mallory"]}, headers=bob)
+    assert r.status_code == 403 and "alice" in r.json()["message"]
+    assert requests.patch(f"{base_url}/services/{name}/1.0", json={"description": "x"}, headers=bob).status_code == 403
+    r = requests.patch(f"{base_url}/services/{name}/1.0", json={"coPublishers": []}, headers=alice)
+    assert r.status_code == 200
+    assert _publish(base_url, bob, name, "3.0").status_code == 403
+
+
+def test_a_name_is_free_again_once_its_last_version_is_deleted(base_url, alice, bob):
+    import uuid
+
+    name = "Gone" + uuid.uuid4().hex[:6]
+    assert _publish(base_url, alice, name, "1.0").status_code == 201
+    assert _publish(base_url, bob, name, "2.0").status_code == 403
+    assert requests.delete(f"{base_url}/services/{name}/1.0", headers=alice).status_code == 200
+    assert _publish(base_url, bob, name, "2.0").status_code == 201
+
+
+def test_init_code_is_hidden_from_everyone_but_its_publisher_and_owners(base_url, alice, bob, rita, admin):
+    import uuid
+
+    name = "Keys" + uuid.uuid4().hex[:6]
+    secret = "API_KEY = 'k-" + uuid.uuid4().hex + "'"
+    assert _publish(base_url, alice, name, "1.0", initCode=secret).status_code == 201
+    for who, sees in ((alice, True), (admin, True), (bob, False), (rita, False)):
+        one = requests.get(f"{base_url}/services/{name}/1.0", headers=who).json()[0]
+        listed = [s for s in requests.get(f"{base_url}/services", headers=who).json() if s["name"] == name][0]
+        swagger = requests.get(f"{base_url}/api/{name}/1.0/swagger.json", headers=who).text
+        assert (one["initCode"] == secret) is sees and (listed["initCode"] == secret) is sees
+        assert (one["code"] == "y = 1") is sees
+        assert secret not in swagger

@@ -1,0 +1,50 @@
+"""Input that once reached a 500 or a restarted worker gets a 4xx naming the problem."""
+from urllib.parse import quote, unquote
+
+import pytest
+import requests
+
+from tests.e2e.helpers import execute, new_session, publish
+
+pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_number_beyond_a_float_is_400_for_execute_and_consume(base_url, alice):
+    sid = new_session(base_url, alice)
+    raw = b'{"code": "y = x", "inputParameters": [{"name": "x", "value": 1e999}], "outputParameters": ["y"]}'
+    r = requests.post(f"{base_url}/sessions/{sid}/execute", data=raw, headers={**alice, **JSON})
+    assert r.status_code == 400 and "1e999" in r.json()["message"]
+    name = publish(base_url, alice, "z = x", inputs=[{"name": "x", "type": "numeric"}],
+                   outputs=[{"name": "z", "type": "numeric"}])
+    r = requests.post(f"{base_url}/api/{name}/v1", data=b'{"x": 1e999}', headers={**alice, **JSON})
+    assert r.status_code == 400 and "too large" in r.json()["message"]
+
+
+def test_an_input_parameter_without_a_value_is_400_and_the_session_goes_on(base_url, alice):
+    sid = new_session(base_url, alice)
+    execute(base_url, alice, sid, "kept = 7")
+    r = requests.post(f"{base_url}/sessions/{sid}/execute", json={"code": "y = x", "inputParameters": [{"name": "x"}]},
+                      headers=alice)
+    assert r.status_code == 400 and "'x' has no 'value'" in r.json()["message"]
+    assert execute(base_url, alice, sid, "", outputParameters=["kept"])["outputParameters"] == [
+        {"name": "kept", "value": 7}]
+
+
+def test_any_object_name_downloads_with_an_encoded_header(base_url, alice):
+    sid = new_session(base_url, alice)
+    assert execute(base_url, alice, sid, "Ωmega = [1, 2]")["success"]
+    r = requests.get(f"{base_url}/sessions/{sid}/workspace/{quote('Ωmega')}", headers=alice)
+    assert r.status_code == 200 and r.content
+    header = r.headers["Content-Disposition"]
+    assert unquote(header.split("filename*=UTF-8''")[1]) == "Ωmega.dill"
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {"Content-Type": "text/plain;charset=UTF-8"},
+                                     {"Content-Type": "application/x-www-form-urlencoded"}, {}])
+def test_json_bodies_a_page_on_another_site_could_send_without_a_preflight_are_refused(base_url, headers):
+    from tests.constants import ADMIN_PASSWORD
+
+    body = f'{{"username": "admin", "password": "{ADMIN_PASSWORD}"}}'.encode()
+    r = requests.post(f"{base_url}/login", data=body, headers=headers)
+    assert r.status_code == 415 and "application/json" in r.json()["message"]
