@@ -157,11 +157,17 @@ def main() -> None:
     p_run = sub.add_parser("run", help="prepare settings, start Azurite and serve")
     p_run.add_argument("--port", type=int, default=int(os.environ.get("PORT", 12800)))
     args = parser.parse_args()
-    if args.cmd == "serve":
-        load_settings()
-        serve(args.host, args.port)
-    else:
-        run(args.port)
+    sys.path.insert(0, str(ROOT))
+    from shared.errors import ConfigError
+
+    try:
+        if args.cmd == "serve":
+            load_settings()
+            serve(args.host, args.port)
+        else:
+            run(args.port)
+    except ConfigError as exc:  # a wrong setting: its name and the fix, not a traceback
+        raise SystemExit(f"o16n cannot start: {exc}") from None
 
 
 if __name__ == "__main__":

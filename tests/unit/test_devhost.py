@@ -93,3 +93,15 @@ def test_run_generates_missing_secrets_into_local_settings(tmp_path, monkeypatch
     assert len(values["TOKEN_SIGNING_KEY"]) >= 32 and values["TOKEN_SIGNING_KEY"] != values["SNAPSHOT_SIGNING_KEY"]
     assert devhost_main.prepare_settings() is None  # a second run keeps the password it made
     assert json.loads(target.read_text())["Values"] == values
+
+
+def test_a_short_password_stops_the_start_with_the_setting_named_and_no_traceback():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOCAL_ADMIN_PASSWORD": "short"}
+    out = subprocess.run([sys.executable, "-m", "devhost", "serve", "--port", "9"], cwd=devhost_main.ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "LOCAL_ADMIN_PASSWORD" in out.stderr and "12 characters" in out.stderr and "Traceback" not in out.stderr
