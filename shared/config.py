@@ -149,8 +149,9 @@ class Settings:
                 raise ConfigError(f"setting {key.upper()} must be at least 1")
         if not 0 < self.login_lockout_seconds <= self.login_lockout_max_seconds:
             raise ConfigError("setting LOGIN_LOCKOUT_SECONDS must be above 0 and at most LOGIN_LOCKOUT_MAX_SECONDS")
-        self.accounts()
-        self.roles()
+        unknown = sorted(set(self.roles()) - set(self.accounts()) - {"admin"})
+        if unknown:  # a typo here would leave that user a Contributor: fail loudly instead
+            raise ConfigError(f"setting LOCAL_ROLES names '{unknown[0]}', which is not an account in LOCAL_USERS")
         if self.sandbox not in ("strict", "process"):
             raise ConfigError("setting SANDBOX must be strict or process")
         ports = _items(self.sandbox_outbound_ports)

@@ -6,6 +6,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -102,14 +103,37 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _no_lone_surrogates(value: Any) -> None:
+    """JSON may escape half of a UTF-16 pair alone; such a string is no text and cannot be stored."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("the JSON body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON: no NaN/Infinity, no duplicate keys, bounded depth, valid UTF-8."""
     if len(raw) > get_settings().max_request_bytes:
         raise PayloadTooLarge(f"the request body is larger than {get_settings().max_request_bytes} bytes")
     try:
         text = raw.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite,
-                          object_pairs_hook=_no_duplicates)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite,
+                           object_pairs_hook=_no_duplicates)
+        if _SURROGATE_ESCAPE.search(text):  # rare: walk the value only when an escape could be lone
+            _no_lone_surrogates(value)
+        return value
     except UnicodeDecodeError:
         raise BadRequest("the request body is not valid UTF-8") from None
     except RecursionError:

@@ -38,20 +38,25 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
               "creationTime": ids.now(), "snapshotId": "", "devVersion": dev}
     values.update(_fields(body))
     co_publishers = _co_publishers(body)
-    claim = _check_name(user, name)  # after the checks above, so a refused request claims nothing
-    if co_publishers is not None:
-        _set_co_publishers(user, name, claim, co_publishers)
     snapshot_id = ids.optional_str(body, "snapshotId")
+    data = snapshots.content(user, snapshot_id) if snapshot_id else None
+    # Claimed after every check above, and given back if the publish fails below.
+    claim, claimed = _check_name(user, name)
     stored: dict[str, Any] = {}
-    if snapshot_id:
-        data = snapshots.content(user, snapshot_id)
-        stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
-        values.update(stored, snapshotId=snapshot_id)
     try:
+        if co_publishers is not None:
+            _set_co_publishers(user, name, claim, co_publishers)
+        if data is not None:
+            stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
+            values.update(stored, snapshotId=snapshot_id)
         _rows.create(name, version, values)
-    except Conflict:
+    except BaseException as exc:
         workspaces.discard(stored)
-        raise Conflict(f"service '{name}' version '{version}' already exists; use PATCH to change it") from None
+        if claimed:
+            _release_if_unused(name)
+        if isinstance(exc, Conflict):
+            raise Conflict(f"service '{name}' version '{version}' already exists; use PATCH to change it") from None
+        raise
     return version
 
 
@@ -60,7 +65,7 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
     name, version = row["PartitionKey"], row["RowKey"]
     co_publishers = _co_publishers(body)
     if co_publishers is not None:
-        _set_co_publishers(user, name, _check_name(user, name), co_publishers)
+        _set_co_publishers(user, name, _check_name(user, name)[0], co_publishers)
     old = dict(row)
     row.update(_fields(body, partial=True))
     if body.get("code") is not None:
@@ -165,25 +170,29 @@ def _claim(name: str) -> dict | None:
         return None
 
 
-def _check_name(user: Principal, name: str) -> dict | None:
-    """The name's claim, made now for a name nobody holds. :raises Forbidden: the name is someone
-    else's (SERVICE_NAMES=owned)."""
+def _check_name(user: Principal, name: str) -> tuple[dict | None, bool]:
+    """The name's claim, and whether this call made it (for a name nobody held).
+    :raises Forbidden: the name is someone else's (SERVICE_NAMES=owned).
+    :raises Conflict: the name is held under another spelling."""
     if get_settings().service_names == "shared":
-        return _claim(name)
-    claim = _claim(name)
+        return _claim(name), False
+    claim, claimed = _claim(name), False
     if claim is None:
         # Versions published before names were claimed: the name is their first publisher's.
         earlier = sorted(_rows.list(name), key=lambda r: r.get("creationTime", ""))
         holder = earlier[0].get("versionPublishedBy", user.name) if earlier else user.name
         try:
-            claim = _names.create(_NAMES, name.lower(), {"owner": holder, "coPublishers": "[]", "name": name})
+            claim, claimed = _names.create(_NAMES, name.lower(), {"owner": holder, "coPublishers": "[]", "name": name}), True
         except Conflict:
             claim = _names.get(_NAMES, name.lower())
-    if get_settings().service_names == "owned" and not user.owner and not (
-            claim["owner"] == user.name or user.name in _listed(claim)):
-        raise Forbidden(f"the service name '{claim.get('name') or name}' belongs to {claim['owner']}: only they, the "
+    spelled = claim.get("name") or name
+    if not user.owner and not (claim["owner"] == user.name or user.name in _listed(claim)):
+        raise Forbidden(f"the service name '{spelled}' belongs to {claim['owner']}: only they, the "
                         "co-publishers they name (coPublishers) and Owners may publish versions under it")
-    return claim
+    if spelled != name:
+        # One spelling per name, so the check for its last version (and the API path) sees them all.
+        raise Conflict(f"this service name is spelled '{spelled}': publish its versions under that spelling")
+    return claim, claimed
 
 
 def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: list[str]) -> None:
@@ -201,7 +210,7 @@ def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: li
 def _release_if_unused(name: str) -> None:
     """A name without versions is free again (for its holder, or the next to publish)."""
     claim = _claim(name)
-    if claim is None or any(True for _ in _rows.list(name)):
+    if claim is None or any(True for _ in _rows.list(claim.get("name") or name)):
         return
     try:
         _names.delete(claim)
@@ -227,10 +236,15 @@ def _listed(claim: dict) -> list[str]:
     return [str(n) for n in names] if isinstance(names, list) else []
 
 
+def _units(text: str) -> int:
+    """Length as Table storage counts it (UTF-16 code units: an emoji is two)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
 def _code(code: object) -> str:
     if not isinstance(code, str) or not code.strip():
         raise BadRequest("'code' is required: the Python code run for each request")
-    if len(code) > MAX_CODE_CHARS:
+    if _units(code) > MAX_CODE_CHARS:
         raise BadRequest(f"'code' is longer than {MAX_CODE_CHARS} characters; move the bulk of it into the "
                          "snapshot (a function or module in the workspace) and call it from 'code'")
     return code
@@ -249,7 +263,7 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
             value = body.get(key)
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"'{key}' must be a string")
-            if value and len(value) > MAX_CODE_CHARS:
+            if value and _units(value) > MAX_CODE_CHARS:
                 raise BadRequest(f"'{key}' is longer than {MAX_CODE_CHARS} characters")
             out[key] = value or ""
     if "operationId" in out and out["operationId"] and not out["operationId"].isidentifier():
@@ -257,6 +271,8 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
     for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
         if sent(key):
             out[key] = json.dumps(types.check_definitions(body.get(key), key))
+            if _units(out[key]) > MAX_CODE_CHARS:
+                raise BadRequest(f"'{key}' is too long: at most {MAX_CODE_CHARS} characters as JSON")
     if sent("outputFileNames"):
         files = body.get("outputFileNames") or []
         if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
@@ -264,6 +280,8 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
         for f in files:
             ids.service_name(f, "output file name")
         out["outputFileNames"] = json.dumps(files)
+        if _units(out["outputFileNames"]) > MAX_CODE_CHARS:
+            raise BadRequest(f"'outputFileNames' is too long: at most {MAX_CODE_CHARS} characters as JSON")
     return out
 
 

@@ -13,9 +13,10 @@ from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from ..config import get_settings
-from ..errors import BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
+from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, PreconditionFailed, Unavailable
 
 _lock = threading.Lock()
+_TOO_LARGE = {"EntityTooLarge", "PropertyValueTooLarge", "RequestBodyTooLarge"}
 _ready: set[str] = set()
 
 
@@ -85,6 +86,9 @@ def translated(what: str) -> Iterator[None]:
     except HttpResponseError as exc:
         if exc.status_code == 412:
             raise PreconditionFailed(f"{what} was changed by another request") from None
+        if exc.status_code == 413 or getattr(exc, "error_code", None) in _TOO_LARGE:
+            raise PayloadTooLarge(f"the {what} is too large to store (a Table entity holds at most 1 MiB, "
+                                  "64 KiB per field)") from None
         if exc.status_code == 400:
             raise BadRequest(f"storage refused the {what} key") from None
         raise Unavailable("storage is not answering; try again shortly") from None

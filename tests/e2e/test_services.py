@@ -175,3 +175,30 @@ def test_init_code_is_hidden_from_everyone_but_its_publisher_and_owners(base_url
         assert (one["initCode"] == secret) is sees and (listed["initCode"] == secret) is sees
         assert (one["code"] == "y = 1") is sees
         assert secret not in swagger
+
+
+def test_a_name_has_one_spelling_so_deleting_one_version_cannot_free_it(base_url, alice, bob):
+    import uuid
+
+    name = "Iris" + uuid.uuid4().hex[:6]
+    assert _publish(base_url, alice, name, "v1").status_code == 201
+    r = _publish(base_url, alice, name.lower(), "v1")
+    assert r.status_code == 409 and f"spelled '{name}'" in r.json()["message"]
+    assert _publish(base_url, alice, name, "v2").status_code == 201
+    assert requests.delete(f"{base_url}/services/{name}/v1", headers=alice).status_code == 200
+    assert _publish(base_url, bob, name.upper(), "v3").status_code == 403  # v2 still holds the name
+
+
+@pytest.mark.parametrize("extra, status, fragment", [
+    ({"snapshotId": "00000000-0000-0000-0000-000000000000"}, 404, "snapshot"),
+    ({"initCode": "\U0001F600" * 20000}, 400, "'initCode' is longer"),
+    ({"outputFileNames": [f"f{i}.csv" for i in range(5000)]}, 400, "'outputFileNames' is too long"),
+])
+def test_a_publish_that_fails_claims_no_name(base_url, alice, bob, extra, status, fragment):
+    import uuid
+
+    name = "Team" + uuid.uuid4().hex[:6]
+    r = _publish(base_url, alice, name, "v1", **extra)
+    assert r.status_code == status and fragment in r.json()["message"], r.text
+    assert requests.get(f"{base_url}/services/{name}", headers=alice).json() == []
+    assert _publish(base_url, bob, name, "v1").status_code == 201

@@ -53,10 +53,17 @@ def test_a_previous_key_must_be_a_real_secret_too():
 
 
 def test_local_roles_default_to_contributor_and_admin_is_owner():
-    s = Settings.from_env({**GOOD, "LOCAL_ROLES": "rita:Reader;olga:Owner"})
+    users = {"LOCAL_USERS": "rita:rita-password;olga:olga-password;carl:carl-password"}
+    s = Settings.from_env({**GOOD, **users, "LOCAL_ROLES": "rita:Reader;olga:Owner"})
     assert s.roles() == {"rita": "Reader", "olga": "Owner", "admin": "Owner"}
     with pytest.raises(ConfigError, match="LOCAL_ROLES"):
-        Settings.from_env({**GOOD, "LOCAL_ROLES": "rita:Boss"})
+        Settings.from_env({**GOOD, **users, "LOCAL_ROLES": "rita:Boss"})
+
+
+@pytest.mark.parametrize("roles", ["Rita:Reader", "rita :Reader", "nobody:Reader"])
+def test_a_role_for_a_name_that_is_no_account_stops_the_start(roles):
+    with pytest.raises(ConfigError, match="not an account"):
+        Settings.from_env({**GOOD, "LOCAL_USERS": "rita:rita-password", "LOCAL_ROLES": roles})
 
 
 def test_sample_settings_name_every_setting():

@@ -55,3 +55,14 @@ def test_errors_never_carry_a_traceback():
     resp = http.error_response(BadRequest("nope"))
     body = json.loads(resp.get_body())
     assert body["message"] == "nope" and set(body) == {"message", "exceptionType", "error", "correlationId"}
+
+
+@pytest.mark.parametrize("raw", [rb'{"a": "\ud800"}', rb'{"\udfff": 1}', rb'{"a": ["x", {"b": "\ud800\ud800"}]}',
+                                 rb'{"password": "\udfff\ud800xxxxxxxxxx"}'])
+def test_lone_surrogates_are_refused(raw):
+    with pytest.raises(BadRequest, match="surrogate"):
+        http.parse_json(raw)
+
+
+def test_escaped_surrogate_pairs_are_text():
+    assert http.parse_json(rb'{"a": "\ud83d\ude00"}') == {"a": "\U0001F600"}
