@@ -112,7 +112,9 @@ def serve(host: str, port: int) -> None:
     get_settings()  # a bad setting stops start-up here, with its name, not on the first request
     from shared.sandbox import pool
     pool.spares.fill()  # so the first call does not wait for scikit-learn to import
-    asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"))
+    # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
+    asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
+                        max_body_bytes=get_settings().max_request_bytes + (1 << 20))
     # proxy_headers off: uvicorn would otherwise take a client-sent X-Forwarded-For as the peer.
     uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on",
                 proxy_headers=False)

@@ -83,8 +83,10 @@ class FunctionHost:
     """ASGI callable serving the indexed functions. Sync handlers run in a thread pool, as
     the Python worker runs them."""
 
-    def __init__(self, app: func.FunctionApp, *, route_prefix: str = "", threads: int = 16) -> None:
+    def __init__(self, app: func.FunctionApp, *, route_prefix: str = "", threads: int = 16,
+                 max_body_bytes: int = 100 * 1024 * 1024) -> None:
         self.routes = index(app, route_prefix)
+        self.max_body_bytes = max_body_bytes  # Azure Functions' own limit is 100 MB
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fn")
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
@@ -107,10 +109,17 @@ class FunctionHost:
                     return
         if scope["type"] != "http":
             return
-        chunks = []
+        # Like Azure's front end, refuse a body over the limit without holding all of it in memory.
+        chunks, size, limit = [], 0, self.max_body_bytes
         while True:
             msg = await receive()
-            chunks.append(msg.get("body", b""))
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await _send(send, 413, [(b"content-type", b"application/json")],
+                            b'{"message":"the request body is too large","error":"payload_too_large"}')
+                return
+            chunks.append(chunk)
             if not msg.get("more_body"):
                 break
         body = b"".join(chunks)

@@ -1,17 +1,25 @@
 """Local accounts as the settings define them now: each holds only a scrypt hash of its password,
 and a credential version that every token of the account carries, so a removed account or a
-changed password ends its tokens at once."""
+changed password ends its tokens at once.
+
+The version includes an epoch kept in Table storage, raised whenever an instance sees the
+account's credential differ from the one last seen, or sees the account gone. So tokens that
+were refused once stay refused when old settings come back (a rolled-back password, a
+suspended account restored)."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 from . import passwords
 from .config import Settings, get_settings
+from .errors import Conflict, NotFound, PreconditionFailed, Unavailable
+from .storage.entities import Entities
 
 
 @dataclass(frozen=True)
@@ -37,11 +45,76 @@ def check_password(name: str, password: str) -> Account | None:
     return account if ok and account else None
 
 
-def credential_version(account: Account, key: str) -> str:
-    """A short keyed digest of the account's name and credential (the key keeps it from being a
-    password hash an attacker could test guesses against)."""
-    mac = hmac.new(key.encode(), f"cv|{account.name}|{account.credential}".encode(), hashlib.sha256).digest()
+def credential_version(account: Account, key: str, epoch: int) -> str:
+    """A short keyed digest of the account's name, credential and epoch (the key keeps it from
+    being a password hash an attacker could test guesses against)."""
+    mac = hmac.new(key.encode(), f"cv|{account.name}|{account.credential}|{epoch}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode()
+
+
+def epoch(account: Account) -> int:
+    """The account's epoch, read from storage at most once per TOKEN_STATE_TTL_SECONDS."""
+    now = time.monotonic()
+    with _lock:
+        hit = _epochs.get(account.name)
+    if hit and now - hit[0] < get_settings().token_state_ttl_seconds:
+        return hit[1]
+    _mark_removed_once()
+    value = _observe(account.name, _fingerprint(account))
+    remember_epoch(account.name, value)
+    return value
+
+
+def remember_epoch(name: str, value: int) -> None:
+    with _lock:
+        _epochs[name] = (time.monotonic(), value)
+
+
+_epochs: dict[str, tuple[float, int]] = {}
+_REMOVED = "removed"
+_rows = Entities("accounts", what="account state")
+_swept = threading.Event()
+
+
+def _fingerprint(account: Account) -> str:
+    # Unkeyed, so instances with a rotated signing key agree; it only ever hashes a scrypt hash.
+    return hashlib.sha256(f"fp|{account.name}|{account.credential}".encode()).hexdigest()[:32]
+
+
+def _observe(name: str, fingerprint: str) -> int:
+    """The epoch after recording this credential (raised if it is not the one last seen)."""
+    key = hashlib.sha256(name.encode()).hexdigest()[:40]
+    for _ in range(10):
+        try:
+            row = _rows.get("accounts", key)
+        except NotFound:
+            row = None
+        try:
+            if row is None:
+                _rows.create("accounts", key, {"name": name, "fingerprint": fingerprint, "epoch": 0})
+                return 0
+            if row.get("fingerprint") == fingerprint:
+                return int(row.get("epoch", 0))
+            _rows.replace({**row, "fingerprint": fingerprint, "epoch": int(row.get("epoch", 0)) + 1})
+            return int(row.get("epoch", 0)) + 1
+        except (Conflict, PreconditionFailed):
+            continue  # another instance wrote it first: read again
+    raise Unavailable("the account state keeps changing; try again shortly")
+
+
+def _mark_removed_once() -> None:
+    """Once per process: accounts stored but no longer configured are marked removed, so if they
+    come back their old tokens do not."""
+    if _swept.is_set():
+        return
+    configured = set(_all())
+    for row in _rows.list("accounts"):
+        if row.get("name") not in configured and row.get("fingerprint") != _REMOVED:
+            try:
+                _rows.replace({**row, "fingerprint": _REMOVED})
+            except (PreconditionFailed, NotFound):
+                pass
+    _swept.set()
 
 
 def _all() -> dict[str, Account]:

@@ -60,7 +60,7 @@ def login(body: dict, address: str) -> dict:
         raise Unauthorized("invalid credentials")  # the same for an unknown name and a wrong password
     attempt.succeeded()
     family, secret, now = uuid.uuid4().hex, secrets.token_urlsafe(32), int(time.time())
-    cv = accounts.credential_version(account, get_settings().token_signing_key)
+    cv = accounts.credential_version(account, get_settings().token_signing_key, accounts.epoch(account))
     _families().create(family, {"user": account.name, "generation": 1, "refreshHash": _hash(secret),
                                 "spent": "[]", "cv": cv, "chainStart": now, "lastUsed": now, "revoked": False})
     _remember(family, 1, False)
@@ -78,7 +78,7 @@ def renew(body: dict) -> dict:
         raise Unauthorized(f"{_INVALID_REFRESH}: the renewal chain is over; log in again")
     secret = secrets.token_urlsafe(32)
     spent = [row["refreshHash"], *_spent(row)][:_SPENT_KEPT]
-    cv = accounts.credential_version(account, settings.token_signing_key)
+    cv = accounts.credential_version(account, settings.token_signing_key, accounts.epoch(account))
     row.update(generation=int(row["generation"]) + 1, refreshHash=_hash(secret), spent=json.dumps(spent),
                cv=cv, lastUsed=now)
     try:
@@ -118,7 +118,8 @@ def authenticate(header: str | None) -> Principal:
             return _entra(entra.validate(token))
     claims, key = _decode_local(token)
     account = accounts.find(str(claims["sub"]))
-    if account is None or not hmac.compare_digest(str(claims["cv"]), accounts.credential_version(account, key)):
+    if account is None or not hmac.compare_digest(
+            str(claims["cv"]), accounts.credential_version(account, key, accounts.epoch(account))):
         raise Unauthorized(_GONE)
     generation, revoked = _family_state(str(claims["fam"]))
     if revoked or generation != claims["gen"]:
@@ -230,7 +231,9 @@ def _spent(row: dict) -> list[str]:
 
 def _credential_versions(account: accounts.Account) -> set[str]:
     s = get_settings()
-    return {accounts.credential_version(account, k) for k in (s.token_signing_key, s.token_signing_key_previous) if k}
+    epoch = accounts.epoch(account)
+    return {accounts.credential_version(account, k, epoch) for k in (s.token_signing_key, s.token_signing_key_previous)
+            if k}
 
 
 def _hash(secret: str) -> str:

@@ -1,89 +1,106 @@
-"""Login throttling. Failures are counted per user name and per client address in Table storage,
-so every instance sees them. At the limit the name (or address) is locked out: every attempt,
-the right password included, answers 429 until the lock ends; each later failure locks again,
-twice as long as the time before."""
+"""Login throttling. Attempts are counted per user name and per client address in Table storage,
+so every instance sees them. Each attempt is counted before its password is checked, so
+parallel requests get no more checks than the limit. At the limit the name (or address) is
+locked out: every attempt, the right password included, answers 429 until the lock ends; the
+first failure after it locks again, twice as long as the time before. A success clears the
+name's count and takes its own attempt back from the address's."""
 from __future__ import annotations
 
 import hashlib
 import math
+import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .config import get_settings
 from .errors import Conflict, NotFound, PreconditionFailed, TooManyRequests
 from .storage.entities import Entities
 
 _rows = Entities("loginfailures", what="login record")
-_ATTEMPTS = 5  # tries of an ETag-conditioned update before giving up on counting one failure
+_TRIES = 12  # ETag-conditioned updates of one count before the attempt is refused as a crowd
 
 
 @dataclass
 class Attempt:
-    user: str
-    address: str
-    _rows: dict[tuple[str, str], dict | None] = field(default_factory=dict)
+    user_key: tuple[str, str]
+    address_key: tuple[str, str]
 
     def failed(self) -> None:
-        s = get_settings()
-        _count(("user", _key(self.user)), s.login_max_failures, self._rows.get(("user", _key(self.user))))
-        _count(("address", _key(self.address)), s.login_max_failures_per_address,
-               self._rows.get(("address", _key(self.address))))
+        """Nothing to do: the attempt was counted as a failure before the password was checked."""
 
     def succeeded(self) -> None:
-        # Only the name's count is cleared: an address may be shared with an attacker (NAT).
-        row = self._rows.get(("user", _key(self.user)))
-        if row is not None:
-            try:
-                _rows.delete(row)
-            except (NotFound, PreconditionFailed):
-                pass
+        _update(self.user_key, lambda row: None)
+        _update(self.address_key, _give_back)
 
 
 def begin(user: str, address: str) -> Attempt:
-    """:raises TooManyRequests: the name or the address is locked out."""
-    attempt = Attempt(user, address)
-    now = time.time()
-    wait = 0.0
-    for kind, value in (("user", user), ("address", address)):
-        try:
-            row = _rows.get(kind, _key(value))
-        except NotFound:
-            row = None
-        attempt._rows[(kind, _key(value))] = row
-        if row is not None:
-            wait = max(wait, float(row.get("lockedUntil", 0)) - now)
-    if wait > 0:
-        raise TooManyRequests(f"too many failed logins; try again in {math.ceil(wait)} seconds",
-                              retry_after=math.ceil(wait))
+    """Count one attempt for the name and the address.
+    :raises TooManyRequests: either is locked out (or too many attempts race for it)."""
+    s = get_settings()
+    attempt = Attempt(("user", _key(user)), ("address", _key(address)))
+    _reserve(attempt.address_key, s.login_max_failures_per_address)
+    _reserve(attempt.user_key, s.login_max_failures)
     return attempt
 
 
-def _count(key: tuple[str, str], limit: int, row: dict | None) -> None:
+def _reserve(key: tuple[str, str], limit: int) -> None:
     s = get_settings()
-    for _ in range(_ATTEMPTS):
+    locked_for = 0.0
+
+    def count(row: dict | None) -> dict | None:
+        nonlocal locked_for
         now = time.time()
-        state = {"failures": 0, "lockouts": 0, "lockedUntil": 0.0}
+        state = {"failures": 0, "lockouts": 0, "lockedUntil": 0.0, "lastFailure": 0.0}
         if row is not None:
             quiet_since = max(float(row.get("lastFailure", 0)), float(row.get("lockedUntil", 0)))
             if now - quiet_since <= s.login_failure_window_seconds:
                 state = {k: row.get(k, state[k]) for k in state}
+        locked_for = float(state["lockedUntil"]) - now
+        if locked_for > 0:
+            return row  # unchanged: attempts during a lock-out do not lengthen it
         state["failures"] = int(state["failures"]) + 1
         state["lastFailure"] = now
-        if state["failures"] >= limit and float(state["lockedUntil"]) <= now:
+        if state["failures"] >= limit:
             state["lockouts"] = int(state["lockouts"]) + 1
-            lock = min(s.login_lockout_max_seconds, s.login_lockout_seconds * 2 ** (state["lockouts"] - 1))
-            state["lockedUntil"] = now + lock
+            state["lockedUntil"] = now + min(s.login_lockout_max_seconds,
+                                             s.login_lockout_seconds * 2 ** (state["lockouts"] - 1))
+        return state
+
+    if not _update(key, count):
+        raise TooManyRequests("too many login attempts at once; try again in a second", retry_after=1)
+    if locked_for > 0:
+        raise TooManyRequests(f"too many failed logins; try again in {math.ceil(locked_for)} seconds",
+                              retry_after=math.ceil(locked_for))
+
+
+def _give_back(row: dict | None) -> dict | None:
+    if row is None or int(row.get("failures", 0)) <= 0:
+        return row
+    return {**row, "failures": int(row["failures"]) - 1}
+
+
+def _update(key: tuple[str, str], change) -> bool:
+    """Apply `change` (row or None -> new values, the same row to keep it, None to delete) until
+    no other instance changed the row in between. False when it kept losing."""
+    for attempt in range(_TRIES):
         try:
-            if row is None:
-                _rows.create(*key, state)
+            row = _rows.get(*key)
+        except NotFound:
+            row = None
+        new = change(row)
+        try:
+            if new is row:
+                return True
+            if new is None:
+                _rows.delete(row)
+            elif row is None:
+                _rows.create(*key, new)
             else:
-                _rows.replace({**row, **state})
-            return
-        except (Conflict, PreconditionFailed):  # another instance counted at the same time: count again
-            try:
-                row = _rows.get(*key)
-            except NotFound:
-                row = None
+                _rows.replace({**row, **new})
+            return True
+        except (Conflict, PreconditionFailed, NotFound):
+            time.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # someone else counted: read and count again
+    return False
 
 
 def _key(value: str) -> str:

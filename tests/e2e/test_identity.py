@@ -32,6 +32,8 @@ def host(azurite):
     started = []
 
     def start(**settings):
+        if "LOCAL_USERS" in settings:
+            settings.setdefault("LOCAL_ROLES", "")  # the default names rita, who may not be an account here
         proc, url = start_host(SPARE_WORKERS="0", **settings)
         started.append(proc)
         return url
@@ -50,11 +52,13 @@ def fresh_storage() -> str:
 
 def test_removing_an_account_or_changing_its_password_ends_its_tokens_at_once(base_url, host):
     users = {"carol": "carol-password-1", "dave": "dave-password-1"}
-    before = host(LOCAL_USERS=";".join(f"{u}:{p}" for u, p in users.items()))
+    prefix = fresh_storage()
+    original = ";".join(f"{u}:{p}" for u, p in users.items())
+    before = host(STORAGE_PREFIX=prefix, LOCAL_USERS=original)
     carol, dave = login(before, "carol", users["carol"]).json(), login(before, "dave", users["dave"]).json()
     assert requests.get(f"{before}/sessions", headers=bearer(dave)).status_code == 200
     # The same storage, restarted without dave and with carol's password changed.
-    after = host(LOCAL_USERS="carol:carol-password-2")
+    after = host(STORAGE_PREFIX=prefix, LOCAL_USERS="carol:carol-password-2")
     for pair in (carol, dave):
         r = requests.get(f"{after}/sessions", headers=bearer(pair))
         assert r.status_code == 401 and "removed or its password changed" in r.json()["message"]
@@ -67,12 +71,20 @@ def test_removing_an_account_or_changing_its_password_ends_its_tokens_at_once(ba
     assert login(after, "dave", users["dave"]).status_code == 401
     fresh = login(after, "carol", "carol-password-2").json()
     assert requests.get(f"{after}/sessions", headers=bearer(fresh)).status_code == 200
+    # The old settings come back (a rolled-back password, a suspended account restored): the
+    # tokens refused once stay refused; logging in again works.
+    restored = host(STORAGE_PREFIX=prefix, LOCAL_USERS=original)
+    for pair in (carol, dave):
+        assert requests.get(f"{restored}/sessions", headers=bearer(pair)).status_code == 401
+        assert renew(restored, pair["refresh_token"]).status_code == 401
+    assert requests.get(f"{restored}/sessions", headers=bearer(login(restored, "dave", users["dave"]).json())).status_code == 200
 
 
 def test_a_hashed_password_in_the_settings_works_and_the_plain_one_is_nowhere(host):
     from shared.passwords import hash_password
 
-    url = host(LOCAL_USERS=f"erin:{hash_password('erin-password-1')}", LOCAL_ADMIN_PASSWORD=hash_password("admin-pw-12345"))
+    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS=f"erin:{hash_password('erin-password-1')}",
+               LOCAL_ADMIN_PASSWORD=hash_password("admin-pw-12345"))
     assert login(url, "erin", "erin-password-1").status_code == 200
     assert login(url, "admin", "admin-pw-12345").status_code == 200
     assert login(url, "erin", "scrypt$15$8$1$").status_code == 401  # the hash itself is no password
@@ -148,6 +160,16 @@ def test_one_address_trying_many_names_is_locked_and_a_forged_forwarded_header_d
         assert r.status_code == 401
     r = login(url, "admin", ADMIN_PASSWORD, headers={"X-Forwarded-For": "198.51.100.99"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 20
+
+
+def test_parallel_guesses_get_no_more_password_checks_than_the_limit(host):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS="ivan:ivan-password-1", LOGIN_MAX_FAILURES="5")
+    with ThreadPoolExecutor(40) as pool:
+        codes = list(pool.map(lambda i: login(url, "ivan", f"guess-number-{i}").status_code, range(40)))
+    assert codes.count(401) <= 5 and codes.count(401) + codes.count(429) == 40, codes
+    assert login(url, "ivan", "ivan-password-1").status_code == 429
 
 
 def test_a_lock_out_is_seen_by_every_instance(host):

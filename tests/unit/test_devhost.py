@@ -105,3 +105,42 @@ def test_a_short_password_stops_the_start_with_the_setting_named_and_no_tracebac
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "LOCAL_ADMIN_PASSWORD" in out.stderr and "12 characters" in out.stderr and "Traceback" not in out.stderr
+
+
+def _drive(host, scope, bodies):
+    import asyncio
+
+    sent, received = [], []
+
+    async def receive():
+        chunk = bodies.pop(0)
+        received.append(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": bool(bodies)}
+
+    async def send(msg):
+        sent.append(msg)
+
+    asyncio.run(host(scope, receive, send))
+    return sent, received
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_all_read():
+    host = FunctionHost(_app(), max_body_bytes=1000)
+    scope = {"type": "http", "method": "GET", "path": "/things/7", "headers": [], "query_string": b""}
+    sent, received = _drive(host, scope, [b"x" * 600, b"x" * 600, b"x" * 600, b"x" * 600])
+    assert sent[0]["status"] == 413 and len(received) == 2
+
+
+def test_the_peer_address_is_appended_to_x_forwarded_for_as_azure_does():
+    seen = {}
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.route(route="who", methods=["GET"])
+    def who(req: func.HttpRequest) -> func.HttpResponse:
+        seen["xff"] = req.headers.get("X-Forwarded-For")
+        return func.HttpResponse("")
+
+    scope = {"type": "http", "method": "GET", "path": "/who", "query_string": b"", "client": ("192.0.2.9", 5000),
+             "headers": [(b"x-forwarded-for", b"10.0.0.1")]}
+    sent, _ = _drive(FunctionHost(app), scope, [b""])
+    assert sent[0]["status"] == 200 and seen["xff"] == "10.0.0.1, 192.0.2.9"

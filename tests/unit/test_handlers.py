@@ -31,7 +31,8 @@ def jwt_for(user, age=0):
     now, key = int(time.time()) - age, get_settings().token_signing_key
     family = f"unit{user}"
     auth._remember(family, 1, False)  # as if this instance had just logged the user in
-    cv = accounts.credential_version(accounts.find(user), key)
+    accounts.remember_epoch(user, 0)
+    cv = accounts.credential_version(accounts.find(user), key, 0)
     return jwt.encode({"iss": auth.ISSUER, "aud": auth.AUDIENCE, "sub": user, "iat": now, "nbf": now,
                        "exp": now + 60, "fam": family, "gen": 1, "cv": cv}, key, algorithm="HS256")
 

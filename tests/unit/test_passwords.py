@@ -43,16 +43,18 @@ def test_accounts_keep_hashes_and_a_credential_version_that_follows_the_password
     from shared.config import get_settings
 
     monkeypatch.setenv("LOCAL_USERS", "alice:alice-password-1")
+    monkeypatch.setenv("LOCAL_ROLES", "")
     get_settings.cache_clear()
     alice = accounts.find("alice")
     assert alice.credential.startswith("scrypt$") and "alice-password-1" not in repr(alice)
     assert accounts.check_password("alice", "alice-password-1") == alice
     assert accounts.check_password("alice", "wrong-password-1") is None
     assert accounts.check_password("mallory", "alice-password-1") is None
-    before = accounts.credential_version(alice, "k" * 40)
-    assert before == accounts.credential_version(accounts.find("alice"), "k" * 40)  # stable for one setting
+    before = accounts.credential_version(alice, "k" * 40, 0)
+    assert before == accounts.credential_version(accounts.find("alice"), "k" * 40, 0)  # stable for one setting
     monkeypatch.setenv("LOCAL_USERS", "alice:alice-password-2")
     get_settings.cache_clear()
-    assert accounts.credential_version(accounts.find("alice"), "k" * 40) != before
+    assert accounts.credential_version(accounts.find("alice"), "k" * 40, 0) != before
+    assert accounts.credential_version(alice, "k" * 40, 1) != before  # a new epoch, the same password
     monkeypatch.undo()
     get_settings.cache_clear()
