@@ -47,6 +47,8 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
         return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
     except WorkerDied as exc:
         pool.services.retire(key)
+        if exc.earlier and retry:  # an earlier call broke the worker, not this one: a fresh worker
+            return consume(user, name, version, body, retry=False)
         return _failed(svc, str(exc))
     if not reply.pop("ok", False):
         pool.services.retire(key)

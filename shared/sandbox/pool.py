@@ -58,10 +58,13 @@ class WorkerTimeout(Exception):
 
 
 class WorkerDied(Exception):
-    def __init__(self, message: str, *, limit: bool = False) -> None:
+    def __init__(self, message: str, *, limit: bool = False, earlier: bool = False) -> None:
         super().__init__(message)
         #: it was stopped for going past a limit (not worth retrying as is)
         self.limit = limit
+        #: what broke it was left by an earlier call (a late reply after a forged one): this
+        #: call never ran on a trustworthy worker and may be retried on a fresh one
+        self.earlier = earlier
 
 
 class WorkerBusy(Exception):
@@ -113,6 +116,7 @@ class Worker:
         self._greeted = False
         self._dead = False
         self._doomed = False  # to be stopped as soon as no call holds it
+        self._last_id: str | None = None  # the previous call's id: a late frame with it is its fault
         self._reaping = threading.Lock()
         self.lock = threading.Lock()
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
@@ -137,17 +141,20 @@ class Worker:
                 self._greet(deadline)
             if self.proc.poll() is not None or self._stray():
                 self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
-                raise WorkerDied("the worker process has exited")
+                raise WorkerDied("the worker process has exited", earlier=True)
             call_id = secrets.token_hex(8)
             self._send(encode({**message, "id": call_id}), deadline)
             reply = self._reply(deadline)
-            if isinstance(reply, dict) and reply.pop("id", None) == call_id:
+            answered = reply.pop("id", None) if isinstance(reply, dict) else None
+            if answered == call_id:
                 why = check_reply(message["op"], reply)
             else:
                 why = "a reply that does not answer this call"
             if why:
                 self._stop()
-                raise WorkerDied(f"the worker broke the protocol ({why}) and was stopped")
+                raise WorkerDied(f"the worker broke the protocol ({why}) and was stopped",
+                                 earlier=answered is not None and answered == self._last_id)
+            self._last_id = call_id
             now = time.monotonic()
             # A call measures the folder after it, unless it was too short to write much and the
             # folder was measured moments ago: the bound is the one code has while it runs.

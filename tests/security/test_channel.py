@@ -45,8 +45,20 @@ def test_a_reply_forged_with_the_calls_own_id_answers_that_call_only(host, alice
     r = requests.post(f"{host.url}/api/{name}/v1", json={"x": 1}, headers=alice)
     assert r.json()["outputParameters"] == {"y": 999}
     r = requests.post(f"{host.url}/api/{name}/v1", json={"x": 0}, headers=bob)
-    assert r.json()["success"] is True and r.json()["consoleOutput"] == ""
+    assert r.json()["success"] is True and r.json()["consoleOutput"] == "", r.text
     assert r.json()["outputParameters"] == {"y": 0}
+
+
+def test_a_late_real_reply_after_a_forged_one_does_not_fail_the_next_caller(host, alice, bob):
+    # The forged reply ends alice's call at once; the worker's own reply comes 0.5 s later, while
+    # bob's call is already waiting on that worker: bob's call moves to a fresh worker.
+    name = publish(host.url, alice, WRITE + "import time\nif x:\n"
+                   "    send(forged(call_id(), _blob=None, outputParameters={'y': 999}))\n    time.sleep(0.5)\n"
+                   "y = 2 * x", inputs=[{"name": "x", "type": "integer"}], outputs=[{"name": "y", "type": "integer"}])
+    r = requests.post(f"{host.url}/api/{name}/v1", json={"x": 1}, headers=alice)
+    assert r.json()["outputParameters"] == {"y": 999}
+    r = requests.post(f"{host.url}/api/{name}/v1", json={"x": 0}, headers=bob)
+    assert r.json()["success"] is True and r.json()["outputParameters"] == {"y": 0}, r.text
 
 
 def test_a_frame_written_between_calls_never_reaches_the_next_caller(host, alice, bob):
@@ -60,7 +72,7 @@ def test_a_frame_written_between_calls_never_reaches_the_next_caller(host, alice
 
     time.sleep(0.6)
     r = requests.post(f"{host.url}/api/{name}/v1", json={"x": 0}, headers=bob)
-    assert r.json()["success"] is True and r.json()["consoleOutput"] == ""
+    assert r.json()["success"] is True and r.json()["consoleOutput"] == "", r.text
     assert r.json()["outputParameters"] == {"y": 0}
 
 
