@@ -83,7 +83,7 @@ def _fingerprint(account: Account) -> str:
 
 def _observe(name: str, fingerprint: str) -> int:
     """The epoch after recording this credential (raised if it is not the one last seen)."""
-    key = hashlib.sha256(name.encode()).hexdigest()[:40]
+    key = _row_key(name)
     for _ in range(10):
         try:
             row = _rows.get("accounts", key)
@@ -100,6 +100,29 @@ def _observe(name: str, fingerprint: str) -> int:
         except (Conflict, PreconditionFailed):
             continue  # another instance wrote it first: read again
     raise Unavailable("the account state keeps changing; try again shortly")
+
+
+def mark_removed(name: str) -> None:
+    """A token names an account the settings no longer have: record that, so the account's
+    tokens stay refused if it comes back."""
+    with _lock:
+        if name in _marked:
+            return
+    try:
+        row = _rows.get("accounts", _row_key(name))
+        if row.get("fingerprint") != _REMOVED:
+            _rows.replace({**row, "fingerprint": _REMOVED})
+    except (NotFound, PreconditionFailed):
+        pass  # never seen (nothing to keep refused), or changed meanwhile by another instance
+    with _lock:
+        _marked.add(name)
+
+
+_marked: set[str] = set()
+
+
+def _row_key(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()[:40]
 
 
 def _mark_removed_once() -> None:

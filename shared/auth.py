@@ -28,7 +28,8 @@ ISSUER = "o16n"
 AUDIENCE = "o16n"
 _ALGORITHMS = ["HS256"]
 _INVALID_REFRESH = "invalid or expired refresh token"
-_GONE = "the account of this token was removed or its password changed; log in again"
+_GONE = ("this token no longer matches its account (the account was removed, its password changed, or the "
+         "signing key was replaced); log in again")
 _SPENT_KEPT = 16  # superseded refresh tokens remembered per family, to catch their reuse
 
 
@@ -72,7 +73,10 @@ def renew(body: dict) -> dict:
     family, row, now = _refresh_row(body.get("refreshToken"))
     settings = get_settings()
     account = accounts.find(str(row["user"]))
-    if account is None or str(row.get("cv")) not in _credential_versions(account):
+    if account is None:
+        accounts.mark_removed(str(row["user"]))
+        raise Unauthorized(_GONE)
+    if str(row.get("cv")) not in _credential_versions(account):
         raise Unauthorized(_GONE)
     if now - int(row["chainStart"]) > settings.refresh_chain_lifetime_seconds:
         raise Unauthorized(f"{_INVALID_REFRESH}: the renewal chain is over; log in again")
@@ -118,7 +122,10 @@ def authenticate(header: str | None) -> Principal:
             return _entra(entra.validate(token))
     claims, key = _decode_local(token)
     account = accounts.find(str(claims["sub"]))
-    if account is None or not hmac.compare_digest(
+    if account is None:
+        accounts.mark_removed(str(claims["sub"]))
+        raise Unauthorized(_GONE)
+    if not hmac.compare_digest(
             str(claims["cv"]), accounts.credential_version(account, key, accounts.epoch(account))):
         raise Unauthorized(_GONE)
     generation, revoked = _family_state(str(claims["fam"]))

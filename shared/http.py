@@ -162,7 +162,8 @@ def read_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]
 
 def client_address(req: func.HttpRequest) -> str:
     """The caller's address: the last entry of CLIENT_ADDRESS_HEADER, the one Azure's front end
-    (or the local host) appended; entries before it are whatever the client sent."""
+    (or the local host) appended; entries before it are whatever the client sent. IPv6 callers
+    are known by their /64."""
     raw = req.headers.get(get_settings().client_address_header) or ""
     last = raw.split(",")[-1].strip()
     if last.startswith("["):  # [v6]:port
@@ -170,9 +171,15 @@ def client_address(req: func.HttpRequest) -> str:
     elif last.count(":") == 1:  # v4:port
         last = last.partition(":")[0]
     try:
-        return str(ipaddress.ip_address(last))
+        address = ipaddress.ip_address(last)
     except ValueError:
         return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        # One IPv6 host usually holds a whole /64: count it as one address.
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def route(req: func.HttpRequest, name: str) -> str:

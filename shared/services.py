@@ -40,12 +40,15 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     co_publishers = _co_publishers(body)
     snapshot_id = ids.optional_str(body, "snapshotId")
     data = snapshots.content(user, snapshot_id) if snapshot_id else None
-    # Claimed after every check above, and given back if the publish fails below.
-    claim, claimed = _check_name(user, name)
+    # Claimed after every check above, and given back if the publish fails below. A development
+    # version claims nothing: only its author sees and calls it.
+    if dev and co_publishers is not None:
+        raise BadRequest("'coPublishers' applies to a service name: publish a named version to set it")
+    claim, claimed = (None, False) if dev else _check_name(user, name)
     stored: dict[str, Any] = {}
     try:
         if co_publishers is not None:
-            _set_co_publishers(user, name, claim, co_publishers)
+            claim = _set_co_publishers(user, name, claim, co_publishers)
         if data is not None:
             stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
             values.update(stored, snapshotId=snapshot_id)
@@ -53,7 +56,7 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     except BaseException as exc:
         workspaces.discard(stored)
         if claimed:
-            _release_if_unused(name)
+            _give_back(claim)
         if isinstance(exc, Conflict):
             raise Conflict(f"service '{name}' version '{version}' already exists; use PATCH to change it") from None
         raise
@@ -99,7 +102,6 @@ def delete(user: Principal, name: str, version: str) -> str:
         raise Conflict("the service was changed by another request at the same time; try again") from None
     forget(name, version)
     workspaces.discard(row)
-    _release_if_unused(row["PartitionKey"])
     return "Success"
 
 
@@ -136,8 +138,8 @@ def describe(user: Principal, name: str, version: str) -> list[dict]:
 
 def view(user: Principal, row: dict, claim: dict | None = None) -> dict:
     """The WebService model, every field present. Code and initCode (which may hold keys) are
-    shown only to the version's publisher and Owners."""
-    mine = row.get("versionPublishedBy") == user.name or user.owner
+    shown only to the version's publisher, the name's holder and Owners."""
+    mine = row.get("versionPublishedBy") == user.name or user.owner or bool(claim and claim["owner"] == user.name)
     out = {"name": row["PartitionKey"], "version": row["RowKey"],
            "versionPublishedBy": row.get("versionPublishedBy", ""), "creationTime": row.get("creationTime", ""),
            "snapshotId": row.get("snapshotId", ""), "runtimeType": row.get("runtimeType", "Python"),
@@ -156,11 +158,22 @@ def _writer(user: Principal) -> None:
 
 
 def _own(user: Principal, name: str, version: str) -> dict:
+    """The version, when the caller may change it: an Owner, the name's holder, or its publisher
+    while the name still lets them publish (a co-publisher removed keeps no rights)."""
     _writer(user)
     row = get(name, version, user)
-    if row.get("versionPublishedBy") != user.name and not user.owner:
-        raise Forbidden(f"service '{name}' version '{version}' is owned by another user; only its owner can change it")
-    return row
+    if user.owner:
+        return row
+    owned = get_settings().service_names == "owned" and not row.get("devVersion")
+    claim = _claim(row["PartitionKey"]) if owned else None
+    if claim is not None and claim["owner"] == user.name:
+        return row
+    if row.get("versionPublishedBy") == user.name:
+        if claim is None or user.name in _listed(claim):
+            return row
+        raise Forbidden(f"the service name '{row['PartitionKey']}' is held by {claim['owner']}, who no longer lists "
+                        "you as a co-publisher: only they and Owners may change its versions")
+    raise Forbidden(f"service '{name}' version '{version}' is owned by another user; only its owner can change it")
 
 
 def _claim(name: str) -> dict | None:
@@ -179,7 +192,8 @@ def _check_name(user: Principal, name: str) -> tuple[dict | None, bool]:
     claim, claimed = _claim(name), False
     if claim is None:
         # Versions published before names were claimed: the name is their first publisher's.
-        earlier = sorted(_rows.list(name), key=lambda r: r.get("creationTime", ""))
+        earlier = sorted((r for r in _rows.list(name) if not r.get("devVersion")),
+                         key=lambda r: r.get("creationTime", ""))
         holder = earlier[0].get("versionPublishedBy", user.name) if earlier else user.name
         try:
             claim, claimed = _names.create(_NAMES, name.lower(), {"owner": holder, "coPublishers": "[]", "name": name}), True
@@ -195,22 +209,22 @@ def _check_name(user: Principal, name: str) -> tuple[dict | None, bool]:
     return claim, claimed
 
 
-def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: list[str]) -> None:
+def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: list[str]) -> dict:
     if claim is None:
         raise BadRequest("'coPublishers' needs SERVICE_NAMES=owned: every Contributor may publish under any name")
     if claim["owner"] != user.name and not user.owner:
         raise Forbidden(f"only {claim['owner']}, who holds the service name '{name}', or an Owner may change "
                         "its co-publishers")
     try:
-        _names.replace({**claim, "coPublishers": json.dumps(names)})
+        return _names.replace({**claim, "coPublishers": json.dumps(names)})
     except PreconditionFailed:
         raise Conflict("the service name was changed by another request at the same time; try again") from None
 
 
-def _release_if_unused(name: str) -> None:
-    """A name without versions is free again (for its holder, or the next to publish)."""
-    claim = _claim(name)
-    if claim is None or any(True for _ in _rows.list(claim.get("name") or name)):
+def _give_back(claim: dict | None) -> None:
+    """Undo a claim this request made, unless something changed it since. A claim is otherwise
+    kept, also when every version is deleted: releasing it races with a publish in flight."""
+    if claim is None:
         return
     try:
         _names.delete(claim)
@@ -243,7 +257,7 @@ def _units(text: str) -> int:
 
 def _code(code: object) -> str:
     if not isinstance(code, str) or not code.strip():
-        raise BadRequest("'code' is required: the Python code run for each request")
+        raise BadRequest("'code' is required as a non-empty string: the Python code run for each request")
     if _units(code) > MAX_CODE_CHARS:
         raise BadRequest(f"'code' is longer than {MAX_CODE_CHARS} characters; move the bulk of it into the "
                          "snapshot (a function or module in the workspace) and call it from 'code'")

@@ -125,7 +125,7 @@ def test_a_name_belongs_to_its_first_publisher(base_url, alice, bob, admin):
 
     name = "Az" + uuid.uuid4().hex[:6]
     assert _publish(base_url, alice, name, "1.0").status_code == 201
-    for squat in ((name, "9.9"), (name.lower(), "1.0"), (name.upper(), "1.0"), (name, None)):
+    for squat in ((name, "9.9"), (name.lower(), "1.0"), (name.upper(), "1.0")):
         r = _publish(base_url, bob, *squat)
         assert r.status_code == 403 and "belongs to alice" in r.json()["message"], squat
     versions = requests.get(f"{base_url}/services/{name}", headers=alice).json()
@@ -152,14 +152,41 @@ def test_the_holder_names_co_publishers_and_only_the_holder_may(base_url, alice,
     assert _publish(base_url, bob, name, "3.0").status_code == 403
 
 
-def test_a_name_is_free_again_once_its_last_version_is_deleted(base_url, alice, bob):
+def test_a_name_stays_with_its_holder_when_its_versions_are_deleted(base_url, alice, bob):
     import uuid
 
-    name = "Gone" + uuid.uuid4().hex[:6]
+    name = "Kept" + uuid.uuid4().hex[:6]
     assert _publish(base_url, alice, name, "1.0").status_code == 201
-    assert _publish(base_url, bob, name, "2.0").status_code == 403
     assert requests.delete(f"{base_url}/services/{name}/1.0", headers=alice).status_code == 200
+    assert _publish(base_url, bob, name, "2.0").status_code == 403
+    assert _publish(base_url, alice, name, "2.0").status_code == 201
+
+
+def test_a_development_version_claims_no_name_and_only_its_author_sees_it(base_url, alice, bob):
+    import uuid
+
+    name = "Dev" + uuid.uuid4().hex[:6]
+    r = _publish(base_url, bob, name, None)
+    assert r.status_code == 201
+    guid = r.json()
+    assert _publish(base_url, alice, name, "1.0").status_code == 201  # bob's hidden version held nothing
+    assert [v["version"] for v in requests.get(f"{base_url}/services/{name}", headers=alice).json()] == ["1.0"]
+    assert requests.post(f"{base_url}/api/{name}/{guid}", json={}, headers=alice).status_code == 404
+    assert requests.post(f"{base_url}/api/{name}/{guid}", json={}, headers=bob).status_code == 200
+
+
+def test_a_removed_co_publisher_loses_his_versions_to_the_holder(base_url, alice, bob):
+    import uuid
+
+    name = "Co" + uuid.uuid4().hex[:6]
+    assert _publish(base_url, alice, name, "1.0", coPublishers=["bob"]).status_code == 201
     assert _publish(base_url, bob, name, "2.0").status_code == 201
+    assert requests.get(f"{base_url}/services/{name}/2.0", headers=alice).json()[0]["code"] == "y = 1"
+    assert requests.patch(f"{base_url}/services/{name}/1.0", json={"coPublishers": []}, headers=alice).status_code == 200
+    r = requests.patch(f"{base_url}/services/{name}/2.0", json={"code": "y = 1000"}, headers=bob)
+    assert r.status_code == 403 and "no longer lists you" in r.json()["message"]
+    assert requests.delete(f"{base_url}/services/{name}/2.0", headers=bob).status_code == 403
+    assert requests.delete(f"{base_url}/services/{name}/2.0", headers=alice).status_code == 200
 
 
 def test_init_code_is_hidden_from_everyone_but_its_publisher_and_owners(base_url, alice, bob, rita, admin):
@@ -177,7 +204,7 @@ def test_init_code_is_hidden_from_everyone_but_its_publisher_and_owners(base_url
         assert secret not in swagger
 
 
-def test_a_name_has_one_spelling_so_deleting_one_version_cannot_free_it(base_url, alice, bob):
+def test_a_name_has_one_spelling_and_deleting_its_versions_does_not_free_it(base_url, alice, bob):
     import uuid
 
     name = "Iris" + uuid.uuid4().hex[:6]
@@ -186,7 +213,8 @@ def test_a_name_has_one_spelling_so_deleting_one_version_cannot_free_it(base_url
     assert r.status_code == 409 and f"spelled '{name}'" in r.json()["message"]
     assert _publish(base_url, alice, name, "v2").status_code == 201
     assert requests.delete(f"{base_url}/services/{name}/v1", headers=alice).status_code == 200
-    assert _publish(base_url, bob, name.upper(), "v3").status_code == 403  # v2 still holds the name
+    assert requests.delete(f"{base_url}/services/{name}/v2", headers=alice).status_code == 200
+    assert _publish(base_url, bob, name.upper(), "v3").status_code == 403
 
 
 @pytest.mark.parametrize("extra, status, fragment", [

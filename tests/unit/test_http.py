@@ -45,7 +45,8 @@ def test_download_names_are_encoded_so_any_name_makes_a_valid_header(name):
 @pytest.mark.parametrize("header, address", [
     ("203.0.113.7", "203.0.113.7"), ("203.0.113.7:50312", "203.0.113.7"),
     ("1.2.3.4, 203.0.113.7", "203.0.113.7"),  # what the client sent comes first; the front end appends
-    ("[2001:db8::1]:443", "2001:db8::1"), ("2001:db8::1", "2001:db8::1"), ("nonsense", "unknown"), ("", "unknown"),
+    ("[2001:db8::1]:443", "2001:db8::/64"), ("2001:db8::1", "2001:db8::/64"), ("2001:db8::ffff:1", "2001:db8::/64"),
+    ("::ffff:203.0.113.7", "203.0.113.7"), ("nonsense", "unknown"), ("", "unknown"),
 ])
 def test_the_callers_address_is_the_last_forwarded_entry(header, address):
     assert http.client_address(request(headers={"X-Forwarded-For": header})) == address
