@@ -44,7 +44,7 @@ def compile_route(template: str) -> tuple[re.Pattern[str], tuple[int, ...]]:
         pat = arg if cons == "regex" else _CONSTRAINTS.get(cons or "", "[^/]+")
         parts.append(f"(?:/(?P<{name}>{pat}))?" if opt else f"/(?P<{name}>{pat})")
         rank.append(1 if cons else (3 if opt else 2))
-    return re.compile("(?i)^" + "".join(parts) + "/?$"), tuple(rank)
+    return re.compile("(?i)^" + "".join(parts) + r"/?\Z"), tuple(rank)
 
 
 def index(app: func.FunctionApp, route_prefix: str = "") -> list[Route]:

@@ -59,7 +59,7 @@ def epoch(account: Account) -> int:
         hit = _epochs.get(account.name)
     if hit and now - hit[0] < get_settings().token_state_ttl_seconds:
         return hit[1]
-    _mark_removed_once()
+    _sweep_once()
     value = _observe(account.name, _fingerprint(account))
     remember_epoch(account.name, value)
     return value
@@ -125,14 +125,18 @@ def _row_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:40]
 
 
-def _mark_removed_once() -> None:
-    """Once per process: accounts stored but no longer configured are marked removed, so if they
-    come back their old tokens do not."""
+def _sweep_once() -> None:
+    """Once per process, compare every stored account with the settings: accounts no longer
+    configured are marked removed, and changed credentials raise their epoch, so tokens of an
+    earlier setting stay refused if it comes back (a rollback, a slot swap)."""
     if _swept.is_set():
         return
-    configured = set(_all())
+    accounts = _all()
     for row in _rows.list("accounts"):
-        if row.get("name") not in configured and row.get("fingerprint") != _REMOVED:
+        name = row.get("name")
+        if name in accounts:
+            remember_epoch(name, _observe(name, _fingerprint(accounts[name])))
+        elif row.get("fingerprint") != _REMOVED:
             try:
                 _rows.replace({**row, "fingerprint": _REMOVED})
             except (PreconditionFailed, NotFound):

@@ -22,7 +22,7 @@ import jwt
 
 from . import accounts, entra, throttle
 from .config import ROLES, get_settings
-from .errors import BadRequest, Forbidden, NotFound, PreconditionFailed, Unauthorized
+from .errors import BadRequest, Forbidden, NotFound, PreconditionFailed, Unauthorized, Unavailable
 
 ISSUER = "o16n"
 AUDIENCE = "o16n"
@@ -88,19 +88,18 @@ def renew(body: dict) -> dict:
     try:
         _families().replace(row)
     except PreconditionFailed:
-        raise Unauthorized(_INVALID_REFRESH) from None  # a concurrent renew or revoke won
+        # Another renew or a revoke of the same token won the race: two holders of one refresh
+        # token is what theft looks like, so the login ends for both.
+        _revoke_family(family, row)
+        raise Unauthorized("this refresh token was used twice at once; every token of its sign-in is now revoked; "
+                           "log in again") from None
     _remember(family, row["generation"], False)
     return _pair(account.name, cv, family, row["generation"], secret, now)
 
 
 def revoke(token: str | None) -> dict:
     family, row, _ = _refresh_row(token)
-    row["revoked"] = True
-    try:
-        _families().replace(row)
-    except PreconditionFailed:
-        raise Unauthorized(_INVALID_REFRESH) from None
-    _remember(family, row["generation"], True)
+    _revoke_family(family, row)  # also when a renew got there first: the caller asked to sign out
     return {}
 
 
@@ -213,9 +212,10 @@ def _refresh_row(token: object) -> tuple[str, dict, int]:
 
 
 def _revoke_family(family: str, row: dict) -> None:
-    """Theft detection (OAuth 2.0 security BCP): a superseded refresh token came back, so the
-    family ends for whoever holds its live tokens too."""
-    for _ in range(5):
+    """End the family, whatever else changed it meanwhile. Also theft detection (OAuth 2.0
+    security BCP): when a superseded refresh token comes back, the family ends for whoever holds
+    its live tokens too."""
+    for _ in range(10):
         row["revoked"] = True
         try:
             _families().replace(row)
@@ -225,6 +225,8 @@ def _revoke_family(family: str, row: dict) -> None:
                 row = _families().get(family)
             except NotFound:
                 break
+    else:
+        raise Unavailable("the sign-in could not be revoked; try again")
     _remember(family, int(row["generation"]), True)
 
 

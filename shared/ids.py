@@ -7,9 +7,10 @@ import uuid
 
 from .errors import BadRequest, NotFound
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-# Table keys refuse / \ # ? and control characters; names are also used in blob paths.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Table keys refuse / \ # ? and control characters; names are also used in blob paths. Used
+# with fullmatch: a "$" anchor would let a final newline through.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def new_id() -> str:
@@ -18,13 +19,13 @@ def new_id() -> str:
 
 def existing_id(value: str, what: str) -> str:
     """An id from a URL; anything that is not an id we issued is simply not found."""
-    if not _UUID.match(value or ""):
+    if not _UUID.fullmatch(value or ""):
         raise NotFound(f"{what} '{(value or '')[:64]}' not found")
     return value.lower()
 
 
 def service_name(value: str, what: str = "service name") -> str:
-    if not _NAME.match(value or ""):
+    if not _NAME.fullmatch(value or ""):
         raise BadRequest(f"the {what} '{(value or '')[:64]}' is not allowed: use 1-128 letters, digits, '.', '_' "
                          "or '-', starting with a letter or digit")
     return value
@@ -32,7 +33,7 @@ def service_name(value: str, what: str = "service name") -> str:
 
 def file_name(value: str) -> str:
     """A session working-directory file name: no paths, nothing that leaves the directory."""
-    if not _NAME.match(value or "") or value in (".", ".."):
+    if not _NAME.fullmatch(value or "") or value in (".", ".."):
         raise BadRequest(f"the file name '{(value or '')[:64]}' is not allowed: use 1-128 letters, digits, '.', "
                          "'_' or '-', with no directory part")
     return value

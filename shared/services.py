@@ -52,7 +52,9 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
         if data is not None:
             stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
             values.update(stored, snapshotId=snapshot_id)
-        _rows.create(name, version, values)
+        created = _rows.create(name, version, values)
+        if claim is not None and get_settings().service_names == "owned":
+            _still_allowed(user, name, created)
     except BaseException as exc:
         workspaces.discard(stored)
         if claimed:
@@ -207,6 +209,20 @@ def _check_name(user: Principal, name: str) -> tuple[dict | None, bool]:
         # One spelling per name, so the check for its last version (and the API path) sees them all.
         raise Conflict(f"this service name is spelled '{spelled}': publish its versions under that spelling")
     return claim, claimed
+
+
+def _still_allowed(user: Principal, name: str, created: dict) -> None:
+    """Checked again once the version is written: a co-publisher removed while his publish was
+    uploading must not end up with a version under the name."""
+    claim = _claim(name)
+    if user.owner or (claim is not None and (claim["owner"] == user.name or user.name in _listed(claim))):
+        return
+    try:
+        _rows.delete(created)
+    except (NotFound, PreconditionFailed):
+        pass
+    holder = claim["owner"] if claim else "someone else"
+    raise Forbidden(f"the service name '{name}' is held by {holder}, who no longer lists you as a co-publisher")
 
 
 def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: list[str]) -> dict:

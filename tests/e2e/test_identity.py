@@ -90,6 +90,18 @@ def test_a_removed_accounts_token_stays_refused_when_it_comes_back_even_if_nothi
     assert renew(back, pair["refresh_token"]).status_code == 401
 
 
+def test_rolling_back_a_changed_password_does_not_revive_old_tokens(host):
+    prefix = fresh_storage()
+    original = "lena:lena-password-1;omar:omar-password-1"
+    pair = login(host(STORAGE_PREFIX=prefix, LOCAL_USERS=original), "lena", "lena-password-1").json()
+    changed = host(STORAGE_PREFIX=prefix, LOCAL_USERS="lena:lena-password-2;omar:omar-password-1")
+    assert login(changed, "omar", "omar-password-1").status_code == 200  # only someone else signs in
+    back = host(STORAGE_PREFIX=prefix, LOCAL_USERS=original)
+    assert requests.get(f"{back}/sessions", headers=bearer(pair)).status_code == 401
+    assert renew(back, pair["refresh_token"]).status_code == 401
+    assert login(back, "lena", "lena-password-1").status_code == 200
+
+
 def test_a_hashed_password_in_the_settings_works_and_the_plain_one_is_nowhere(host):
     from shared.passwords import hash_password
 

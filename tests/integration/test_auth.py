@@ -60,3 +60,48 @@ def test_another_instance_learns_of_a_renew_within_the_token_state_ttl(short_lif
     time.sleep(1.2)
     with pytest.raises(Unauthorized):
         auth.authenticate(f"Bearer {pair['access_token']}")
+
+
+def test_two_renewals_of_one_refresh_token_at_once_end_the_login(azurite):
+    import threading
+
+    pair = login()
+    barrier, results = threading.Barrier(2), []
+
+    def renew_now():
+        barrier.wait()
+        try:
+            results.append(auth.renew({"refreshToken": pair["refresh_token"]}))
+        except Unauthorized as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=renew_now) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert any(isinstance(r, Unauthorized) for r in results)
+    for r in results:
+        if isinstance(r, dict):  # the winner's pair ends with the login
+            with pytest.raises(Unauthorized):
+                auth.authenticate(f"Bearer {r['access_token']}")
+            with pytest.raises(Unauthorized):
+                auth.renew({"refreshToken": r["refresh_token"]})
+
+
+def test_a_revoke_that_loses_a_race_with_a_renew_still_ends_the_login(azurite, monkeypatch):
+    pair = login()
+    read, done = auth._refresh_row, []
+
+    def renewed_meanwhile(token):
+        out = read(token)
+        if not done:
+            done.append(1)
+            auth.renew({"refreshToken": pair["refresh_token"]})  # the thief renews between read and write
+        return out
+
+    monkeypatch.setattr(auth, "_refresh_row", renewed_meanwhile)
+    assert auth.revoke(pair["refresh_token"]) == {}
+    monkeypatch.undo()
+    family = pair["refresh_token"].split(".")[0]
+    assert auth._families().get(family)["revoked"] is True
