@@ -112,14 +112,9 @@ def authenticate(header: str | None) -> Principal:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    # Each issuer has its own key and algorithm; never let one decoder try the other's.
-    if entra.configured():
-        issuer = _issuer(token)
-        if issuer != ISSUER:
-            if issuer not in entra.issuers():
-                raise Unauthorized("the access token is not valid")
-            return _entra(entra.validate(token))
-    claims, key = _decode_local(token)
+    kind, claims, key = _verified(token)
+    if kind == "entra":
+        return _entra(claims)
     account = accounts.find(str(claims["sub"]))
     if account is None:
         accounts.mark_removed(str(claims["sub"]))
@@ -133,12 +128,47 @@ def authenticate(header: str | None) -> Principal:
     return Principal(account.name, account.role)
 
 
+_LEEWAY = 60  # seconds a token is still accepted past its exp (clock skew between machines)
+_MAX_VERIFIED = 20_000
+_verified_tokens: dict[str, tuple[object, float, str, dict, str]] = {}
+_verified_lock = threading.Lock()
+
+
+def _verified(token: str) -> tuple[str, dict, str]:
+    """("local" or "entra", claims, key) of a token whose signature checked out. A token's
+    signature is checked once and remembered until it expires; everything that can change
+    (account, role, family, revocation) is still checked on every request by the caller."""
+    settings, now = get_settings(), time.time()
+    with _verified_lock:
+        hit = _verified_tokens.get(token)
+    if hit is not None and hit[0] is settings and now <= hit[1]:
+        return hit[2], hit[3], hit[4]
+    # Each issuer has its own key and algorithm; never let one decoder try the other's.
+    kind = "local"
+    if entra.configured():
+        issuer = _issuer(token)
+        if issuer != ISSUER:
+            if issuer not in entra.issuers():
+                raise Unauthorized("the access token is not valid")
+            kind = "entra"
+    claims, key = (entra.validate(token), "") if kind == "entra" else _decode_local(token)
+    with _verified_lock:
+        if len(_verified_tokens) >= _MAX_VERIFIED:
+            for stale in [t for t, v in _verified_tokens.items() if v[1] < now or v[0] is not settings]:
+                del _verified_tokens[stale]
+            if len(_verified_tokens) >= _MAX_VERIFIED:
+                _verified_tokens.clear()
+        _verified_tokens[token] = (settings, float(claims["exp"]) + _LEEWAY, kind, claims, key)
+    return kind, claims, key
+
+
 def _decode_local(token: str) -> tuple[dict, str]:
     """The claims and the key that verified them (the previous key still verifies during a rotation)."""
     s = get_settings()
     for key in filter(None, (s.token_signing_key, s.token_signing_key_previous)):
         try:
-            claims = jwt.decode(token, key, algorithms=_ALGORITHMS, audience=AUDIENCE, issuer=ISSUER, leeway=60,
+            claims = jwt.decode(token, key, algorithms=_ALGORITHMS, audience=AUDIENCE, issuer=ISSUER,
+                                leeway=_LEEWAY,
                                 options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "fam", "gen", "cv"]})
         except jwt.InvalidSignatureError:
             continue

@@ -20,10 +20,19 @@ _TOO_LARGE = {"EntityTooLarge", "PropertyValueTooLarge", "RequestBodyTooLarge"}
 _ready: set[str] = set()
 
 
+#: HTTP requests sent to storage by this process (what the tests and /status count)
+requests_sent = 0
+
+
+def _count(request) -> None:  # noqa: ANN001 - azure-core's PipelineRequest
+    global requests_sent
+    requests_sent += 1
+
+
 def _kwargs() -> dict:
     t = get_settings().storage_timeout_seconds
     return {"retry_total": 2, "retry_backoff_factor": 0.2, "initial_backoff": 0.2, "connection_timeout": t,
-            "read_timeout": t}
+            "read_timeout": t, "raw_request_hook": _count}
 
 
 @lru_cache(maxsize=1)

@@ -105,3 +105,28 @@ def test_a_revoke_that_loses_a_race_with_a_renew_still_ends_the_login(azurite, m
     monkeypatch.undo()
     family = pair["refresh_token"].split(".")[0]
     assert auth._families().get(family)["revoked"] is True
+
+
+def test_a_token_signature_is_checked_once_and_revocation_still_applies(azurite, monkeypatch):
+    decoded = []
+    real = auth.jwt.decode
+    monkeypatch.setattr(auth.jwt, "decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    pair = login()
+    bearer = f"Bearer {pair['access_token']}"
+    assert auth.authenticate(bearer).name == "alice" and auth.authenticate(bearer).name == "alice"
+    assert len(decoded) == 1
+    auth.revoke(pair["refresh_token"])
+    with pytest.raises(Unauthorized, match="revoked"):
+        auth.authenticate(bearer)
+
+
+def test_a_remembered_token_is_checked_again_once_past_its_expiry(azurite, monkeypatch):
+    pair = login()
+    bearer = f"Bearer {pair['access_token']}"
+    auth.authenticate(bearer)
+    decoded, real = [], auth.jwt.decode
+    monkeypatch.setattr(auth.jwt, "decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    later = pair["expires_on"] + 61
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    auth.authenticate(bearer)  # PyJWT keeps its own clock: here it only shows the check ran again
+    assert len(decoded) == 1

@@ -82,3 +82,26 @@ def test_a_workspace_replaced_by_another_instance_is_followed_not_404(published)
     services.patch(alice, published, "v1", {"snapshotId": snap})
     services._cache[(published, "v1")] = (time.monotonic(), stale)  # still within its TTL here
     assert consume.consume(alice, published, "v1", {"x": 1})["outputParameters"] == {"y": 1001.0}
+
+
+def test_a_cached_consume_sends_no_request_to_storage(published, monkeypatch):
+    from shared.auth import authenticate, login
+    from shared.storage import _clients
+    from tests.conftest import reset_caches
+    from tests.constants import USERS
+
+    # TTLs longer than this test, so a slow machine cannot make a refresh fall inside the count.
+    monkeypatch.setenv("TOKEN_STATE_TTL_SECONDS", "600")
+    monkeypatch.setenv("SERVICE_CACHE_TTL_SECONDS", "600")
+    reset_caches()
+
+    bearer = f"Bearer {login({'username': 'alice', 'password': USERS['alice']}, '127.0.0.1')['access_token']}"
+    user = authenticate(bearer)
+    assert consume.consume(user, published, "v1", {"x": 1})["outputParameters"] == {"y": 11.0}
+    before = _clients.requests_sent
+    assert before > 0  # the counter sees storage traffic at all
+    for x in range(20):  # within the caches' TTLs: token, family, account, definition, warm worker
+        assert consume.consume(authenticate(bearer), published, "v1", {"x": x})["outputParameters"] == {"y": x + 10.0}
+    assert _clients.requests_sent == before
+    monkeypatch.undo()
+    reset_caches()
