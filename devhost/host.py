@@ -25,6 +25,8 @@ class Route:
     trigger: str
     name: str
     fn: Callable[..., Any]
+    #: the first path segment when it is a literal (lower case), else None
+    first: str | None = None
 
 
 def compile_route(template: str) -> tuple[re.Pattern[str], tuple[int, ...]]:
@@ -67,7 +69,9 @@ def index(app: func.FunctionApp, route_prefix: str = "") -> list[Route]:
             raise RuntimeError(f"{f.get_function_name()}: routes starting with 'admin' are reserved by the host")
         regex, rank = compile_route(template)
         methods = frozenset(m.value for m in (trigger.methods or []))
-        routes.append(Route(rank, regex, methods, trigger.name, f.get_function_name(), fn))
+        head = template.split("/", 1)[0]
+        first = head.lower() if rank and rank[0] == 0 else None
+        routes.append(Route(rank, regex, methods, trigger.name, f.get_function_name(), fn, first))
     routes.sort(key=lambda r: r.rank)
     return routes
 
@@ -86,11 +90,20 @@ class FunctionHost:
     def __init__(self, app: func.FunctionApp, *, route_prefix: str = "", threads: int = 16,
                  max_body_bytes: int = 100 * 1024 * 1024) -> None:
         self.routes = index(app, route_prefix)
+        # Candidates by first segment, in rank order: a lookup, not a scan of every route.
+        wild = [r for r in self.routes if r.first is None]
+        self._by_first: dict[str, list[Route]] = {}
+        for r in self.routes:
+            if r.first is not None:
+                self._by_first.setdefault(r.first, []).append(r)
+        self._by_first = {k: v + wild for k, v in self._by_first.items()}
+        self._wild = wild
         self.max_body_bytes = max_body_bytes  # Azure Functions' own limit is 100 MB
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fn")
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
-        for r in self.routes:
+        first = path.lstrip("/").split("/", 1)[0].lower()
+        for r in self._by_first.get(first, self._wild):
             m = r.regex.match(path)
             # Azure answers 404, not 405, when only the method differs.
             if m and (not r.methods or method in r.methods):

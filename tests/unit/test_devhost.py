@@ -144,3 +144,17 @@ def test_the_peer_address_is_appended_to_x_forwarded_for_as_azure_does():
              "headers": [(b"x-forwarded-for", b"10.0.0.1")]}
     sent, _ = _drive(FunctionHost(app), scope, [b""])
     assert sent[0]["status"] == 200 and seen["xff"] == "10.0.0.1, 192.0.2.9"
+
+
+def test_routes_are_looked_up_by_first_segment_and_keep_their_order():
+    app = _app()
+
+    @app.route(route="{kind}/x", methods=["GET"])
+    def any_x(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("")
+
+    host = FunctionHost(app)
+    assert host.match("GET", "/THINGS/x")[0].name == "get_thing"  # a literal first segment still ranks first
+    assert host.match("GET", "/other/x") == (host.match("GET", "/other/x")[0], {"kind": "other"})
+    assert host.match("GET", "/other/x")[0].name == "any_x"
+    assert host.match("GET", "/nothing") is None
