@@ -4,13 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 12800
 
-.PHONY: run test deps clean
+.PHONY: run test bench deps clean
 
 run: deps
 	PORT=$(PORT) $(PY) -m devhost run
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Warm scoring against the floor, side by side (needs wrk: apt-get install wrk); prints the table
+# and writes bench/results.json.
+bench: deps
+	$(PY) bench/consume.py --json bench/results.json $(BENCH_ARGS)
 
 deps: $(VENV)/.installed node_modules/.installed
 

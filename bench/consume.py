@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--connections", default="1,8,32")
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE")
     parser.add_argument("--tree", action="append", default=[], help="NAME:PATH of another checkout")
+    parser.add_argument("--json", help="also write the medians and ratios to this file")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -138,10 +139,14 @@ def main() -> None:
         print(f"\nwarm consume of Iris V1.0, medians of {args.rounds} rounds of {args.seconds:g}s "
               "(servers on core 0, wrk on core 1)")
         print(f"{'c':>3} {'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   ratio to floor (p50, p99, req/s)")
+        table = []
         for c in conns:
             med = {n: {k: statistics.median(r[k] for r in results[(n, c)]) for k in ("p50", "p99", "rps")}
                    for n in targets}
             for n in targets:
+                table.append({"connections": c, "server": n, **med[n],
+                              **({f"{k}_ratio": med[n][k] / med["floor"][k] for k in ("p50", "p99", "rps")}
+                                 if n != "floor" else {})})
                 m = med[n]
                 ratio = (f"{m['p50'] / med['floor']['p50']:.2f}x  {m['p99'] / med['floor']['p99']:.2f}x  "
                          f"{m['rps'] / med['floor']['rps']:.2f}x") if n != "floor" else ""
@@ -149,6 +154,14 @@ def main() -> None:
         print("\nfirst call of a published service on a warm host (with a spare worker ready / right after):")
         for name, times in first_calls.items():
             print(f"  {name:10} {times['V1.0']:.0f} ms / {times['V2.0']:.0f} ms")
+        if args.json:
+            import json
+            import platform
+
+            Path(args.json).write_text(json.dumps({
+                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.node()} {os.cpu_count()} cores",
+                "rounds": args.rounds, "seconds": args.seconds, "consume": table, "first_call_ms": first_calls},
+                indent=2) + "\n")
     finally:
         for p in procs:
             p.terminate()
