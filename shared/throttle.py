@@ -38,8 +38,13 @@ def begin(user: str, address: str) -> Attempt:
     :raises TooManyRequests: either is locked out (or too many attempts race for it)."""
     s = get_settings()
     attempt = Attempt(("user", _key(user)), ("address", _key(address)))
-    _reserve(attempt.address_key, s.login_max_failures_per_address)
+    # The name first: retrying a locked name must not use up its address's budget (a shared NAT).
     _reserve(attempt.user_key, s.login_max_failures)
+    try:
+        _reserve(attempt.address_key, s.login_max_failures_per_address)
+    except TooManyRequests:
+        _update(attempt.user_key, _give_back)
+        raise
     return attempt
 
 

@@ -234,3 +234,13 @@ def test_service_names_shared_lets_any_contributor_publish_under_any_name(base_u
     body = {"code": "y = 1", "runtimeType": "Python"}
     assert requests.post(f"{url}/services/{name}/1.0", json=body, headers=alice).status_code == 201
     assert requests.post(f"{url}/services/{name}/2.0", json=body, headers=bob).status_code == 201
+
+
+def test_retrying_a_locked_name_does_not_use_up_its_address(host):
+    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS="pat:pat-password-12;quinn:quinn-password-1",
+               LOGIN_MAX_FAILURES="2", LOGIN_MAX_FAILURES_PER_ADDRESS="5", LOGIN_LOCKOUT_SECONDS="30")
+    for i in range(2):
+        assert login(url, "pat", f"wrong-{i}-password").status_code == 401
+    for _ in range(10):  # pat is locked: these are refused before anything is counted
+        assert login(url, "pat", "pat-password-12").status_code == 429
+    assert login(url, "quinn", "quinn-password-1").status_code == 200
