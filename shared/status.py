@@ -23,7 +23,8 @@ def status() -> dict:
             "authentication": {"statusCode": "pass", "details": {"type": "local accounts, o16n-issued tokens"}},
             "backends": {"statusCode": "pass", "details": {
                 "pythonRuntime": "Python " + platform.python_version(),
-                "warmServiceWorkers": pool.services.size(), "warmSessionWorkers": pool.sessions.size()}},
+                "warmServiceWorkers": pool.services.size(), "warmSessionWorkers": pool.sessions.size(),
+                "serviceWorkers": dict(pool.services.counts), "sessionWorkers": dict(pool.sessions.counts)}},
             "sandbox": sandbox,
         },
     }

@@ -564,6 +564,9 @@ class WarmPool:
         self._failures: dict[Any, tuple[Any, float, Exception]] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[Any, threading.Lock] = {}
+        #: what /status shows: calls served by a warm worker, workers loaded, loads that failed,
+        #: workers evicted to stay within the size
+        self.counts = {"hits": 0, "loads": 0, "loadFailures": 0, "evictions": 0}
 
     def key_lock(self, key: Any) -> threading.Lock:
         with self._lock:
@@ -576,6 +579,7 @@ class WarmPool:
             worker = self._workers.get(key)
             if worker is not None and worker.alive and worker.tag == tag:
                 self._workers.move_to_end(key)
+                self.counts["hits"] += 1
                 return worker
         lock = self.key_lock(key)
         if not lock.acquire(timeout=_QUEUE_SECONDS):
@@ -584,6 +588,7 @@ class WarmPool:
             with self._lock:
                 worker = self._workers.get(key)
                 if worker is not None and worker.alive and worker.tag == tag:
+                    self.counts["hits"] += 1
                     return worker
                 failed = self._failures.get(key)
             if failed is not None and failed[0] == tag and time.monotonic() - failed[1] < _FAILURE_SECONDS:
@@ -597,6 +602,7 @@ class WarmPool:
                 if isinstance(exc, Exception):
                     with self._lock:
                         self._failures[key] = (tag, time.monotonic(), exc)
+                        self.counts["loadFailures"] += 1
                 raise
             worker.tag = tag
             with self._lock:
@@ -606,6 +612,8 @@ class WarmPool:
                 extra = len(self._workers) - max(1, self._size())
                 old = [k for k, w in self._workers.items() if k != key and not w.lock.locked()][:max(extra, 0)]
                 evicted = [self._workers.pop(k) for k in old]
+                self.counts["loads"] += 1
+                self.counts["evictions"] += len(evicted)
             for w in evicted:
                 w.close_when_idle()
             return worker

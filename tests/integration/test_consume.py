@@ -105,3 +105,14 @@ def test_a_cached_consume_sends_no_request_to_storage(published, monkeypatch):
     assert _clients.requests_sent == before
     monkeypatch.undo()
     reset_caches()
+
+
+def test_status_counts_warm_hits_and_loads(published):
+    from shared import status
+    from shared.sandbox import pool
+
+    before = dict(pool.services.counts)
+    consume.consume(alice, published, "v1", {"x": 1})
+    consume.consume(alice, published, "v1", {"x": 2})
+    counts = status.status()["components"]["backends"]["details"]["serviceWorkers"]
+    assert counts["loads"] == before["loads"] + 1 and counts["hits"] == before["hits"] + 1
