@@ -3,7 +3,8 @@ and a credential version that every token of the account carries, so a removed a
 changed password ends its tokens at once.
 
 The version includes an epoch kept in Table storage, raised whenever an instance sees the
-account's credential differ from the one last seen, or sees the account gone. So tokens that
+account's credential differ from the one last seen, or sees the account gone (every instance
+compares them all at its first request). So tokens that
 were refused once stay refused when old settings come back (a rolled-back password, a
 suspended account restored)."""
 from __future__ import annotations
@@ -59,8 +60,8 @@ def epoch(account: Account) -> int:
         hit = _epochs.get(account.name)
     if hit and now - hit[0] < get_settings().token_state_ttl_seconds:
         return hit[1]
-    _sweep_once()
-    value = _observe(account.name, _fingerprint(account))
+    sweep_once()
+    value = _observe(account.name, _fingerprints(account))
     remember_epoch(account.name, value)
     return value
 
@@ -70,36 +71,28 @@ def remember_epoch(name: str, value: int) -> None:
         _epochs[name] = (time.monotonic(), value)
 
 
-_epochs: dict[str, tuple[float, int]] = {}
-_REMOVED = "removed"
-_rows = Entities("accounts", what="account state")
-_swept = threading.Event()
+def swept() -> bool:
+    return _swept.is_set()
 
 
-def _fingerprint(account: Account) -> str:
-    # Unkeyed, so instances with a rotated signing key agree; it only ever hashes a scrypt hash.
-    return hashlib.sha256(f"fp|{account.name}|{account.credential}".encode()).hexdigest()[:32]
-
-
-def _observe(name: str, fingerprint: str) -> int:
-    """The epoch after recording this credential (raised if it is not the one last seen)."""
-    key = _row_key(name)
-    for _ in range(10):
-        try:
-            row = _rows.get("accounts", key)
-        except NotFound:
-            row = None
-        try:
-            if row is None:
-                _rows.create("accounts", key, {"name": name, "fingerprint": fingerprint, "epoch": 0})
-                return 0
-            if row.get("fingerprint") == fingerprint:
-                return int(row.get("epoch", 0))
-            _rows.replace({**row, "fingerprint": fingerprint, "epoch": int(row.get("epoch", 0)) + 1})
-            return int(row.get("epoch", 0)) + 1
-        except (Conflict, PreconditionFailed):
-            continue  # another instance wrote it first: read again
-    raise Unavailable("the account state keeps changing; try again shortly")
+def sweep_once() -> None:
+    """Once per process, compare every stored account with the settings: accounts no longer
+    configured are marked removed and changed credentials raise their epoch, so tokens of an
+    earlier setting stay refused if it comes back (a rollback, a slot swap).
+    :raises ApiError: storage does not answer (tried again on a later call)"""
+    if _swept.is_set():
+        return
+    with _sweep_lock:
+        if _swept.is_set():
+            return
+        accounts = _all()
+        for row in _rows.list("accounts"):
+            name = row.get("name")
+            if name in accounts:
+                remember_epoch(name, _observe(name, _fingerprints(accounts[name])))
+            elif row.get("fingerprint") != _REMOVED:
+                _remove(row)
+        _swept.set()
 
 
 def mark_removed(name: str) -> None:
@@ -111,37 +104,77 @@ def mark_removed(name: str) -> None:
     try:
         row = _rows.get("accounts", _row_key(name))
         if row.get("fingerprint") != _REMOVED:
-            _rows.replace({**row, "fingerprint": _REMOVED})
-    except (NotFound, PreconditionFailed):
-        pass  # never seen (nothing to keep refused), or changed meanwhile by another instance
+            _remove(row)
+    except NotFound:
+        pass  # never seen: nothing to keep refused
     with _lock:
         _marked.add(name)
 
 
+_epochs: dict[str, tuple[float, int]] = {}
 _marked: set[str] = set()
+_REMOVED = "removed"
+_rows = Entities("accounts", what="account state")
+_swept = threading.Event()
+_sweep_lock = threading.Lock()
+
+
+def _fingerprints(account: Account) -> tuple[str, str]:
+    """Keyed digests of the credential (under the signing key and the previous one), so what
+    storage holds cannot be used to test password guesses. Two, so that instances on either side
+    of a key rotation recognise each other's."""
+    s = get_settings()
+
+    def mac(key: str) -> str:
+        return hmac.new(key.encode(), f"fp|{account.name}|{account.credential}".encode(),
+                        hashlib.sha256).hexdigest()[:32]
+
+    return mac(s.token_signing_key), mac(s.token_signing_key_previous) if s.token_signing_key_previous else ""
+
+
+def _observe(name: str, fingerprints: tuple[str, str]) -> int:
+    """The epoch after recording this credential (raised if it is not the one last seen)."""
+    key, current = _row_key(name), {"fingerprint": fingerprints[0], "fingerprintPrevious": fingerprints[1]}
+    for _ in range(10):
+        try:
+            row = _rows.get("accounts", key)
+        except NotFound:
+            row = None
+        try:
+            if row is None:
+                _rows.create("accounts", key, {"name": name, **current, "epoch": 0})
+                return 0
+            stored = {row.get("fingerprint"), row.get("fingerprintPrevious")} - {"", None, _REMOVED}
+            if stored & (set(fingerprints) - {""}):
+                if row.get("fingerprint") != fingerprints[0]:  # the same credential under a newer key
+                    _rows.replace({**row, **current})
+                return int(row.get("epoch", 0))
+            _rows.replace({**row, **current, "epoch": int(row.get("epoch", 0)) + 1})
+            return int(row.get("epoch", 0)) + 1
+        except (Conflict, PreconditionFailed):
+            continue  # another instance wrote it first: read again
+    raise Unavailable("the account state keeps changing; try again shortly")
+
+
+def _remove(row: dict) -> None:
+    """Marked removed, with a new epoch: whatever any instance writes later, tokens issued
+    before the removal carry an older epoch."""
+    for _ in range(10):
+        try:
+            _rows.replace({**row, "fingerprint": _REMOVED, "fingerprintPrevious": "",
+                           "epoch": int(row.get("epoch", 0)) + 1})
+            return
+        except PreconditionFailed:
+            try:
+                row = _rows.get("accounts", row["RowKey"])
+            except NotFound:
+                return
+            if row.get("fingerprint") == _REMOVED:
+                return
 
 
 def _row_key(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:40]
-
-
-def _sweep_once() -> None:
-    """Once per process, compare every stored account with the settings: accounts no longer
-    configured are marked removed, and changed credentials raise their epoch, so tokens of an
-    earlier setting stay refused if it comes back (a rollback, a slot swap)."""
-    if _swept.is_set():
-        return
-    accounts = _all()
-    for row in _rows.list("accounts"):
-        name = row.get("name")
-        if name in accounts:
-            remember_epoch(name, _observe(name, _fingerprint(accounts[name])))
-        elif row.get("fingerprint") != _REMOVED:
-            try:
-                _rows.replace({**row, "fingerprint": _REMOVED})
-            except (PreconditionFailed, NotFound):
-                pass
-    _swept.set()
 
 
 def _all() -> dict[str, Account]:

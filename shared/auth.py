@@ -56,8 +56,7 @@ def login(body: dict, address: str) -> dict:
         raise BadRequest("'username' or 'password' is too long")
     attempt = throttle.begin(username, address)
     account = accounts.check_password(username, password)
-    if account is None:
-        attempt.failed()
+    if account is None:  # the attempt was counted as a failure before the check
         raise Unauthorized("invalid credentials")  # the same for an unknown name and a wrong password
     attempt.succeeded()
     family, secret, now = uuid.uuid4().hex, secrets.token_urlsafe(32), int(time.time())
@@ -122,7 +121,7 @@ def authenticate(header: str | None) -> Principal:
     if not hmac.compare_digest(
             str(claims["cv"]), accounts.credential_version(account, key, accounts.epoch(account))):
         raise Unauthorized(_GONE)
-    generation, revoked = _family_state(str(claims["fam"]))
+    generation, revoked = _family_state(str(claims["fam"]), int(claims["gen"]))
     if revoked or generation != claims["gen"]:
         raise Unauthorized("the access token was replaced by a renew or revoked; log in again")
     return Principal(account.name, account.role)
@@ -299,11 +298,12 @@ def _remember(family: str, generation: int, revoked: bool) -> None:
         _state[family] = (now, generation, revoked)
 
 
-def _family_state(family: str) -> tuple[int, bool]:
-    """The family's generation and revocation, read from storage at most once per TTL."""
+def _family_state(family: str, seen: int) -> tuple[int, bool]:
+    """The family's generation and revocation, read from storage at most once per TTL, or at
+    once when a token shows a newer generation than this instance knows (renewed elsewhere)."""
     with _state_lock:
         hit = _state.get(family)
-    if hit and time.monotonic() - hit[0] < get_settings().token_state_ttl_seconds:
+    if hit and time.monotonic() - hit[0] < get_settings().token_state_ttl_seconds and (hit[2] or hit[1] >= seen):
         return hit[1], hit[2]
     try:
         row = _families().get(family)

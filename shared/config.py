@@ -192,9 +192,12 @@ class Settings:
 def _password(where: str, value: str) -> str:
     if passwords.is_hash(value):
         try:
-            passwords.parse(value)
+            standard = passwords.standard(value)
         except ValueError:
             raise ConfigError(f"setting {where} is not a hash made by 'python -m shared.passwords'") from None
+        if not standard:
+            raise ConfigError(f"setting {where} is a hash with other scrypt parameters than this version uses; "
+                              "make it again with 'python -m shared.passwords'")
     elif len(value) < passwords.MIN_LENGTH:
         raise ConfigError(f"setting {where}: a password needs at least {passwords.MIN_LENGTH} characters "
                           "(or give its hash from 'python -m shared.passwords')")

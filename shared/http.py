@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from urllib.parse import quote
 
 import azure.functions as func
 
-from . import auth
+from . import accounts, auth
 from .config import get_settings
 from .errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -31,6 +32,7 @@ def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
     def decorate(fn: Handler) -> Handler:
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
             try:
+                _compare_accounts()
                 if authenticated:
                     user = auth.authenticate(req.headers.get("authorization"))
                     return fn(req, user)
@@ -49,6 +51,22 @@ def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
         return wrapper
 
     return decorate
+
+
+_accounts_retry_at = 0.0
+
+
+def _compare_accounts() -> None:
+    """At an instance's first request of any kind, compare the stored accounts with the
+    settings (accounts.sweep_once); if storage does not answer, a request 30 s later tries again."""
+    global _accounts_retry_at
+    if accounts.swept() or time.monotonic() < _accounts_retry_at:
+        return
+    try:
+        accounts.sweep_once()
+    except ApiError:
+        _accounts_retry_at = time.monotonic() + 30
+        log.warning("the stored accounts could not be compared with the settings yet")
 
 
 def error_response(exc: ApiError) -> func.HttpResponse:

@@ -41,6 +41,13 @@ def parse(encoded: str) -> tuple[int, int, int, bytes, bytes]:
     return log2_n, r, p, salt, digest
 
 
+def standard(encoded: str) -> bool:
+    """Made with this module's parameters: an unknown name is checked against a decoy made with
+    them, so a hash with other costs would make real names stand out by their timing."""
+    log2_n, r, p, salt, digest = parse(encoded)
+    return (log2_n, r, p, len(digest)) == (_LOG2_N, _R, _P, _LEN)
+
+
 def verify(encoded: str, password: str) -> bool:
     """Constant-time comparison with a hash from `hash_password`."""
     log2_n, r, p, salt, digest = parse(encoded)

@@ -55,7 +55,7 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
         created = _rows.create(name, version, values)
         if claim is not None and get_settings().service_names == "owned":
             _still_allowed(user, name, created)
-    except BaseException as exc:
+    except Exception as exc:
         workspaces.discard(stored)
         if claimed:
             _give_back(claim)
@@ -70,6 +70,8 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
     name, version = row["PartitionKey"], row["RowKey"]
     co_publishers = _co_publishers(body)
     if co_publishers is not None:
+        if row.get("devVersion"):
+            raise BadRequest("'coPublishers' applies to a service name: set it on a named version")
         _set_co_publishers(user, name, _check_name(user, name)[0], co_publishers)
     old = dict(row)
     row.update(_fields(body, partial=True))
@@ -141,7 +143,8 @@ def describe(user: Principal, name: str, version: str) -> list[dict]:
 def view(user: Principal, row: dict, claim: dict | None = None) -> dict:
     """The WebService model, every field present. Code and initCode (which may hold keys) are
     shown only to the version's publisher, the name's holder and Owners."""
-    mine = row.get("versionPublishedBy") == user.name or user.owner or bool(claim and claim["owner"] == user.name)
+    holder = bool(claim and claim["owner"] == user.name and get_settings().service_names == "owned")
+    mine = row.get("versionPublishedBy") == user.name or user.owner or holder
     out = {"name": row["PartitionKey"], "version": row["RowKey"],
            "versionPublishedBy": row.get("versionPublishedBy", ""), "creationTime": row.get("creationTime", ""),
            "snapshotId": row.get("snapshotId", ""), "runtimeType": row.get("runtimeType", "Python"),
@@ -186,29 +189,62 @@ def _claim(name: str) -> dict | None:
 
 
 def _check_name(user: Principal, name: str) -> tuple[dict | None, bool]:
-    """The name's claim, and whether this call made it (for a name nobody held).
+    """The name's claim, and whether this call made it (for a name nobody held). Names are
+    claimed also under SERVICE_NAMES=shared (nothing is enforced then), so switching to owned
+    later finds every name held.
     :raises Forbidden: the name is someone else's (SERVICE_NAMES=owned).
     :raises Conflict: the name is held under another spelling."""
-    if get_settings().service_names == "shared":
-        return _claim(name), False
+    _claim_existing_names_once()
     claim, claimed = _claim(name), False
     if claim is None:
-        # Versions published before names were claimed: the name is their first publisher's.
-        earlier = sorted((r for r in _rows.list(name) if not r.get("devVersion")),
-                         key=lambda r: r.get("creationTime", ""))
-        holder = earlier[0].get("versionPublishedBy", user.name) if earlier else user.name
         try:
-            claim, claimed = _names.create(_NAMES, name.lower(), {"owner": holder, "coPublishers": "[]", "name": name}), True
+            claim, claimed = _names.create(_NAMES, name.lower(),
+                                           {"owner": user.name, "coPublishers": "[]", "name": name}), True
         except Conflict:
             claim = _names.get(_NAMES, name.lower())
+    if get_settings().service_names == "shared":
+        return claim, claimed
     spelled = claim.get("name") or name
     if not user.owner and not (claim["owner"] == user.name or user.name in _listed(claim)):
         raise Forbidden(f"the service name '{spelled}' belongs to {claim['owner']}: only they, the "
                         "co-publishers they name (coPublishers) and Owners may publish versions under it")
     if spelled != name:
-        # One spelling per name, so the check for its last version (and the API path) sees them all.
+        # One spelling per name, so every version of a name is found under one partition.
         raise Conflict(f"this service name is spelled '{spelled}': publish its versions under that spelling")
     return claim, claimed
+
+
+_MIGRATED = "claims-made"  # the marker row: every name published before claims existed is claimed
+_migrated = threading.Event()
+
+
+def _claim_existing_names_once() -> None:
+    """Names with versions but no claim (published before claims existed) go to the first
+    publisher of a named version under any spelling, with that spelling. Done once per storage
+    account (a marker row), checked once per process."""
+    if _migrated.is_set():
+        return
+    try:
+        _names.get("meta", _MIGRATED)
+    except NotFound:
+        earliest: dict[str, dict] = {}
+        for row in _rows.list():
+            if row.get("devVersion"):
+                continue
+            key = row["PartitionKey"].lower()
+            if key not in earliest or row.get("creationTime", "") < earliest[key].get("creationTime", ""):
+                earliest[key] = row
+        for key, row in earliest.items():
+            try:
+                _names.create(_NAMES, key, {"owner": row.get("versionPublishedBy", ""), "coPublishers": "[]",
+                                            "name": row["PartitionKey"]})
+            except Conflict:
+                pass  # claimed since, or by another instance doing the same
+        try:
+            _names.create("meta", _MIGRATED, {})
+        except Conflict:
+            pass
+    _migrated.set()
 
 
 def _still_allowed(user: Principal, name: str, created: dict) -> None:
@@ -226,7 +262,7 @@ def _still_allowed(user: Principal, name: str, created: dict) -> None:
 
 
 def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: list[str]) -> dict:
-    if claim is None:
+    if claim is None or get_settings().service_names == "shared":
         raise BadRequest("'coPublishers' needs SERVICE_NAMES=owned: every Contributor may publish under any name")
     if claim["owner"] != user.name and not user.owner:
         raise Forbidden(f"only {claim['owner']}, who holds the service name '{name}', or an Owner may change "

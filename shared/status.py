@@ -11,7 +11,8 @@ from .storage import _clients
 def status() -> dict:
     try:
         _clients.ping()
-        storage = {"statusCode": "pass", "details": {"type": "Azure Storage (Blob + Table)"}}
+        storage = {"statusCode": "pass", "details": {"type": "Azure Storage (Blob + Table)",
+                                                     "requestsSent": _clients.requests_sent}}
     except ApiError as exc:
         storage = {"statusCode": "fail", "details": {"type": "Azure Storage (Blob + Table)", "error": exc.message}}
     sandbox = policy.describe()

@@ -22,15 +22,16 @@ _TRIES = 12  # ETag-conditioned updates of one count before the attempt is refus
 
 @dataclass
 class Attempt:
+    """One login attempt, already counted as a failure; `succeeded` takes it back."""
     user_key: tuple[str, str]
     address_key: tuple[str, str]
-
-    def failed(self) -> None:
-        """Nothing to do: the attempt was counted as a failure before the password was checked."""
+    #: the address's state before and after this attempt was counted
+    address_change: tuple[dict, dict] | None = None
 
     def succeeded(self) -> None:
         _update(self.user_key, lambda row: None)
-        _update(self.address_key, _give_back)
+        before, after = self.address_change or ({}, {})
+        _update(self.address_key, lambda row: _undo(row, before, after))
 
 
 def begin(user: str, address: str) -> Attempt:
@@ -41,19 +42,21 @@ def begin(user: str, address: str) -> Attempt:
     # The name first: retrying a locked name must not use up its address's budget (a shared NAT).
     _reserve(attempt.user_key, s.login_max_failures)
     try:
-        _reserve(attempt.address_key, s.login_max_failures_per_address)
+        attempt.address_change = _reserve(attempt.address_key, s.login_max_failures_per_address)
     except TooManyRequests:
-        _update(attempt.user_key, _give_back)
+        _update(attempt.user_key, lambda row: _undo(row, {}, {}))
         raise
     return attempt
 
 
-def _reserve(key: tuple[str, str], limit: int) -> None:
+def _reserve(key: tuple[str, str], limit: int) -> tuple[dict, dict]:
+    """Count one attempt; returns the state before and after. :raises TooManyRequests:"""
     s = get_settings()
     locked_for = 0.0
+    change: tuple[dict, dict] = ({}, {})
 
     def count(row: dict | None) -> dict | None:
-        nonlocal locked_for
+        nonlocal locked_for, change
         now = time.time()
         state = {"failures": 0, "lockouts": 0, "lockedUntil": 0.0, "lastFailure": 0.0}
         if row is not None:
@@ -63,12 +66,14 @@ def _reserve(key: tuple[str, str], limit: int) -> None:
         locked_for = float(state["lockedUntil"]) - now
         if locked_for > 0:
             return row  # unchanged: attempts during a lock-out do not lengthen it
+        before = dict(state)
         state["failures"] = int(state["failures"]) + 1
         state["lastFailure"] = now
         if state["failures"] >= limit:
             state["lockouts"] = int(state["lockouts"]) + 1
             state["lockedUntil"] = now + min(s.login_lockout_max_seconds,
                                              s.login_lockout_seconds * 2 ** (state["lockouts"] - 1))
+        change = (before, dict(state))
         return state
 
     if not _update(key, count):
@@ -76,12 +81,20 @@ def _reserve(key: tuple[str, str], limit: int) -> None:
     if locked_for > 0:
         raise TooManyRequests(f"too many failed logins; try again in {math.ceil(locked_for)} seconds",
                               retry_after=math.ceil(locked_for))
+    return change
 
 
-def _give_back(row: dict | None) -> dict | None:
+def _undo(row: dict | None, before: dict, after: dict) -> dict | None:
+    """Take one counted attempt back; a lock-out (and failure time) it alone set goes with it."""
     if row is None or int(row.get("failures", 0)) <= 0:
         return row
-    return {**row, "failures": int(row["failures"]) - 1}
+    new = {**row, "failures": int(row["failures"]) - 1}
+    if after and float(row.get("lockedUntil", 0)) == float(after["lockedUntil"]) and \
+            int(after["lockouts"]) > int(before["lockouts"]):
+        new.update(lockedUntil=before["lockedUntil"], lockouts=before["lockouts"])
+    if after and float(row.get("lastFailure", 0)) == float(after["lastFailure"]):
+        new["lastFailure"] = before["lastFailure"]
+    return new
 
 
 def _update(key: tuple[str, str], change) -> bool:

@@ -22,11 +22,13 @@ _ready: set[str] = set()
 
 #: HTTP requests sent to storage by this process (what the tests and /status count)
 requests_sent = 0
+_count_lock = threading.Lock()
 
 
 def _count(request) -> None:  # noqa: ANN001 - azure-core's PipelineRequest
     global requests_sent
-    requests_sent += 1
+    with _count_lock:
+        requests_sent += 1
 
 
 def _kwargs() -> dict:

@@ -244,3 +244,13 @@ def test_retrying_a_locked_name_does_not_use_up_its_address(host):
     for _ in range(10):  # pat is locked: these are refused before anything is counted
         assert login(url, "pat", "pat-password-12").status_code == 429
     assert login(url, "quinn", "quinn-password-1").status_code == 200
+
+
+def test_a_successful_login_at_the_address_limit_leaves_the_address_open(host):
+    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS="ruth:ruth-password-12;sam:sam-password-123",
+               LOGIN_MAX_FAILURES_PER_ADDRESS="3", LOGIN_LOCKOUT_SECONDS="30")
+    assert login(url, "ruth", "wrong-password-1").status_code == 401
+    assert login(url, "sam", "wrong-password-2").status_code == 401
+    assert login(url, "ruth", "ruth-password-12").status_code == 200  # the third attempt: it succeeds
+    for _ in range(3):
+        assert login(url, "sam", "sam-password-123").status_code == 200

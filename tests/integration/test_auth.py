@@ -130,3 +130,11 @@ def test_a_remembered_token_is_checked_again_once_past_its_expiry(azurite, monke
     monkeypatch.setattr(auth.time, "time", lambda: later)
     auth.authenticate(bearer)  # PyJWT keeps its own clock: here it only shows the check ran again
     assert len(decoded) == 1
+
+
+def test_a_token_renewed_on_another_instance_works_here_at_once(azurite):
+    pair = login()
+    auth.authenticate(f"Bearer {pair['access_token']}")  # this instance now knows generation 1
+    renewed = auth.renew({"refreshToken": pair["refresh_token"]})
+    auth._remember(pair["refresh_token"].split(".")[0], 1, False)  # as if the renew happened elsewhere
+    assert auth.authenticate(f"Bearer {renewed['access_token']}").name == "alice"

@@ -30,3 +30,35 @@ def test_a_co_publisher_removed_while_his_publish_runs_gets_no_version(azurite, 
         services.publish(BOB, name, "v2", BODY)
     with pytest.raises(NotFound):
         services.get(name, "v2")
+
+
+def test_names_published_before_claims_existed_go_to_their_first_publisher_under_any_spelling(azurite, monkeypatch):
+    name = "Legacy" + uuid.uuid4().hex[:6]
+    # As stored before names were claimed: alice's version, no claim, no marker.
+    services._rows.create(name, "1.0", {**BODY, "versionPublishedBy": "alice", "creationTime": "2020-01-01T00:00:00",
+                                        "devVersion": False})
+    try:
+        services._names.delete(services._names.get("meta", services._MIGRATED))
+    except NotFound:
+        pass
+    monkeypatch.setattr(services, "_migrated", __import__("threading").Event())
+    with pytest.raises(Forbidden, match="belongs to alice"):
+        services.publish(Principal("mallory"), name.lower(), "1.0", BODY)
+    with pytest.raises(Forbidden):
+        services.patch(Principal("mallory"), name, "1.0", {"code": "evil()"})
+    assert services.publish(ALICE, name, "2.0", BODY) == "2.0"
+
+
+def test_a_publish_that_fails_after_claiming_gives_the_name_back(azurite, monkeypatch):
+    from shared.errors import Unavailable
+
+    name = "Back" + uuid.uuid4().hex[:6]
+
+    def storage_fails(*args):
+        raise Unavailable("storage is not answering; try again shortly")
+
+    monkeypatch.setattr(services, "_set_co_publishers", storage_fails)
+    with pytest.raises(Unavailable):
+        services.publish(ALICE, name, "v1", {**BODY, "coPublishers": ["carol"]})
+    monkeypatch.undo()
+    assert services.publish(BOB, name, "v1", BODY) == "v1"

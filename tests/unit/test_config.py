@@ -47,6 +47,13 @@ def test_a_mangled_hash_stops_the_start():
         Settings.from_env({**GOOD, "LOCAL_ADMIN_PASSWORD": "scrypt$15$8$1$abc"})
 
 
+def test_a_hash_with_other_costs_stops_the_start():
+    # Its timing would tell real names from unknown ones (those are checked against a standard decoy).
+    cheap = passwords.hash_password("admin-password").replace("scrypt$15$", "scrypt$14$")
+    with pytest.raises(ConfigError, match="other scrypt parameters"):
+        Settings.from_env({**GOOD, "LOCAL_ADMIN_PASSWORD": cheap})
+
+
 def test_a_previous_key_must_be_a_real_secret_too():
     with pytest.raises(ConfigError, match="TOKEN_SIGNING_KEY_PREVIOUS"):
         Settings.from_env({**GOOD, "TOKEN_SIGNING_KEY_PREVIOUS": "short"})
