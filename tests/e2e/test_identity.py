@@ -148,7 +148,7 @@ def test_a_guessed_refresh_secret_does_not_revoke_the_family(base_url):
 # --- /login throttling ----------------------------------------------------------------------
 
 def test_ten_failures_lock_the_name_even_for_the_right_password_until_the_lock_ends(host):
-    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS="frank:frank-password-1", LOGIN_LOCKOUT_SECONDS="2")
+    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS="frank:frank-password-1", LOGIN_LOCKOUT_SECONDS="4")
     wrong = [login(url, "frank", f"wrong-password-{i}") for i in range(10)]
     unknown = login(url, "nobody-here", "wrong-password-x")
     assert {r.status_code for r in wrong} == {401} and unknown.status_code == 401
@@ -157,22 +157,23 @@ def test_ten_failures_lock_the_name_even_for_the_right_password_until_the_lock_e
     assert ({k: v for k, v in wrong[0].json().items() if k not in strip}
             == {k: v for k, v in unknown.json().items() if k not in strip})
     locked = login(url, "frank", "frank-password-1")
-    assert locked.status_code == 429 and 1 <= int(locked.headers["Retry-After"]) <= 2
+    assert locked.status_code == 429 and 1 <= int(locked.headers["Retry-After"]) <= 4
     assert "too many failed logins" in locked.json()["message"]
-    time.sleep(2.2)
+    time.sleep(int(locked.headers["Retry-After"]) + 0.2)
     assert login(url, "frank", "frank-password-1").status_code == 200
 
 
 def test_a_failure_after_a_lock_locks_again_for_twice_as_long(host):
-    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS="gina:gina-password-1", LOGIN_LOCKOUT_SECONDS="1",
+    url = host(STORAGE_PREFIX=fresh_storage(), LOCAL_USERS="gina:gina-password-1", LOGIN_LOCKOUT_SECONDS="3",
                LOGIN_MAX_FAILURES="3")
     for i in range(3):
         assert login(url, "gina", f"wrong-{i}-password").status_code == 401
-    assert login(url, "gina", "gina-password-1").status_code == 429
-    time.sleep(1.2)
+    first = login(url, "gina", "gina-password-1")
+    assert first.status_code == 429 and int(first.headers["Retry-After"]) <= 3
+    time.sleep(int(first.headers["Retry-After"]) + 0.2)
     assert login(url, "gina", "still-wrong-password").status_code == 401
     again = login(url, "gina", "gina-password-1")
-    assert again.status_code == 429 and int(again.headers["Retry-After"]) == 2
+    assert again.status_code == 429 and 4 <= int(again.headers["Retry-After"]) <= 6
 
 
 def test_one_address_trying_many_names_is_locked_and_a_forged_forwarded_header_does_not_help(host):
