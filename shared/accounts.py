@@ -133,24 +133,30 @@ def _fingerprints(account: Account) -> tuple[str, str]:
 
 
 def _observe(name: str, fingerprints: tuple[str, str]) -> int:
-    """The epoch after recording this credential (raised if it is not the one last seen)."""
-    key, current = _row_key(name), {"fingerprint": fingerprints[0], "fingerprintPrevious": fingerprints[1]}
+    """The epoch after recording this credential (raised when it is not the one last seen)."""
+    key = _row_key(name)
+    mine_current, mine_previous = fingerprints
     for _ in range(10):
         try:
             row = _rows.get("accounts", key)
         except NotFound:
             row = None
+        mine = {"fingerprint": mine_current, "fingerprintPrevious": mine_previous}
         try:
             if row is None:
-                _rows.create("accounts", key, {"name": name, **current, "epoch": 0})
+                _rows.create("accounts", key, {"name": name, **mine, "epoch": 0})
                 return 0
-            stored = {row.get("fingerprint"), row.get("fingerprintPrevious")} - {"", None, _REMOVED}
-            if stored & (set(fingerprints) - {""}):
-                if row.get("fingerprint") != fingerprints[0]:  # the same credential under a newer key
-                    _rows.replace({**row, **current})
-                return int(row.get("epoch", 0))
-            _rows.replace({**row, **current, "epoch": int(row.get("epoch", 0)) + 1})
-            return int(row.get("epoch", 0)) + 1
+            epoch = int(row.get("epoch", 0))
+            current, previous = row.get("fingerprint") or "", row.get("fingerprintPrevious") or ""
+            if current == mine_current:
+                return epoch
+            if mine_previous and current == mine_previous:
+                _rows.replace({**row, **mine})  # the same credential, this instance has the newer key
+                return epoch
+            if previous and mine_current == previous:
+                return epoch  # the same credential; this instance has not got the new key yet
+            _rows.replace({**row, **mine, "epoch": epoch + 1})  # another credential, or it was removed
+            return epoch + 1
         except (Conflict, PreconditionFailed):
             continue  # another instance wrote it first: read again
     raise Unavailable("the account state keeps changing; try again shortly")

@@ -41,10 +41,10 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     snapshot_id = ids.optional_str(body, "snapshotId")
     data = snapshots.content(user, snapshot_id) if snapshot_id else None
     # Claimed after every check above, and given back if the publish fails below. A development
-    # version claims nothing: only its author sees and calls it.
+    # version claims nothing (only its author sees and calls it), but obeys a name's holder.
     if dev and co_publishers is not None:
         raise BadRequest("'coPublishers' applies to a service name: publish a named version to set it")
-    claim, claimed = (None, False) if dev else _check_name(user, name)
+    claim, claimed = _check_name(user, name, create=not dev)
     stored: dict[str, Any] = {}
     try:
         if co_publishers is not None:
@@ -188,14 +188,16 @@ def _claim(name: str) -> dict | None:
         return None
 
 
-def _check_name(user: Principal, name: str) -> tuple[dict | None, bool]:
-    """The name's claim, and whether this call made it (for a name nobody held). Names are
-    claimed also under SERVICE_NAMES=shared (nothing is enforced then), so switching to owned
-    later finds every name held.
+def _check_name(user: Principal, name: str, *, create: bool = True) -> tuple[dict | None, bool]:
+    """The name's claim, and whether this call made it (for a name nobody held, when `create`).
+    Names are claimed also under SERVICE_NAMES=shared (nothing is enforced then), so switching
+    to owned later finds every name held.
     :raises Forbidden: the name is someone else's (SERVICE_NAMES=owned).
     :raises Conflict: the name is held under another spelling."""
     _claim_existing_names_once()
     claim, claimed = _claim(name), False
+    if claim is None and not create:
+        return None, False
     if claim is None:
         try:
             claim, claimed = _names.create(_NAMES, name.lower(),

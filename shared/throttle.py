@@ -94,6 +94,8 @@ def _undo(row: dict | None, before: dict, after: dict) -> dict | None:
         new.update(lockedUntil=before["lockedUntil"], lockouts=before["lockouts"])
     if after and float(row.get("lastFailure", 0)) == float(after["lastFailure"]):
         new["lastFailure"] = before["lastFailure"]
+    if new["failures"] <= 0 and float(new.get("lockedUntil", 0)) <= time.time() and not int(new.get("lockouts", 0)):
+        return None  # nothing left to remember: the row goes
     return new
 
 

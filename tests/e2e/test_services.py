@@ -173,6 +173,10 @@ def test_a_development_version_claims_no_name_and_only_its_author_sees_it(base_u
     assert [v["version"] for v in requests.get(f"{base_url}/services/{name}", headers=alice).json()] == ["1.0"]
     assert requests.post(f"{base_url}/api/{name}/{guid}", json={}, headers=alice).status_code == 404
     assert requests.post(f"{base_url}/api/{name}/{guid}", json={}, headers=bob).status_code == 200
+    # Once the name is held, a development version under it obeys the holder and the spelling.
+    assert _publish(base_url, bob, name, None).status_code == 403
+    assert _publish(base_url, alice, name.lower(), None).status_code == 409
+    assert _publish(base_url, alice, name, None).status_code == 201
 
 
 def test_a_removed_co_publisher_loses_his_versions_to_the_holder(base_url, alice, bob):

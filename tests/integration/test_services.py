@@ -18,8 +18,8 @@ def test_a_co_publisher_removed_while_his_publish_runs_gets_no_version(azurite, 
     services.publish(ALICE, name, "v1", {**BODY, "coPublishers": ["bob"]})
     checked, done = services._check_name, []
 
-    def removed_right_after_the_check(user, n):
-        out = checked(user, n)
+    def removed_right_after_the_check(user, n, **kwargs):
+        out = checked(user, n, **kwargs)
         if user is BOB and not done:
             done.append(1)
             services.patch(ALICE, name, "v1", {"coPublishers": []})  # alice's PATCH lands meanwhile
