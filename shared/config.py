@@ -97,6 +97,9 @@ class Settings:
     service_cache_ttl_seconds: float = 5.0
     #: warm service workers kept per instance (least recently used retire first)
     max_warm_services: int = 16
+    #: memory the warm service workers may hold together (PSS); past it the least recently used
+    #: idle ones retire (0: only MAX_WARM_SERVICES bounds them)
+    warm_services_mb: int = 1024
     max_warm_sessions: int = 8
     #: idle workers kept ready with PRELOAD_MODULES imported (0: start each worker on demand)
     spare_workers: int = 1
@@ -159,6 +162,8 @@ class Settings:
             raise ConfigError("setting SANDBOX_OUTBOUND_PORTS must be TCP port numbers, comma-separated")
         if not set(self.session_role_list) <= set(ROLES):
             raise ConfigError(f"setting SESSION_ROLES must list roles among {', '.join(ROLES)}")
+        if self.warm_services_mb < 0:
+            raise ConfigError("setting WARM_SERVICES_MB must be 0 (no memory bound) or more")
         for key in ("worker_memory_mb", "worker_max_processes", "worker_disk_mb", "max_workspace_mb"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"setting {key.upper()} must be at least 1")

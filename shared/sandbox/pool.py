@@ -121,6 +121,8 @@ class Worker:
         self.lock = threading.Lock()
         self.tag: Any = None  # what the worker holds (a state hash or an entity ETag)
         self._in_calls = 0.0  # seconds spent in calls, so idle CPU can be told from call CPU
+        #: the memory it holds (PSS of its leader), measured after it loads and between calls
+        self.resident = 0
         self._cpu_mark: tuple[float, int, float] | None = None
         _live.add(self)
         _start_watcher()
@@ -307,6 +309,7 @@ class Worker:
             except WorkerDied as exc:
                 log.warning("worker %s stopped between calls: %s", self.proc.pid, exc)
                 return
+            self.resident = proportional_memory(self.proc.pid)
             now, ticks = time.monotonic(), cpu_ticks(self.proc.pid)
             if self._cpu_mark is None or now - self._cpu_mark[0] < 2 * _IDLE_CHECK_SECONDS:
                 self._cpu_mark = self._cpu_mark or (now, ticks, self._in_calls)
@@ -445,6 +448,7 @@ def _watch_idle_workers() -> None:
                 worker.idle_check()
             except Exception:  # one worker's trouble must not end the watching
                 log.exception("checking an idle worker failed")
+        services.trim()  # workers grow between calls too
 
 
 _watcher_lock = threading.Lock()
@@ -556,10 +560,12 @@ def _remove_if_orphaned(folder: Path) -> None:
 
 
 class WarmPool:
-    """Workers by key, most recently used last; beyond `size` the oldest is retired."""
+    """Workers by key, most recently used last; beyond `size` workers, or `budget` bytes of
+    memory they hold together, the least recently used idle ones are retired."""
 
-    def __init__(self, size: Callable[[], int]) -> None:
+    def __init__(self, size: Callable[[], int], budget: Callable[[], int] = lambda: 0) -> None:
         self._size = size
+        self._budget = budget
         self._workers: OrderedDict[Any, Worker] = OrderedDict()
         self._failures: dict[Any, tuple[Any, float, Exception]] = {}
         self._lock = threading.Lock()
@@ -605,13 +611,11 @@ class WarmPool:
                         self.counts["loadFailures"] += 1
                 raise
             worker.tag = tag
+            worker.resident = proportional_memory(worker.proc.pid)
             with self._lock:
                 self._failures.pop(key, None)
                 self._workers[key] = worker
-                # the least recently used idle ones go; one in a call finishes it first
-                extra = len(self._workers) - max(1, self._size())
-                old = [k for k, w in self._workers.items() if k != key and not w.lock.locked()][:max(extra, 0)]
-                evicted = [self._workers.pop(k) for k in old]
+                evicted = self._over_limits(keep=key)
                 self.counts["loads"] += 1
                 self.counts["evictions"] += len(evicted)
             for w in evicted:
@@ -619,6 +623,28 @@ class WarmPool:
             return worker
         finally:
             lock.release()
+
+    def _over_limits(self, keep: Any) -> list[Worker]:
+        """Taken out (lock held): the least recently used idle workers beyond the count or the
+        memory budget. One in a call finishes it first; `keep` was just loaded for a caller."""
+        count, budget = max(1, self._size()), self._budget()
+        total = sum(w.resident for w in self._workers.values())
+        evicted = []
+        for k in [k for k, w in self._workers.items() if k != keep and not w.lock.locked()]:
+            if len(self._workers) <= count and (not budget or total <= budget):
+                break
+            worker = self._workers.pop(k)
+            total -= worker.resident
+            evicted.append(worker)
+        return evicted
+
+    def trim(self) -> None:
+        """Retire what is over the limits now (the watcher calls it: resident sizes grow)."""
+        with self._lock:
+            evicted = self._over_limits(keep=None)
+            self.counts["evictions"] += len(evicted)
+        for w in evicted:
+            w.close_when_idle()
 
     def retire(self, key: Any) -> None:
         with self._lock:
@@ -703,7 +729,7 @@ class Spares:
 
 _PRELOAD_SECONDS = 120
 spares = Spares()
-services = WarmPool(lambda: get_settings().max_warm_services)
+services = WarmPool(lambda: get_settings().max_warm_services, lambda: get_settings().warm_services_mb * 2**20)
 sessions = WarmPool(lambda: get_settings().max_warm_sessions)
 
 

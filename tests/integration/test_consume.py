@@ -116,3 +116,29 @@ def test_status_counts_warm_hits_and_loads(published):
     consume.consume(alice, published, "v1", {"x": 2})
     counts = status.status()["components"]["backends"]["details"]["serviceWorkers"]
     assert counts["loads"] == before["loads"] + 1 and counts["hits"] == before["hits"] + 1
+
+
+def test_warm_services_stay_within_their_memory_budget_least_recently_used_first(azurite, monkeypatch):
+    from shared.sandbox import pool
+    from tests.conftest import reset_caches
+
+    names = []
+    for i in range(3):
+        name = f"big{i}{int(time.time() * 1000)}"
+        services.publish(alice, name, "v1", {"code": "y = len(blob)", "runtimeType": "Python",
+                                             "initCode": "blob = b'x' * (120 * 2**20)",
+                                             "outputParameterDefinitions": [{"name": "y", "type": "integer"}]})
+        names.append(name)
+    pool.services.close_all()
+    assert consume.consume(alice, names[0], "v1", {})["outputParameters"] == {"y": 120 * 2**20}
+    one = pool.services._workers[(names[0], "v1")].resident
+    assert one > 120 * 2**20  # the worker holds what its initCode made
+    monkeypatch.setenv("WARM_SERVICES_MB", str(int(1.5 * one) // 2**20))  # room for one such worker, not two
+    reset_caches()
+    before = pool.services.counts["evictions"]
+    for name in names[1:] + names[:1]:
+        assert consume.consume(alice, name, "v1", {})["success"]
+        assert list(pool.services._workers) == [(name, "v1")]  # the one before it retired
+    assert pool.services.counts["evictions"] == before + 3
+    monkeypatch.undo()
+    reset_caches()
