@@ -161,9 +161,12 @@ class FunctionHost:
         req = func.HttpRequest(method, url, headers=headers, params=params, route_params=route_params, body=body)
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(self.executor, lambda: r.fn(**{r.trigger: req}))
-            if inspect.isawaitable(out):
-                out = await out
+            if inspect.iscoroutinefunction(r.fn):  # as the Python worker does: on the event loop
+                out = await r.fn(**{r.trigger: req})
+            else:
+                out = await loop.run_in_executor(self.executor, lambda: r.fn(**{r.trigger: req}))
+                if inspect.isawaitable(out):
+                    out = await out
         except Exception:  # noqa: BLE001 - Azure answers a bare 500 for an unhandled exception
             await _send(send, 500, [], b"")
             return

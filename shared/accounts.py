@@ -19,7 +19,7 @@ from functools import lru_cache
 
 from . import passwords
 from .config import Settings, get_settings
-from .errors import Conflict, NotFound, PreconditionFailed, Unavailable
+from .errors import Conflict, NeedsStorage, NotFound, PreconditionFailed, Unavailable
 from .storage.entities import Entities
 
 
@@ -53,13 +53,16 @@ def credential_version(account: Account, key: str, epoch: int) -> str:
     return base64.urlsafe_b64encode(mac[:16]).rstrip(b"=").decode()
 
 
-def epoch(account: Account) -> int:
-    """The account's epoch, read from storage at most once per TOKEN_STATE_TTL_SECONDS."""
+def epoch(account: Account, *, cached_only: bool = False) -> int:
+    """The account's epoch, read from storage at most once per TOKEN_STATE_TTL_SECONDS.
+    :raises NeedsStorage: with `cached_only`, when it would be read now."""
     now = time.monotonic()
     with _lock:
         hit = _epochs.get(account.name)
     if hit and now - hit[0] < get_settings().token_state_ttl_seconds:
         return hit[1]
+    if cached_only:
+        raise NeedsStorage()
     sweep_once()
     value = _observe(account.name, _fingerprints(account))
     remember_epoch(account.name, value)

@@ -22,7 +22,7 @@ import jwt
 
 from . import accounts, entra, throttle
 from .config import ROLES, get_settings
-from .errors import BadRequest, Forbidden, NotFound, PreconditionFailed, Unauthorized, Unavailable
+from .errors import BadRequest, Forbidden, NeedsStorage, NotFound, PreconditionFailed, Unauthorized, Unavailable
 
 ISSUER = "o16n"
 AUDIENCE = "o16n"
@@ -102,26 +102,27 @@ def revoke(token: str | None) -> dict:
     return {}
 
 
-def authenticate(header: str | None) -> Principal:
+def authenticate(header: str | None, *, cached_only: bool = False) -> Principal:
     """:raises Unauthorized: missing, malformed, expired, rotated or foreign token, or an account
-    that changed. :raises Forbidden: an Entra token without an o16n role."""
+    that changed. :raises Forbidden: an Entra token without an o16n role. :raises NeedsStorage:
+    with `cached_only`, when answering needs storage (or Entra's key set)."""
     if not header:
         raise Unauthorized("this call needs an 'Authorization: Bearer <token>' header; get a token from POST /login")
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    kind, claims, key = _verified(token)
+    kind, claims, key = _verified(token, cached_only)
     if kind == "entra":
         return _entra(claims)
     account = accounts.find(str(claims["sub"]))
     if account is None:
         accounts.mark_removed(str(claims["sub"]))
         raise Unauthorized(_GONE)
-    if not hmac.compare_digest(
-            str(claims["cv"]), accounts.credential_version(account, key, accounts.epoch(account))):
+    if not hmac.compare_digest(str(claims["cv"]), accounts.credential_version(
+            account, key, accounts.epoch(account, cached_only=cached_only))):
         raise Unauthorized(_GONE)
-    generation, revoked = _family_state(str(claims["fam"]), int(claims["gen"]))
+    generation, revoked = _family_state(str(claims["fam"]), int(claims["gen"]), cached_only)
     if revoked or generation != claims["gen"]:
         raise Unauthorized("the access token was replaced by a renew or revoked; log in again")
     return Principal(account.name, account.role)
@@ -133,7 +134,7 @@ _verified_tokens: dict[str, tuple[object, float, str, dict, str]] = {}
 _verified_lock = threading.Lock()
 
 
-def _verified(token: str) -> tuple[str, dict, str]:
+def _verified(token: str, cached_only: bool = False) -> tuple[str, dict, str]:
     """("local" or "entra", claims, key) of a token whose signature checked out. A token's
     signature is checked once and remembered until it expires; everything that can change
     (account, role, family, revocation) is still checked on every request by the caller."""
@@ -142,6 +143,8 @@ def _verified(token: str) -> tuple[str, dict, str]:
         hit = _verified_tokens.get(token)
     if hit is not None and hit[0] is settings and now <= hit[1]:
         return hit[2], hit[3], hit[4]
+    if cached_only:
+        raise NeedsStorage()  # a first check may fetch Entra's keys
     # Each issuer has its own key and algorithm; never let one decoder try the other's.
     kind = "local"
     if entra.configured():
@@ -298,13 +301,15 @@ def _remember(family: str, generation: int, revoked: bool) -> None:
         _state[family] = (now, generation, revoked)
 
 
-def _family_state(family: str, seen: int) -> tuple[int, bool]:
+def _family_state(family: str, seen: int, cached_only: bool = False) -> tuple[int, bool]:
     """The family's generation and revocation, read from storage at most once per TTL, or at
     once when a token shows a newer generation than this instance knows (renewed elsewhere)."""
     with _state_lock:
         hit = _state.get(family)
     if hit and time.monotonic() - hit[0] < get_settings().token_state_ttl_seconds and (hit[2] or hit[1] >= seen):
         return hit[1], hit[2]
+    if cached_only:
+        raise NeedsStorage()
     try:
         row = _families().get(family)
         generation, revoked = int(row["generation"]), bool(row.get("revoked"))

@@ -1,10 +1,12 @@
 """Consuming a service: cached definition, typed input check, the warm worker, the reply."""
 from __future__ import annotations
 
+import asyncio
+
 from . import services, types, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import NotFound, Unavailable
+from .errors import NeedsStorage, NotFound, Unavailable
 from .sandbox import pool
 from .sandbox.pool import WorkerBusy, WorkerDied, WorkerTimeout
 
@@ -50,6 +52,40 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
         if exc.earlier and retry:  # an earlier call broke the worker, not this one: a fresh worker
             return consume(user, name, version, body, retry=False)
         return _failed(svc, str(exc))
+    return _answer(svc, key, reply)
+
+
+async def consume_async(user: Principal, name: str, version: str, body: dict) -> dict:
+    """consume() on the event loop, for a service whose definition is cached and whose worker is
+    warm: no thread hop. Anything else (a load, a storage read) is consume() in a thread."""
+    try:
+        svc = services.cached(name, version, cached_only=True)
+    except NeedsStorage:
+        return await asyncio.to_thread(consume, user, name, version, body)
+    if not services.visible(user, svc):
+        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
+    inputs = types.check_inputs(svc["_inputs"], body)
+    key = (svc["PartitionKey"], svc["RowKey"])
+    worker = pool.services.warm(key, svc.get("etag"))
+    if worker is None:
+        return await asyncio.to_thread(consume, user, name, version, body)
+    timeout = get_settings().execution_timeout_seconds
+    try:
+        reply = await worker.call_async({"op": "consume", "inputs": inputs}, timeout=timeout)
+    except WorkerBusy:
+        raise Unavailable("the service is busy with other calls; try again", retry_after=1) from None
+    except WorkerTimeout:
+        pool.services.retire(key)
+        return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
+    except WorkerDied as exc:
+        pool.services.retire(key)
+        if exc.earlier:  # an earlier call broke the worker, not this one: a fresh worker
+            return await asyncio.to_thread(consume, user, name, version, body, retry=False)
+        return _failed(svc, str(exc))
+    return _answer(svc, key, reply)
+
+
+def _answer(svc: dict, key: tuple[str, str], reply: dict) -> dict:
     if not reply.pop("ok", False):
         pool.services.retire(key)
         return _failed(svc, reply.get("error", "the worker failed"))

@@ -68,5 +68,10 @@ class Unavailable(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class NeedsStorage(Exception):
+    """Raised by the cache-only paths the event loop uses when answering would need a storage
+    read (or another wait): the caller goes on in a thread instead."""
+
+
 class ConfigError(Exception):
     """A setting is missing or wrong; raised at start-up, never shown to callers."""

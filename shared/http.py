@@ -2,6 +2,8 @@
 place where errors become responses."""
 from __future__ import annotations
 
+import asyncio
+import inspect
 import ipaddress
 import json
 import logging
@@ -17,7 +19,7 @@ import azure.functions as func
 
 from . import accounts, auth
 from .config import get_settings
-from .errors import ApiError, BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .errors import ApiError, BadRequest, NeedsStorage, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger("o16n")
 
@@ -30,6 +32,9 @@ def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
     Functions worker checks against the binding names."""
 
     def decorate(fn: Handler) -> Handler:
+        if inspect.iscoroutinefunction(fn):
+            return _on_loop(fn, authenticated)
+
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
             try:
                 _compare_accounts()
@@ -51,6 +56,36 @@ def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
         return wrapper
 
     return decorate
+
+
+def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
+    """The wrapper of an `async` handler: it runs on the event loop (the Functions worker runs
+    async functions there), and whatever would need storage goes to a thread."""
+
+    async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            if not accounts.swept() and time.monotonic() >= _accounts_retry_at:
+                await asyncio.to_thread(_compare_accounts)
+            if authenticated:
+                header = req.headers.get("authorization")
+                try:
+                    user = auth.authenticate(header, cached_only=True)
+                except NeedsStorage:
+                    user = await asyncio.to_thread(auth.authenticate, header)
+                return await fn(req, user)
+            return await fn(req)
+        except ApiError as exc:
+            return error_response(exc)
+        except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
+            cid = str(uuid.uuid4())
+            log.exception("unhandled error, correlationId=%s", cid)
+            return _json({"message": "internal error", "exceptionType": "InternalError",
+                          "error": "internal_error", "correlationId": cid}, 500)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__qualname__ = fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
 
 
 _accounts_retry_at = 0.0

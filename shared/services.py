@@ -10,7 +10,7 @@ from typing import Any
 from . import ids, models, snapshots, types, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
+from .errors import BadRequest, Conflict, Forbidden, NeedsStorage, NotFound, PreconditionFailed
 from .sandbox import pool
 from .storage.entities import Entities
 
@@ -358,14 +358,17 @@ _cache: dict[tuple[str, str], tuple[float, dict]] = {}
 _cache_lock = threading.Lock()
 
 
-def cached(name: str, version: str) -> dict:
-    """The service definition, re-read from storage at most once per TTL. :raises NotFound:"""
+def cached(name: str, version: str, *, cached_only: bool = False) -> dict:
+    """The service definition, re-read from storage at most once per TTL. :raises NotFound:
+    :raises NeedsStorage: with `cached_only`, when it would be read now."""
     key = (name, version)
     now = time.monotonic()
     with _cache_lock:
         hit = _cache.get(key)
     if hit and now - hit[0] < get_settings().service_cache_ttl_seconds:
         return hit[1]
+    if cached_only:
+        raise NeedsStorage()
     try:
         row = get(name, version)
     except NotFound:

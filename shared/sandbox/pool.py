@@ -3,6 +3,7 @@ with a deadline and a size cap, watch its folder, kill its whole process group w
 overruns, and keep warm ones in an LRU."""
 from __future__ import annotations
 
+import asyncio
 import atexit
 import copy
 import errno
@@ -55,6 +56,10 @@ _ENTRIES_PER_MB = 16
 
 class WorkerTimeout(Exception):
     pass
+
+
+_PENDING = object()  # a reply not (wholly) there yet
+_ASYNC_WAIT_SECONDS = 0.2  # how long a call waits on the event loop before a thread takes over
 
 
 class WorkerDied(Exception):
@@ -123,6 +128,7 @@ class Worker:
         self._in_calls = 0.0  # seconds spent in calls, so idle CPU can be told from call CPU
         #: the memory it holds (PSS of its leader), measured after it loads and between calls
         self.resident = 0
+        self._queues: dict[int, asyncio.Lock] = {}  # callers waiting on an event loop, per loop
         self._cpu_mark: tuple[float, int, float] | None = None
         _live.add(self)
         _start_watcher()
@@ -137,37 +143,129 @@ class Worker:
         started = time.monotonic()
         deadline = started + timeout
         try:
-            if self._dead:
-                raise WorkerDied("the worker was stopped")
-            if not self._greeted:
-                self._greet(deadline)
-            if self.proc.poll() is not None or self._stray():
-                self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
-                raise WorkerDied("the worker process has exited", earlier=True)
-            call_id = secrets.token_hex(8)
+            call_id = self._open(deadline)
             self._send(encode({**message, "id": call_id}), deadline)
-            reply = self._reply(deadline)
-            answered = reply.pop("id", None) if isinstance(reply, dict) else None
-            if answered == call_id:
-                why = check_reply(message["op"], reply)
-            else:
-                why = "a reply that does not answer this call"
-            if why:
-                self._stop()
-                raise WorkerDied(f"the worker broke the protocol ({why}) and was stopped",
-                                 earlier=answered is not None and answered == self._last_id)
-            self._last_id = call_id
-            now = time.monotonic()
-            # A call measures the folder after it, unless it was too short to write much and the
-            # folder was measured moments ago: the bound is the one code has while it runs.
-            if now - started >= _QUICK_CALL_SECONDS or now - self._disk_checked >= _DISK_CHECK_SECONDS:
-                self._check_disk()
-            if self._watch is not None and self._watch.processes_started(clear=True):
-                self._sweep()
-            return reply
+            return self._close(message, call_id, self._reply(deadline), started)
         finally:
             self._in_calls += time.monotonic() - started
             self._unlock()
+
+    async def call_async(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """The same call, waiting on the event loop instead of a thread: callers on the loop
+        queue for the worker there. Whatever would block (a thread holding the worker, a worker
+        not yet greeted, a request that does not fit the socket at once, a reply not there
+        whole within _ASYNC_WAIT_SECONDS) goes on in a thread with the code above, so a worker
+        can never hold the loop."""
+        queue = self._queues.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
+        try:
+            await asyncio.wait_for(queue.acquire(), min(timeout, _QUEUE_SECONDS))
+        except TimeoutError:
+            raise WorkerBusy() from None
+        try:
+            return await self._call_on_loop(message, timeout)
+        finally:
+            queue.release()
+
+    async def _call_on_loop(self, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        if not self._greeted or not self.lock.acquire(blocking=False):
+            return await asyncio.to_thread(self.call, message, timeout=timeout)
+        started = time.monotonic()
+        deadline = started + timeout
+        handed_over = False
+        try:
+            call_id = self._open(deadline)
+            rest = self._send_now(encode({**message, "id": call_id}))
+            reply = _PENDING if rest else await self._reply_now(deadline)
+            if reply is _PENDING:
+                handed_over = True
+                return await asyncio.to_thread(self._finish, message, call_id, rest, deadline, started)
+            return self._close(message, call_id, reply, started)
+        finally:
+            if not handed_over:
+                self._in_calls += time.monotonic() - started
+                self._unlock()
+
+    def _finish(self, message: dict[str, Any], call_id: str, rest: list[bytes], deadline: float,
+                started: float) -> dict[str, Any]:
+        """The rest of a call begun on the event loop (the lock is held for it)."""
+        try:
+            self._send(rest, deadline)
+            return self._close(message, call_id, self._reply(deadline), started)
+        finally:
+            self._in_calls += time.monotonic() - started
+            self._unlock()
+
+    def _open(self, deadline: float) -> str:
+        """Checks before a call (the lock is held); returns the call's id."""
+        if self._dead:
+            raise WorkerDied("the worker was stopped")
+        if not self._greeted:
+            self._greet(deadline)
+        if self.proc.poll() is not None or self._stray():
+            self._stop()  # it exited, or wrote when nobody asked: nothing it says can be trusted
+            raise WorkerDied("the worker process has exited", earlier=True)
+        return secrets.token_hex(8)
+
+    def _close(self, message: dict[str, Any], call_id: str, reply: Any, started: float) -> dict[str, Any]:
+        """Checks after a call: the reply answers it, and the worker is within its limits."""
+        answered = reply.pop("id", None) if isinstance(reply, dict) else None
+        if answered == call_id:
+            why = check_reply(message["op"], reply)
+        else:
+            why = "a reply that does not answer this call"
+        if why:
+            self._stop()
+            raise WorkerDied(f"the worker broke the protocol ({why}) and was stopped",
+                             earlier=answered is not None and answered == self._last_id)
+        self._last_id = call_id
+        now = time.monotonic()
+        # A call measures the folder after it, unless it was too short to write much and the
+        # folder was measured moments ago: the bound is the one code has while it runs.
+        if now - started >= _QUICK_CALL_SECONDS or now - self._disk_checked >= _DISK_CHECK_SECONDS:
+            self._check_disk()
+        if self._watch is not None and self._watch.processes_started(clear=True):
+            self._sweep()
+        return reply
+
+    def _send_now(self, buffers: list[bytes]) -> list[bytes]:
+        """Writes what the socket takes at once; returns what is left."""
+        for i, buf in enumerate(buffers):
+            view = memoryview(buf)
+            while view:
+                try:
+                    view = view[os.write(self._fd, view):]
+                except (BlockingIOError, OSError):
+                    return [bytes(view), *buffers[i + 1:]]
+        return []
+
+    async def _reply_now(self, deadline: float) -> Any:
+        """The reply, if it arrives whole within _ASYNC_WAIT_SECONDS; else _PENDING (and what
+        arrived stays in the buffer for the thread that goes on)."""
+        if not self._buf and not self._poll.poll(0):
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+            loop.add_reader(self._fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await asyncio.wait_for(ready, max(0.0, min(deadline - time.monotonic(), _ASYNC_WAIT_SECONDS)))
+            except TimeoutError:
+                return _PENDING
+            finally:
+                loop.remove_reader(self._fd)
+        limit = HEADER.size + self._max_json + self._max_blob
+        while len(self._buf) <= limit:
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                return _PENDING  # it exited: the thread finds that out and says so
+            self._buf += chunk
+        if len(self._buf) < HEADER.size:
+            return _PENDING
+        size, blob_size = HEADER.unpack(self._buf[:HEADER.size])
+        if size > self._max_json or blob_size > self._max_blob or len(self._buf) < HEADER.size + size + blob_size:
+            return _PENDING  # too large (the thread refuses it) or not all there yet
+        return self._reply(deadline)  # all of it is in the buffer: this does not wait
 
     def _greet(self, deadline: float) -> None:
         """The worker's first frame says whether it confined itself and hands over the seccomp
@@ -577,6 +675,16 @@ class WarmPool:
     def key_lock(self, key: Any) -> threading.Lock:
         with self._lock:
             return self._key_locks.setdefault(key, threading.Lock())
+
+    def warm(self, key: Any, tag: Any) -> Worker | None:
+        """The live worker for `key` holding `tag`, if there is one (nothing is started)."""
+        with self._lock:
+            worker = self._workers.get(key)
+            if worker is not None and worker.alive and worker.tag == tag:
+                self._workers.move_to_end(key)
+                self.counts["hits"] += 1
+                return worker
+        return None
 
     def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None]) -> Worker:
         """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`.

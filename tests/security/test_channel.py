@@ -103,3 +103,47 @@ def test_a_reply_with_the_right_id_but_the_wrong_shape_stops_the_worker(host, al
     assert out["success"] is False
     assert "broke the protocol" in out["errorMessage"] or "malformed" in out["errorMessage"]
     assert execute(host.url, alice, sid, "x = 1")["success"] is True
+
+
+def test_a_worker_that_sends_half_a_reply_and_stalls_holds_no_other_caller(host, alice, bob):
+    # Consume waits on the event loop: a reply that does not arrive whole must go on in a thread,
+    # or one service could stall every other call of the instance.
+    import threading
+    import time
+
+    stalled = publish(host.url, alice, WRITE + "import time\nif x:\n    send(struct.pack('>II', 100, 0) + b'{')\n"
+                      "    time.sleep(30)\ny = x", inputs=[{"name": "x", "type": "integer"}],
+                      outputs=[{"name": "y", "type": "integer"}])
+    quick = publish(host.url, bob, "y = 2", outputs=[{"name": "y", "type": "integer"}])
+    assert requests.post(f"{host.url}/api/{stalled}/v1", json={"x": 0}, headers=alice).json()["success"]
+    assert requests.post(f"{host.url}/api/{quick}/v1", json={}, headers=bob).json()["success"]
+    answers = {}
+    slow = threading.Thread(target=lambda: answers.setdefault(
+        "stalled", requests.post(f"{host.url}/api/{stalled}/v1", json={"x": 1}, headers=alice).json()))
+    slow.start()
+    time.sleep(0.5)
+    for _ in range(5):
+        start = time.monotonic()
+        r = requests.post(f"{host.url}/api/{quick}/v1", json={}, headers=bob)
+        assert r.json()["outputParameters"] == {"y": 2} and time.monotonic() - start < 1.0
+    slow.join(timeout=20)
+    assert answers["stalled"]["success"] is False  # stopped at EXECUTION_TIMEOUT_SECONDS
+
+
+def test_many_callers_at_once_on_one_warm_service_all_get_their_own_answer(host, alice):
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = publish(host.url, alice, "y = x * 3", inputs=[{"name": "x", "type": "integer"}],
+                   outputs=[{"name": "y", "type": "integer"}])
+    assert requests.post(f"{host.url}/api/{name}/v1", json={"x": 1}, headers=alice).json()["success"]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda x: requests.post(f"{host.url}/api/{name}/v1", json={"x": x},
+                                                        headers=alice).json(), range(64)))
+    assert [a["outputParameters"] for a in answers] == [{"y": 3 * x} for x in range(64)]
+
+
+def test_a_reply_too_large_for_one_read_arrives_whole(host, alice):
+    name = publish(host.url, alice, "y = 'z' * (3 * 2**20)", outputs=[{"name": "y", "type": "character"}])
+    for _ in range(3):
+        out = requests.post(f"{host.url}/api/{name}/v1", json={}, headers=alice).json()
+        assert out["success"] and len(out["outputParameters"]["y"]) == 3 * 2**20

@@ -56,7 +56,12 @@ def test_every_function_is_registered_with_an_ml_server_route():
     (consume.consume_web_service, "POST", "/api/a/b"),
 ])
 def test_calls_without_a_token_get_401_with_a_bearer_challenge(handler, method, url):
+    import asyncio
+    import inspect
+
     resp = handler(request(method, url))
+    if inspect.isawaitable(resp):  # consume is async: it runs on the event loop
+        resp = asyncio.run(resp)
     assert resp.status_code == 401
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert "POST /login" in body_of(resp)["message"]
