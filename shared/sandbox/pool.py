@@ -60,6 +60,7 @@ class WorkerTimeout(Exception):
 
 _PENDING = object()  # a reply not (wholly) there yet
 _ASYNC_WAIT_SECONDS = 0.2  # how long a call waits on the event loop before a thread takes over
+_DECODE_ON_LOOP = 256 * 1024  # larger replies are decoded in a thread: decoding holds the loop
 
 
 class WorkerDied(Exception):
@@ -128,6 +129,7 @@ class Worker:
         self._in_calls = 0.0  # seconds spent in calls, so idle CPU can be told from call CPU
         #: the memory it holds (PSS of its leader), measured after it loads and between calls
         self.resident = 0
+        self._blob_limit = 0
         self._queues: dict[int, asyncio.Lock] = {}  # callers waiting on an event loop, per loop
         self._cpu_mark: tuple[float, int, float] | None = None
         _live.add(self)
@@ -143,7 +145,7 @@ class Worker:
         started = time.monotonic()
         deadline = started + timeout
         try:
-            call_id = self._open(deadline)
+            call_id = self._open(deadline, message["op"])
             self._send(encode({**message, "id": call_id}), deadline)
             return self._close(message, call_id, self._reply(deadline), started)
         finally:
@@ -173,12 +175,14 @@ class Worker:
         deadline = started + timeout
         handed_over = False
         try:
-            call_id = self._open(deadline)
+            call_id = self._open(deadline, message["op"])
             rest = self._send_now(encode({**message, "id": call_id}))
             reply = _PENDING if rest else await self._reply_now(deadline)
             if reply is _PENDING:
                 handed_over = True
                 return await asyncio.to_thread(self._finish, message, call_id, rest, deadline, started)
+            if self._checks_due(started):  # they read the folder and /proc: not on the loop
+                return await asyncio.to_thread(self._close, message, call_id, reply, started)
             return self._close(message, call_id, reply, started)
         finally:
             if not handed_over:
@@ -195,10 +199,12 @@ class Worker:
             self._in_calls += time.monotonic() - started
             self._unlock()
 
-    def _open(self, deadline: float) -> str:
+    def _open(self, deadline: float, op: str) -> str:
         """Checks before a call (the lock is held); returns the call's id."""
-        if self._dead:
-            raise WorkerDied("the worker was stopped")
+        if self._dead:  # retired or evicted since it was handed out: this call never reached it
+            raise WorkerDied("the worker was stopped", earlier=True)
+        # A consume reply goes to the caller as JSON: it has no business carrying raw bytes.
+        self._blob_limit = 0 if op == "consume" else self._max_blob
         if not self._greeted:
             self._greet(deadline)
         if self.proc.poll() is not None or self._stray():
@@ -227,6 +233,12 @@ class Worker:
             self._sweep()
         return reply
 
+    def _checks_due(self, started: float) -> bool:
+        """Whether _close will measure the folder or sweep processes."""
+        now = time.monotonic()
+        return (now - started >= _QUICK_CALL_SECONDS or now - self._disk_checked >= _DISK_CHECK_SECONDS
+                or (self._watch is not None and self._watch.processes_started(clear=False)))
+
     def _send_now(self, buffers: list[bytes]) -> list[bytes]:
         """Writes what the socket takes at once; returns what is left."""
         for i, buf in enumerate(buffers):
@@ -251,7 +263,7 @@ class Worker:
                 return _PENDING
             finally:
                 loop.remove_reader(self._fd)
-        limit = HEADER.size + self._max_json + self._max_blob
+        limit = HEADER.size + self._max_json + self._blob_limit
         while len(self._buf) <= limit:
             try:
                 chunk = os.read(self._fd, 1 << 16)
@@ -263,8 +275,8 @@ class Worker:
         if len(self._buf) < HEADER.size:
             return _PENDING
         size, blob_size = HEADER.unpack(self._buf[:HEADER.size])
-        if size > self._max_json or blob_size > self._max_blob or len(self._buf) < HEADER.size + size + blob_size:
-            return _PENDING  # too large (the thread refuses it) or not all there yet
+        if size > _DECODE_ON_LOOP or blob_size or len(self._buf) < HEADER.size + size:
+            return _PENDING  # large (decoded in the thread, or refused there) or not all there yet
         return self._reply(deadline)  # all of it is in the buffer: this does not wait
 
     def _greet(self, deadline: float) -> None:
@@ -309,7 +321,7 @@ class Worker:
     def _reply(self, deadline: float, head: bytes = b"") -> Any:
         head += self._read(HEADER.size - len(head), deadline)
         size, blob_size = HEADER.unpack(head)
-        if size > self._max_json or blob_size > self._max_blob:
+        if size > self._max_json or blob_size > self._blob_limit:
             self._stop()
             raise WorkerDied(f"the worker sent a reply of {size + blob_size} bytes, above the limit of "
                              f"{self._max_json} bytes of JSON and {self._max_blob} of data (MAX_REQUEST_BYTES and "
@@ -317,7 +329,7 @@ class Worker:
         body = self._read(size, deadline)
         blob = bytes(self._read(blob_size, deadline)) if blob_size else None
         try:
-            return decode(body, blob)
+            return decode(body, blob, reply=True)
         except ValueError as exc:
             self._stop()
             raise WorkerDied(f"the worker sent a malformed reply ({exc}) and was stopped") from None

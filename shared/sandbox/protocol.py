@@ -22,6 +22,18 @@ def _refuse(name: str) -> None:
 # made once: json.dumps/loads with options build a new encoder/decoder on every call
 _ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 _DECODER = json.JSONDecoder(parse_constant=_refuse)
+#: digits an integer in a reply may have: turning digits into an int costs time quadratic in
+#: their number, so a reply of huge integers would cost the host seconds of CPU per megabyte
+MAX_INT_DIGITS = 32
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + 1:
+        raise ValueError(f"an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+_REPLY_DECODER = json.JSONDecoder(parse_constant=_refuse, parse_int=_bounded_int)
 
 
 def encode(message: dict[str, Any]) -> list[bytes]:
@@ -50,13 +62,14 @@ def too_costly(body: bytes | bytearray) -> str | None:
     return None
 
 
-def decode(body: bytes | bytearray, blob: bytes | None = None) -> Any:
-    """:raises ValueError: not JSON, non-finite numbers, nested too deep, or too many values"""
+def decode(body: bytes | bytearray, blob: bytes | None = None, *, reply: bool = False) -> Any:
+    """:raises ValueError: not JSON, non-finite numbers, nested too deep, or too many values (in
+    a worker's `reply`, also integers of more than MAX_INT_DIGITS digits)"""
     problem = too_costly(body)
     if problem:
         raise ValueError(problem)
     try:
-        message = _DECODER.decode(body.decode())
+        message = (_REPLY_DECODER if reply else _DECODER).decode(body.decode())
     except RecursionError:
         raise ValueError("nested too deep") from None
     if isinstance(message, dict) and isinstance(message.get(_BLOB_KEY), str):
@@ -76,12 +89,16 @@ _OK_REPLIES: dict[str, dict[str, Any]] = {
     "get_file": {"data": bytes},
 }
 _STATE_OPS = ("execute", "merge_state", "set_object", "delete_object", "put_file", "delete_file")
+#: what a consume reply may hold, and nothing else (it goes to the caller as it is)
+_CONSUME_KEYS = {"ok", "success", "errorMessage", "consoleOutput", "outputParameters", "changedFiles", "outputFiles"}
 
 
 def check_reply(op: str, reply: Any) -> str | None:
     """None when `reply` is a well-formed answer to `op`, else what is wrong with it."""
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         return "not a reply"
+    if op == "consume" and not set(reply) <= (_CONSUME_KEYS | {"error"}):
+        return "keys a consume reply does not have"
     if not reply["ok"]:
         return None if isinstance(reply.get("error", ""), str) else "an error without a message"
     expected = dict(_OK_REPLIES.get(op, {}))

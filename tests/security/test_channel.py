@@ -17,7 +17,8 @@ def frame(body, blob=b''):
 def forged(call_id, **fields):
     reply = {"ok": True, "success": True, "errorMessage": "", "consoleOutput": "FORGED",
              "outputParameters": [], "changedFiles": [], "id": call_id, "_blob": "state"}
-    return frame(json.dumps({**reply, **fields}).encode(), b'PK')
+    reply = {k: v for k, v in {**reply, **fields}.items() if v is not None}
+    return frame(json.dumps(reply).encode(), b'PK' if "_blob" in reply else b'')
 def call_id():
     f = sys._getframe()
     while 'msg' not in f.f_locals:
@@ -147,3 +148,19 @@ def test_a_reply_too_large_for_one_read_arrives_whole(host, alice):
     for _ in range(3):
         out = requests.post(f"{host.url}/api/{name}/v1", json={}, headers=alice).json()
         assert out["success"] and len(out["outputParameters"]["y"]) == 3 * 2**20
+
+
+@pytest.mark.parametrize("extra, blob", [
+    ('"outputParameters": {"y": ' + "9" * 4000 + "}", b""),  # digits cost the host quadratic CPU
+    ('"outputParameters": {}, "_blob": "junk"', b"x" * 1024),  # raw bytes have no place in a consume reply
+    ('"outputParameters": {}, "extra": 1', b""),
+])
+def test_a_consume_reply_of_the_wrong_kind_is_refused_not_a_500(host, alice, extra, blob):
+    code = (WRITE + "import time\nbody = ('{\"ok\": true, \"success\": true, \"errorMessage\": \"\", \"consoleOutput\": \"\", "
+            f"\"changedFiles\": [], \"id\": \"' + call_id() + '\", ' + {extra!r} + '}}').encode()\n"
+            f"send(frame(body, {blob!r}))\ntime.sleep(2)\n")
+    name = publish(host.url, alice, code)
+    r = requests.post(f"{host.url}/api/{name}/v1", json={}, headers=alice)
+    assert r.status_code == 200 and r.json()["success"] is False, r.text
+    assert "broke the protocol" in r.json()["errorMessage"] or "malformed" in r.json()["errorMessage"] \
+        or "above the limit" in r.json()["errorMessage"]
