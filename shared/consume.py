@@ -12,11 +12,7 @@ from .sandbox.pool import WorkerBusy, WorkerDied, WorkerTimeout
 
 
 def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True) -> dict:
-    svc = services.cached(name, version)
-    if not services.visible(user, svc):
-        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
-    inputs = types.check_inputs(svc["_inputs"], body)
-    key = (svc["PartitionKey"], svc["RowKey"])
+    svc, key, inputs = _checked(user, name, version, body, cached_only=False)
     timeout = get_settings().execution_timeout_seconds
 
     def start(worker: pool.Worker) -> None:
@@ -42,16 +38,9 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
         return consume(user, name, version, body, retry=False)
     except ServiceLoadFailed as exc:
         return _failed(svc, exc.message)
-    except WorkerBusy:
-        raise Unavailable("the service is busy with other calls; try again", retry_after=1) from None
-    except WorkerTimeout:
-        pool.services.retire(key)
-        return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
-    except WorkerDied as exc:
-        pool.services.retire(key)
-        if exc.earlier and retry:  # an earlier call broke the worker, not this one: a fresh worker
-            return consume(user, name, version, body, retry=False)
-        return _failed(svc, str(exc))
+    except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
+        answer = _worker_failed(svc, key, exc, retry)
+        return consume(user, name, version, body, retry=False) if answer is None else answer
     return _answer(svc, key, reply)
 
 
@@ -59,30 +48,45 @@ async def consume_async(user: Principal, name: str, version: str, body: dict) ->
     """consume() on the event loop, for a service whose definition is cached and whose worker is
     warm: no thread hop. Anything else (a load, a storage read) is consume() in a thread."""
     try:
-        svc = services.cached(name, version, cached_only=True)
+        svc, key, inputs = _checked(user, name, version, body, cached_only=True)
     except NeedsStorage:
         return await asyncio.to_thread(consume, user, name, version, body)
-    if not services.visible(user, svc):
-        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
-    inputs = types.check_inputs(svc["_inputs"], body)
-    key = (svc["PartitionKey"], svc["RowKey"])
     worker = pool.services.warm(key, svc.get("etag"))
     if worker is None:
         return await asyncio.to_thread(consume, user, name, version, body)
-    timeout = get_settings().execution_timeout_seconds
     try:
-        reply = await worker.call_async({"op": "consume", "inputs": inputs}, timeout=timeout)
-    except WorkerBusy:
-        raise Unavailable("the service is busy with other calls; try again", retry_after=1) from None
-    except WorkerTimeout:
-        pool.services.retire(key)
-        return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
-    except WorkerDied as exc:
-        pool.services.retire(key)
-        if exc.earlier:  # an earlier call broke the worker, not this one: a fresh worker
+        reply = await worker.call_async({"op": "consume", "inputs": inputs},
+                                        timeout=get_settings().execution_timeout_seconds)
+    except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
+        answer = _worker_failed(svc, key, exc, retry=True)
+        if answer is None:
             return await asyncio.to_thread(consume, user, name, version, body, retry=False)
-        return _failed(svc, str(exc))
+        return answer
     return _answer(svc, key, reply)
+
+
+def _checked(user: Principal, name: str, version: str, body: dict, *,
+             cached_only: bool) -> tuple[dict, tuple[str, str], dict]:
+    """The service, its key and the checked inputs. :raises NotFound: :raises BadRequest:
+    :raises NeedsStorage: with `cached_only`"""
+    svc = services.cached(name, version, cached_only=cached_only)
+    if not services.visible(user, svc):
+        raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
+    return svc, (svc["PartitionKey"], svc["RowKey"]), types.check_inputs(svc["_inputs"], body)
+
+
+def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool) -> dict | None:
+    """The answer to a call its worker failed; None when it is to be tried again on a fresh
+    worker (an earlier call broke this one). :raises Unavailable: the worker stayed busy"""
+    if isinstance(exc, WorkerBusy):
+        raise Unavailable("the service is busy with other calls; try again", retry_after=1) from None
+    pool.services.retire(key)
+    if isinstance(exc, WorkerTimeout):
+        timeout = get_settings().execution_timeout_seconds
+        return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
+    if getattr(exc, "earlier", False) and retry:
+        return None
+    return _failed(svc, str(exc))
 
 
 def _answer(svc: dict, key: tuple[str, str], reply: dict) -> dict:

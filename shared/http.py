@@ -45,17 +45,26 @@ def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
             except ApiError as exc:
                 return error_response(exc)
             except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
-                cid = str(uuid.uuid4())
-                log.exception("unhandled error, correlationId=%s", cid)
-                return _json({"message": "internal error", "exceptionType": "InternalError",
-                              "error": "internal_error", "correlationId": cid}, 500)
+                return _internal_error()
 
-        wrapper.__name__ = fn.__name__
-        wrapper.__qualname__ = fn.__qualname__
-        wrapper.__doc__ = fn.__doc__
-        return wrapper
+        return _named_as(wrapper, fn)
 
     return decorate
+
+
+def _internal_error() -> func.HttpResponse:
+    cid = str(uuid.uuid4())
+    log.exception("unhandled error, correlationId=%s", cid)
+    return _json({"message": "internal error", "exceptionType": "InternalError", "error": "internal_error",
+                  "correlationId": cid}, 500)
+
+
+def _named_as(wrapper: Handler, fn: Callable[..., Any]) -> Handler:
+    # Not functools.wraps: its __wrapped__ would show the worker fn's (req, user) signature.
+    wrapper.__name__ = fn.__name__
+    wrapper.__qualname__ = fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
 
 
 def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
@@ -77,15 +86,9 @@ def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
         except ApiError as exc:
             return error_response(exc)
         except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
-            cid = str(uuid.uuid4())
-            log.exception("unhandled error, correlationId=%s", cid)
-            return _json({"message": "internal error", "exceptionType": "InternalError",
-                          "error": "internal_error", "correlationId": cid}, 500)
+            return _internal_error()
 
-    wrapper.__name__ = fn.__name__
-    wrapper.__qualname__ = fn.__qualname__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
+    return _named_as(wrapper, fn)
 
 
 _accounts_retry_at = 0.0

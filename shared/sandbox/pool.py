@@ -82,7 +82,6 @@ class Worker:
         why = policy.refusal()
         if why:
             raise Unavailable(why, retry_after=3600)
-        s = get_settings()
         self.dir = tempfile.mkdtemp(prefix="w-", dir=host_dir())
         os.mkdir(os.path.join(self.dir, ".tmp"))
         env = {k: os.environ[k] for k in _PASSED if k in os.environ}
@@ -158,7 +157,8 @@ class Worker:
         not yet greeted, a request that does not fit the socket at once, a reply not there
         whole within _ASYNC_WAIT_SECONDS) goes on in a thread with the code above, so a worker
         can never hold the loop."""
-        queue = self._queues.setdefault(id(asyncio.get_running_loop()), asyncio.Lock())
+        loop = id(asyncio.get_running_loop())
+        queue = self._queues.get(loop) or self._queues.setdefault(loop, asyncio.Lock())
         try:
             await asyncio.wait_for(queue.acquire(), min(timeout, _QUEUE_SECONDS))
         except TimeoutError:
@@ -701,12 +701,9 @@ class WarmPool:
     def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None]) -> Worker:
         """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`.
         :raises WorkerBusy: another call has been preparing one for _QUEUE_SECONDS"""
-        with self._lock:
-            worker = self._workers.get(key)
-            if worker is not None and worker.alive and worker.tag == tag:
-                self._workers.move_to_end(key)
-                self.counts["hits"] += 1
-                return worker
+        worker = self.warm(key, tag)
+        if worker is not None:
+            return worker
         lock = self.key_lock(key)
         if not lock.acquire(timeout=_QUEUE_SECONDS):
             raise WorkerBusy()

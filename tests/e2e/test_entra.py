@@ -1,17 +1,14 @@
 """Entra ID access tokens over real HTTP, signed by keys generated here and published by a
 loopback JWKS server: only access tokens, only with an o16n app role or the API's scope."""
-import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
 import requests
 
 from tests.e2e.conftest import start_host, stop_host
-from tests.unit.test_entra import API, TENANT, Keys
+from tests.unit.test_entra import API, TENANT, Keys, serve_jwks
 
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
 
@@ -20,20 +17,7 @@ pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
 def entra(azurite):
     keys = Keys()
     kid = keys.add()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = json.dumps(keys.jwks()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_jwks(keys)
     proc, url = start_host(SPARE_WORKERS="0", AAD_TENANT_ID=TENANT, AAD_AUDIENCE=f"{API},api://{API}",
                            AAD_JWKS_URL=f"http://127.0.0.1:{server.server_port}/keys")
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.e2e.helpers import execute, new_session, publish
-from tests.security.conftest import LIMITS, gone, processes_with
+from tests.security.conftest import LIMITS, gone
 
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
 

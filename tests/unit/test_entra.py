@@ -36,9 +36,8 @@ class Keys:
         return {"keys": out}
 
 
-@pytest.fixture
-def keys(monkeypatch):
-    store = Keys()
+def serve_jwks(store: Keys) -> ThreadingHTTPServer:
+    """A loopback server publishing `store`'s keys as the tenant's JWKS (counting fetches)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
@@ -54,6 +53,13 @@ def keys(monkeypatch):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def keys(monkeypatch):
+    store = Keys()
+    server = serve_jwks(store)
     monkeypatch.setenv("AAD_TENANT_ID", TENANT)
     monkeypatch.setenv("AAD_AUDIENCE", f"{API},api://{API}")
     monkeypatch.setenv("AAD_JWKS_URL", f"http://127.0.0.1:{server.server_port}/keys")

@@ -5,7 +5,7 @@ import json
 import azure.functions as func
 import pytest
 
-from functions import consume, login, services, sessions, snapshots, status
+from functions import consume, services, sessions, snapshots, status
 from function_app import app
 from shared import auth
 
