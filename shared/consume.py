@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from . import services, types, workspaces
 from .auth import Principal
@@ -11,9 +12,14 @@ from .sandbox import pool
 from .sandbox.pool import WorkerBusy, WorkerDied, WorkerTimeout
 
 
-def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True) -> dict:
+def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True,
+            deadline: float | None = None) -> dict:
+    """One call; its load, the call and any retry share one EXECUTION_TIMEOUT_SECONDS budget."""
+    deadline = deadline or time.monotonic() + get_settings().execution_timeout_seconds
     svc, key, inputs = _checked(user, name, version, body, cached_only=False)
-    timeout = get_settings().execution_timeout_seconds
+
+    def left() -> float:
+        return max(deadline - time.monotonic(), 0.001)
 
     def start(worker: pool.Worker) -> None:
         try:
@@ -23,30 +29,33 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
         reply = worker.call({"op": "load_service", "state": data or None,
                              "code": svc.get("code", ""), "initCode": svc.get("initCode", ""),
                              "inputs": svc["_inputs"], "outputs": svc["_outputs"], "outputFileNames": svc["_files"]},
-                            timeout=timeout)
+                            timeout=left())
         if not reply.get("ok"):
             raise ServiceLoadFailed(reply.get("error", "the service could not be loaded"))
 
     try:
         worker = pool.services.checkout(key, svc.get("etag"), start)
-        reply = worker.call({"op": "consume", "inputs": inputs}, timeout=timeout)
+        reply = worker.call({"op": "consume", "inputs": inputs}, timeout=left())
     except _Stale:
         # The cached definition names a workspace another instance has replaced (and deleted).
         services.forget(*key)
         if not retry:
             raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found") from None
-        return consume(user, name, version, body, retry=False)
+        return consume(user, name, version, body, retry=False, deadline=deadline)
     except ServiceLoadFailed as exc:
         return _failed(svc, exc.message)
     except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
         answer = _worker_failed(svc, key, exc, retry)
-        return consume(user, name, version, body, retry=False) if answer is None else answer
+        if answer is None:
+            return consume(user, name, version, body, retry=False, deadline=deadline)
+        return answer
     return _answer(svc, key, reply)
 
 
 async def consume_async(user: Principal, name: str, version: str, body: dict) -> dict:
     """consume() on the event loop, for a service whose definition is cached and whose worker is
     warm: no thread hop. Anything else (a load, a storage read) is consume() in a thread."""
+    deadline = time.monotonic() + get_settings().execution_timeout_seconds
     try:
         svc, key, inputs = _checked(user, name, version, body, cached_only=True)
     except NeedsStorage:
@@ -56,11 +65,11 @@ async def consume_async(user: Principal, name: str, version: str, body: dict) ->
         return await asyncio.to_thread(consume, user, name, version, body)
     try:
         reply = await worker.call_async({"op": "consume", "inputs": inputs},
-                                        timeout=get_settings().execution_timeout_seconds)
+                                        timeout=deadline - time.monotonic())
     except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
         answer = _worker_failed(svc, key, exc, retry=True)
         if answer is None:
-            return await asyncio.to_thread(consume, user, name, version, body, retry=False)
+            return await asyncio.to_thread(consume, user, name, version, body, retry=False, deadline=deadline)
         return answer
     return _answer(svc, key, reply)
 

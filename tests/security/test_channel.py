@@ -164,3 +164,17 @@ def test_a_consume_reply_of_the_wrong_kind_is_refused_not_a_500(host, alice, ext
     assert r.status_code == 200 and r.json()["success"] is False, r.text
     assert "broke the protocol" in r.json()["errorMessage"] or "malformed" in r.json()["errorMessage"] \
         or "above the limit" in r.json()["errorMessage"]
+
+
+def test_answering_with_the_load_call_id_cannot_stretch_a_call_past_its_timeout(host, alice):
+    # A frame carrying the load's id looks like an earlier call's late reply, which earns a retry
+    # on a fresh worker: the load, the call and the retry still share one timeout (3 s here).
+    import time
+
+    init = WRITE + "LOAD_ID = call_id()\nimport time\ntime.sleep(1.2)\n"
+    code = "time.sleep(1.2)\nsend(forged(LOAD_ID, _blob=None, outputParameters={'y': 1}))\ntime.sleep(30)\n"
+    name = publish(host.url, alice, code, initCode=init)
+    start = time.monotonic()
+    r = requests.post(f"{host.url}/api/{name}/v1", json={}, headers=alice)
+    assert r.status_code == 200 and r.json()["success"] is False
+    assert time.monotonic() - start < 4.5
