@@ -1,5 +1,4 @@
-"""ML Server operations that have no meaning on Azure Functions (or are not built yet),
-answered with a clear 501."""
+"""ML Server operations that have no meaning on Azure Functions answered with a clear 501."""
 import re
 
 import azure.functions as func
@@ -13,7 +12,6 @@ _NODES = ("Azure Functions scales instances itself; there are no compute nodes t
           "Use the Function App's scale settings (maximumInstanceCount) instead")
 _POOLS = ("Azure Functions has no per-service shell pools; each instance keeps warm workers for the services "
           "it serves (MAX_WARM_SERVICES)")
-_REALTIME = "realtime services (revoscalepy models) are not served yet; publish a standard Python service instead"
 _CONFIG, _SERVICES = "Centralized Configuration APIs", "Services Management APIs"
 
 UNSUPPORTED = [
@@ -24,9 +22,6 @@ UNSUPPORTED = [
     ("POST", "services/{name}/{version}/pool", "createOrUpdateServicePool", _SERVICES, _POOLS),
     ("GET", "services/{name}/{version}/pool", "getServicePoolStatus", _SERVICES, _POOLS),
     ("DELETE", "services/{name}/{version}/pool", "deleteServicePool", _SERVICES, _POOLS),
-    ("POST", "realtime-services/{name}", "publishRealtimeWebServiceByName", _SERVICES, _REALTIME),
-    ("POST", "realtime-services/{name}/{version}", "publishRealtimeWebServiceByNameVersion", _SERVICES, _REALTIME),
-    ("PATCH", "realtime-services/{name}/{version}", "patchRealtimeWebServiceByNameVersion", _SERVICES, _REALTIME),
 ]
 
 

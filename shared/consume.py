@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from . import services, types, workspaces
+from . import realtime, services, types, workspaces
 from .auth import Principal
 from .config import get_settings
 from .errors import NeedsStorage, NotFound, Unavailable
@@ -34,6 +34,8 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
             raise ServiceLoadFailed(reply.get("error", "the service could not be loaded"))
 
     try:
+        if svc["_realtime"] is not None:
+            return _realtime(svc, key, inputs, deadline)
         worker = pool.services.checkout(key, svc.get("etag"), start)
         reply = worker.call({"op": "consume", "inputs": inputs}, timeout=left())
     except _Stale:
@@ -60,6 +62,8 @@ async def consume_async(user: Principal, name: str, version: str, body: dict) ->
         svc, key, inputs = _checked(user, name, version, body, cached_only=True)
     except NeedsStorage:
         return await asyncio.to_thread(consume, user, name, version, body)
+    if svc["_realtime"] is not None:  # onnxruntime holds the thread it runs on: not the loop's
+        return await asyncio.to_thread(consume, user, name, version, body, deadline=deadline)
     worker = pool.services.warm(key, svc.get("etag"))
     if worker is None:
         return await asyncio.to_thread(consume, user, name, version, body)
@@ -72,6 +76,28 @@ async def consume_async(user: Principal, name: str, version: str, body: dict) ->
             return await asyncio.to_thread(consume, user, name, version, body, retry=False, deadline=deadline)
         return answer
     return _answer(svc, key, reply)
+
+
+def _realtime(svc: dict, key: tuple[str, str], inputs: dict, deadline: float) -> dict:
+    """A realtime (ONNX) service, scored in this process. :raises _Stale: :raises BadRequest:"""
+    model_key = (*key, svc.get("stateBlob", ""))
+    model = realtime.cached(model_key)
+    if model is None:
+        try:
+            data = workspaces.load(services.binding(*key), svc)
+        except NotFound:
+            raise _Stale() from None
+        try:
+            model = realtime.session(model_key, data or b"")
+        except Exception as exc:  # noqa: BLE001 - checked at publish; an onnxruntime change may still refuse it
+            return _failed(svc, f"the model could not be loaded ({realtime.describe(exc)})")
+    feeds = realtime.feeds(svc["_realtime"], realtime.columns_of(inputs[realtime.INPUT]))
+    try:
+        results = realtime.run(model, feeds, deadline)
+    except realtime.RealtimeFailed as exc:
+        return _failed(svc, exc.message)
+    return {"success": True, "errorMessage": "", "consoleOutput": "", "changedFiles": [],
+            "outputParameters": {realtime.OUTPUT: realtime.to_columns(results)}}
 
 
 def _checked(user: Principal, name: str, version: str, body: dict, *,

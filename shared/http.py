@@ -249,6 +249,35 @@ def read_bytes(req: func.HttpRequest) -> bytes:
     return raw
 
 
+def read_form(req: func.HttpRequest, file_field: str, *, file_required: bool) -> tuple[dict[str, str], bytes | None]:
+    """A multipart/form-data request's text fields and its one file (by form field name)."""
+    read_bytes(req)
+    ctype = (req.headers.get("content-type") or "").lower()
+    if not ctype.startswith("multipart/form-data"):
+        raise UnsupportedMediaType(f"send multipart/form-data with the file in the form field '{file_field}'")
+    try:
+        files, form = req.files, req.form
+    except ValueError:
+        raise BadRequest("the multipart form could not be read") from None
+    if set(files) - {file_field}:
+        raise BadRequest(f"the form carries the file '{sorted(set(files) - {file_field})[0][:64]}'; "
+                         f"only '{file_field}' is read")
+    part = files.get(file_field)
+    if part is None and file_required:
+        raise BadRequest(f"the multipart form has no file in the field '{file_field}'")
+    fields = {}
+    for key in form:
+        values = form.getlist(key)
+        if len(values) != 1:
+            raise BadRequest(f"the form field '{key[:64]}' is sent more than once")
+        fields[key] = values[0]
+    if file_field in fields:  # sent as a plain field: still the file's bytes
+        if part is not None:
+            raise BadRequest(f"the form field '{file_field}' is sent more than once")
+        return {k: v for k, v in fields.items() if k != file_field}, fields[file_field].encode("utf-8", "surrogateescape")
+    return fields, part.read() if part is not None else None
+
+
 def read_upload(req: func.HttpRequest, field: str) -> tuple[str, bytes]:
     """The one file of a multipart/form-data request, by form field name."""
     read_bytes(req)

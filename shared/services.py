@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from . import ids, models, snapshots, types, workspaces
+from . import ids, models, realtime, snapshots, types, workspaces
 from .auth import Principal
 from .config import get_settings
 from .errors import BadRequest, Conflict, Forbidden, NeedsStorage, NotFound, PreconditionFailed
@@ -29,10 +29,7 @@ def binding(name: str, version: str) -> str:
 
 def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     _writer(user)
-    name = ids.service_name(name)
-    # Without a version the service is a development version with a GUID, seen only by its author.
-    dev = not version
-    version = ids.service_name(version, "version") if version else ids.new_id()
+    name, version, dev = _named(name, version)
     code = _code(body.get("code"))
     values = {"runtimeType": ids.runtime(body), "code": code, "versionPublishedBy": user.name,
               "creationTime": ids.now(), "snapshotId": "", "devVersion": dev}
@@ -40,7 +37,33 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     co_publishers = _co_publishers(body)
     snapshot_id = ids.optional_str(body, "snapshotId")
     data = snapshots.content(user, snapshot_id) if snapshot_id else None
-    # Claimed after every check above, and given back if the publish fails below. A development
+    return _create(user, name, version, dev, values, data, snapshot_id or "", co_publishers)
+
+
+def publish_realtime(user: Principal, name: str, version: str | None, form: dict[str, str], model: bytes) -> str:
+    """A realtime service: an ONNX model (or a scikit-learn one converted in the sandbox)."""
+    _writer(user)
+    name, version, dev = _named(name, version)
+    values = {"runtimeType": "Realtime", "code": "", "versionPublishedBy": user.name, "creationTime": ids.now(),
+              "snapshotId": "", "devVersion": dev}
+    values.update(_fields(_realtime_form(form)), **_REALTIME_IO)
+    data, info = realtime.prepare(model)
+    values["realtimeModel"] = realtime.definition(info)
+    return _create(user, name, version, dev, values, data, "", None)
+
+
+def _named(name: str, version: str | None) -> tuple[str, str, bool]:
+    """The checked name and version; without a version the service is a development version
+    with a GUID, seen only by its author."""
+    name = ids.service_name(name)
+    if version:
+        return name, ids.service_name(version, "version"), False
+    return name, ids.new_id(), True
+
+
+def _create(user: Principal, name: str, version: str, dev: bool, values: dict[str, Any], data: bytes | None,
+            snapshot_id: str, co_publishers: list[str] | None) -> str:
+    # Claimed after every check, and given back if the publish fails below. A development
     # version claims nothing (only its author sees and calls it), but obeys a name's holder.
     if dev and co_publishers is not None:
         raise BadRequest("'coPublishers' applies to a service name: publish a named version to set it")
@@ -68,6 +91,9 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
 def patch(user: Principal, name: str, version: str, body: dict) -> str:
     row = _own(user, name, version)
     name, version = row["PartitionKey"], row["RowKey"]
+    if row.get("runtimeType") == "Realtime":
+        raise BadRequest(f"service '{name}' version '{version}' is a realtime service: change it with "
+                         f"PATCH /realtime-services/{name}/{version}")
     co_publishers = _co_publishers(body)
     if co_publishers is not None:
         if row.get("devVersion"):
@@ -87,6 +113,28 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
         row.update(stored, snapshotId=snapshot_id)
     elif snapshot_id == "":  # sent empty: the service no longer has a workspace
         row.update(stateBlob="", stateSha256="", stateMac="", snapshotId="")
+    return _replace(row, old, stored)
+
+
+def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str], model: bytes | None) -> str:
+    row = _own(user, name, version)
+    name, version = row["PartitionKey"], row["RowKey"]
+    if row.get("runtimeType") != "Realtime":
+        raise BadRequest(f"service '{name}' version '{version}' is a standard Python service: change it with "
+                         f"PATCH /services/{name}/{version}")
+    old = dict(row)
+    row.update(_fields(_realtime_form(form), partial=True))
+    stored: dict[str, Any] = {}
+    if model is not None:
+        data, info = realtime.prepare(model)
+        definition = realtime.definition(info)
+        stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
+        row.update(stored, realtimeModel=definition)
+    return _replace(row, old, stored)
+
+
+def _replace(row: dict, old: dict, stored: dict[str, Any]) -> str:
+    """Write the changed version; its old stored copy goes once nothing points at it."""
     try:
         _rows.replace(row)
     except PreconditionFailed:
@@ -94,8 +142,22 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
         raise Conflict("the service was changed by another request at the same time; try again") from None
     if old.get("stateBlob") != row.get("stateBlob"):
         workspaces.discard(old)
-    forget(name, version)
-    return version
+    forget(row["PartitionKey"], row["RowKey"])
+    return row["RowKey"]
+
+
+_REALTIME_IO = {"inputParameterDefinitions": json.dumps([{"name": realtime.INPUT, "type": "data.frame"}]),
+                "outputParameterDefinitions": json.dumps([{"name": realtime.OUTPUT, "type": "data.frame"}]),
+                "outputFileNames": "[]", "initCode": ""}
+
+
+def _realtime_form(form: dict[str, str]) -> dict[str, str]:
+    """description and operationId: a realtime service has nothing else to set."""
+    extra = sorted(set(form) - {"description", "operationId"})
+    if extra:
+        raise BadRequest(f"the form field '{extra[0][:64]}' does not apply to a realtime service (it takes the "
+                         "file 'model' and the fields 'description' and 'operationId')")
+    return {k: form[k] for k in ("description", "operationId") if k in form}
 
 
 def delete(user: Principal, name: str, version: str) -> str:
@@ -377,6 +439,7 @@ def cached(name: str, version: str, *, cached_only: bool = False) -> dict:
     row["_inputs"] = json.loads(row.get("inputParameterDefinitions") or "[]")
     row["_outputs"] = json.loads(row.get("outputParameterDefinitions") or "[]")
     row["_files"] = json.loads(row.get("outputFileNames") or "[]")
+    row["_realtime"] = json.loads(row["realtimeModel"]) if row.get("realtimeModel") else None
     with _cache_lock:
         _cache[key] = (now, row)
     return row
@@ -386,3 +449,4 @@ def forget(name: str, version: str) -> None:
     with _cache_lock:
         _cache.pop((name, version), None)
     pool.services.retire((name, version))
+    realtime.forget(name, version)

@@ -77,6 +77,14 @@ def core_document() -> dict:
         elif op.body == "multipart":
             entry["consumes"] = ["multipart/form-data"]
             entry["parameters"].append({"name": "file", "in": "formData", "required": True, "type": "file"})
+        elif op.body == "realtime":
+            entry["consumes"] = ["multipart/form-data"]
+            entry["parameters"] += [
+                {"name": "model", "in": "formData", "required": op.method == "POST", "type": "file",
+                 "description": "an ONNX model (also behind revoscalepy's 4-byte mark b'blob'), or a pickled "
+                                "scikit-learn model, converted to ONNX in the sandbox"},
+                {"name": "description", "in": "formData", "required": False, "type": "string"},
+                {"name": "operationId", "in": "formData", "required": False, "type": "string"}]
         elif op.body:
             entry["parameters"].append({"name": op.body[0].lower() + op.body[1:], "in": "body", "required": True,
                                         "schema": {"$ref": f"#/definitions/{op.body}"}})
@@ -106,6 +114,7 @@ def core_document() -> dict:
 
 _REASONS = {400: "Bad request", 401: "Missing, invalid or expired token", 403: "Not allowed: owned by another user, or the role does not allow it",
             404: "Not found", 409: "Already exists, or changed at the same time",
+            415: "The body is not of the media type the operation takes",
             429: "Too many failed logins: wait Retry-After seconds", 501: "Not on Azure Functions"}
 
 

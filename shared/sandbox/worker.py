@@ -245,6 +245,40 @@ class Worker:
             reply["outputFiles"] = files
         return reply
 
+    def op_to_onnx(self, msg: dict) -> dict:
+        """A pickled scikit-learn model, as ONNX (for a realtime service). The host checks what
+        comes back as it checks any model sent to it: this process has run the pickle."""
+        import pickle
+
+        import cloudpickle  # noqa: F401 - registers its reducers
+
+        try:
+            model = pickle.loads(msg["model"])
+        except Exception as exc:  # noqa: BLE001 - any failure to load is the same answer
+            return {"ok": False, "error": "the 'model' file is neither an ONNX model nor a loadable pickle "
+                                          f"({type(exc).__name__})"}
+        from sklearn.base import BaseEstimator, is_classifier
+
+        if not isinstance(model, BaseEstimator):
+            return {"ok": False, "error": f"the pickled model is a {type(model).__name__[:64]}, not a scikit-learn "
+                                          "estimator or pipeline"}
+        features = getattr(model, "n_features_in_", None)
+        if not isinstance(features, int):
+            return {"ok": False, "error": "the pickled scikit-learn model is not fitted"}
+        from skl2onnx import to_onnx
+        from skl2onnx.common.data_types import FloatTensorType
+
+        last = model.steps[-1][1] if hasattr(model, "steps") else model
+        options = {id(last): {"zipmap": False}} if is_classifier(last) else None
+        try:
+            onx = to_onnx(model, initial_types=[("X", FloatTensorType([None, features]))], options=options)
+        except Exception as exc:  # noqa: BLE001 - the converter raises many types, with long texts
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            return {"ok": False, "error": f"this scikit-learn model cannot be converted to ONNX ({first})"}
+        names = getattr(model, "feature_names_in_", None)
+        columns = [str(c) for c in names] if names is not None else []
+        return {"ok": True, "columns": columns, "onnx": onx.SerializeToString()}
+
     def _run(self, code: Any, filename: str, g: dict, console: CappedText) -> tuple[bool, str]:
         old = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = console

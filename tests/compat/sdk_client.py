@@ -1,6 +1,7 @@
 """Runs in its own venv with Microsoft's ML Server client, azureml-model-management-sdk
 1.0.1b6.post1, and drives o16n the way ML Server's Python documentation does. Prints one JSON
-object of what the client saw. Usage: python sdk_client.py URL USER PASSWORD"""
+object of what the client saw. Usage: python sdk_client.py URL USER PASSWORD ONNX_FILE
+(ONNX_FILE: the cars model below as ONNX, made by the test: this venv has no skl2onnx)"""
 import json
 import sys
 
@@ -29,7 +30,7 @@ def function_beget(fn, fn_name, fn_args, doc=""):
 
 sdk_service.function_beget = function_beget  # the one client-side fault replaced
 
-url, user, password = sys.argv[1:4]
+url, user, password, onnx_file = sys.argv[1:5]
 seen = {}
 
 # --- ML Server's "Deploy and manage web services in Python" walkthrough, with scikit-learn ---
@@ -119,8 +120,28 @@ seen["latest_version"] = latest.capabilities()["version"]
 dev = client.service("DevOnly").code_str("y = 2.5").outputs(y=float).deploy()
 seen["dev"] = {"version_len": len(dev.capabilities()["version"]), "y": dev.consume().output("y")}
 
+# a realtime service: ONNX behind revoscalepy's mark (the SDK refuses models without it)
+with open(onnx_file, "rb") as f:
+    onnx_model = f.read()
+realtime = (client.realtime_service("TxRealtime").version("v1").serialized_model(b"blob" + onnx_model)
+            .description("cars as ONNX").deploy())
+frame_out = realtime.consume(pd.DataFrame({"hp": [120.0], "wt": [2.8]})).output("outputData")
+caps = realtime.capabilities()
+seen["realtime"] = {"runtime": caps["runtime"], "inputs": [i["name"] for i in caps["inputs"]],
+                    "type": type(frame_out).__name__, "columns": sorted(frame_out.columns),
+                    "p1": float(frame_out["probabilities_1"][0])}
+# redeploy with a pickled scikit-learn model, converted to ONNX by o16n
+import pickle  # noqa: E402
+
+redeployed_rt = (client.realtime_service("TxRealtime").version("v1")
+                 .serialized_model(b"blob" + pickle.dumps(cars_model)).description("cars, converted").redeploy())
+again = redeployed_rt.consume(pd.DataFrame({"wt": [2.8], "hp": [120.0]})).output("outputData")
+seen["realtime"]["redeployed"] = {"description": redeployed_rt.capabilities()["description"],
+                                  "p1": float(again["probabilities_1"][0])}
+
 dev_version = dev.capabilities()["version"]
-for name, version in (("TxService", "1.0"), ("Typed", "v1"), ("Frame", "v1"), ("DevOnly", dev_version)):
+for name, version in (("TxService", "1.0"), ("Typed", "v1"), ("Frame", "v1"), ("DevOnly", dev_version),
+                      ("TxRealtime", "v1")):
     seen.setdefault("deleted", []).append(client.delete_service(name, version=version))
 try:
     client.get_service("TxService", version="1.0")

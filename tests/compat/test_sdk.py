@@ -11,11 +11,29 @@ from tests.constants import USERS
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
 
 
+def _cars_onnx(path: Path) -> Path:
+    """The SDK script's cars model as ONNX (the same data and estimator, fitted here)."""
+    import numpy as np
+    import pandas as pd
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    cars = pd.DataFrame({"hp": [110, 93, 175, 105, 245, 62, 95, 123, 180, 205, 66, 52, 97, 150, 91, 113, 264, 335],
+                         "wt": [2.62, 2.32, 3.44, 3.46, 3.57, 3.19, 3.15, 3.44, 4.07, 5.25, 2.2, 1.615, 2.465, 3.52,
+                                2.14, 1.513, 3.17, 3.57],
+                         "am": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1]})
+    model = LogisticRegression().fit(cars[["hp", "wt"]].values, cars["am"])
+    path.write_bytes(to_onnx(model, np.zeros((1, 2), np.float32), options={id(model): {"zipmap": False}})
+                     .SerializeToString())
+    return path
+
+
 @pytest.fixture(scope="module")
-def seen(sdk_python, base_url):
+def seen(sdk_python, base_url, tmp_path_factory):
     script = Path(__file__).with_name("sdk_client.py")
-    run = subprocess.run([str(sdk_python), str(script), base_url, "alice", USERS["alice"]], capture_output=True,
-                         text=True, timeout=300)
+    onnx_file = _cars_onnx(tmp_path_factory.mktemp("onnx") / "cars.onnx")
+    run = subprocess.run([str(sdk_python), str(script), base_url, "alice", USERS["alice"], str(onnx_file)],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     line = next(x for x in run.stdout.splitlines() if x.startswith("SDK-RESULT "))
     return json.loads(line[len("SDK-RESULT "):])
@@ -55,5 +73,16 @@ def test_list_get_redeploy_and_delete(seen):
     assert seen["redeploy"]["answer"] == pytest.approx(seen["consume"]["expected"])
     assert seen["latest_version"] == "1.0"
     assert seen["dev"] == {"version_len": 36, "y": 2.5}
-    assert seen["deleted"] == [True, True, True, True]
+    assert seen["deleted"] == [True, True, True, True, True]
     assert seen["after_delete"] in ("HttpException", "ValueError")
+
+
+def test_a_realtime_service_published_as_onnx_behind_the_revoscale_mark(seen):
+    rt = seen["realtime"]
+    assert rt["runtime"] == "Realtime" and rt["inputs"] == ["inputData"]
+    assert rt["type"] == "DataFrame" and rt["columns"] == ["label", "probabilities_0", "probabilities_1"]
+    assert 0.0 < rt["p1"] < 1.0
+    # redeployed as a pickled scikit-learn model (the SDK's own full cars data): converted by o16n,
+    # its columns matched by name although sent in another order
+    assert rt["redeployed"]["description"] == "cars, converted"
+    assert rt["redeployed"]["p1"] == pytest.approx(seen["consume"]["expected"], abs=1e-4)

@@ -91,8 +91,7 @@ def test_the_core_swagger_is_served(base_url, alice):
 
 
 @pytest.mark.parametrize("method, path", [("GET", "/computenodes"), ("PUT", "/computenodes"),
-                                          ("POST", "/services/a/b/pool"), ("GET", "/services/a/b/pool"),
-                                          ("POST", "/realtime-services/a/b")])
+                                          ("POST", "/services/a/b/pool"), ("GET", "/services/a/b/pool")])
 def test_ml_server_administration_endpoints_answer_501_saying_why(base_url, alice, method, path):
     r = requests.request(method, base_url + path, headers=alice)
     assert r.status_code == 501 and len(r.json()["message"]) > 20
