@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from devhost.__main__ import azurite_connection_string, free_port, port_open, start_azurite, stop  # noqa: E402
 
 BODY = '{"flower_data":[7,3.2,4.7,1.4]}'
+REALTIME_BODY = '{"inputData":{"a":[7],"b":[3.2],"c":[4.7],"d":[1.4]}}'
 
 
 def pinned(core: int, cmd: list[str]) -> list[str]:
@@ -42,9 +43,9 @@ def wait(port: int, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
-def wrk(url: str, token: str | None, connections: int, seconds: int) -> dict[str, float]:
+def wrk(url: str, token: str | None, connections: int, seconds: int, body: str = BODY) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(f'wrk.method = "POST"\nwrk.body = \'{BODY}\'\nwrk.headers["Content-Type"] = "application/json"\n')
+        f.write(f'wrk.method = "POST"\nwrk.body = \'{body}\'\nwrk.headers["Content-Type"] = "application/json"\n')
         if token:
             f.write(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
     out = subprocess.run(pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name,
@@ -85,6 +86,22 @@ def prepare(base: str, password: str) -> tuple[str, dict[str, float]]:
     return token, first_call
 
 
+def prepare_realtime(base: str, token: str) -> None:
+    """The floor's model (an SVC on iris) as ONNX, published as the realtime service IrisRT/v1."""
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn import datasets, svm
+
+    iris = datasets.load_iris()
+    model = svm.SVC().fit(iris.data, iris.target)
+    onnx_model = to_onnx(model, np.zeros((1, 4), np.float32), options={id(model): {"zipmap": False}}).SerializeToString()
+    h = {"Authorization": f"Bearer {token}"}
+    r = requests.post(f"{base}/realtime-services/IrisRT/v1", files={"model": ("model", onnx_model)}, headers=h)
+    assert r.status_code == 201, r.text
+    r = requests.post(f"{base}/api/IrisRT/v1", data=REALTIME_BODY, headers={**h, "Content-Type": "application/json"})
+    assert r.json()["outputParameters"]["outputData"]["label"] == [1], r.text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=3)
@@ -113,7 +130,7 @@ def main() -> None:
            "LOCAL_ADMIN_PASSWORD": password}
     floor_port = free_port()
     procs = [subprocess.Popen(pinned(0, [sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)]))]
-    targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None)}
+    targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None, BODY)}
     first_calls = {}
     try:
         ports = {}
@@ -126,17 +143,20 @@ def main() -> None:
         for (name, port), proc in zip(ports.items(), procs[1:]):
             wait(port, proc)
             token, first_calls[name] = prepare(f"http://127.0.0.1:{port}", password)
-            targets[name] = (f"http://127.0.0.1:{port}/api/Iris/V1.0", token)
+            targets[name] = (f"http://127.0.0.1:{port}/api/Iris/V1.0", token, BODY)
+            if name == "o16n":
+                prepare_realtime(f"http://127.0.0.1:{port}", token)
+                targets["realtime"] = (f"http://127.0.0.1:{port}/api/IrisRT/v1", token, REALTIME_BODY)
         results: dict[tuple[str, int], list[dict]] = {}
-        for url, tok in targets.values():
-            wrk(url, tok, 1, 1)  # warm-up
+        for url, tok, body in targets.values():
+            wrk(url, tok, 1, 1, body)  # warm-up
         for rnd in range(args.rounds):
             order = list(targets)[rnd % len(targets):] + list(targets)[:rnd % len(targets)]
             for c in conns:
                 for name in order:
-                    url, tok = targets[name]
-                    results.setdefault((name, c), []).append(wrk(url, tok, c, args.seconds))
-        print(f"\nwarm consume of Iris V1.0, medians of {args.rounds} rounds of {args.seconds:g}s "
+                    url, tok, body = targets[name]
+                    results.setdefault((name, c), []).append(wrk(url, tok, c, args.seconds, body))
+        print(f"\nwarm consume of Iris V1.0 (realtime: the same SVC as ONNX, IrisRT v1), medians of {args.rounds} rounds of {args.seconds:g}s "
               "(servers on core 0, wrk on core 1)")
         print(f"{'c':>3} {'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}   ratio to floor (p50, p99, req/s)")
         table = []

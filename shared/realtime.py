@@ -44,7 +44,7 @@ _ALLOWED = {
     _ML: {
         "ArrayFeatureExtractor", "Binarizer", "FeatureVectorizer", "Imputer", "LabelEncoder",
         "LinearClassifier", "LinearRegressor", "Normalizer", "OneHotEncoder", "SVMClassifier", "SVMRegressor",
-        "Scaler", "TreeEnsemble", "TreeEnsembleClassifier", "TreeEnsembleRegressor",
+        "Scaler", "TreeEnsemble", "TreeEnsembleClassifier", "TreeEnsembleRegressor", "ZipMap",
     },
 }
 # Inputs that must be constants: a product of two data-sized matrices costs time cubic in the
@@ -182,9 +182,11 @@ def _no_external(tensor: Any) -> None:
 
 def _tensor(value: Any, what: str) -> dict[str, Any]:
     kind = value.type.WhichOneof("value")
+    if what == "output" and _class_scores(value.type):
+        return {"name": value.name[:256], "type": "scores", "shape": None}
     if kind != "tensor_type" or value.type.tensor_type.elem_type not in _ELEMENTS:
         raise ModelRefused(f"the model's {what} '{value.name[:64]}' is not a tensor of numbers, strings or "
-                           "booleans (convert classifiers without ZipMap)")
+                           "booleans")
     tensor = value.type.tensor_type
     dims = ([d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
             if tensor.HasField("shape") else None)
@@ -194,6 +196,15 @@ def _tensor(value: Any, what: str) -> dict[str, Any]:
     if len(value.name) > 256:
         raise ModelRefused(f"the model's {what} names must have at most 256 characters")
     return {"name": value.name, "type": _ELEMENTS[tensor.elem_type], "shape": dims}
+
+
+def _class_scores(t: Any) -> bool:
+    """ZipMap's output, a sequence of {class: score} maps (skl2onnx's default for classifiers)."""
+    if t.WhichOneof("value") != "sequence_type":
+        return False
+    item = t.sequence_type.elem_type
+    return (item.WhichOneof("value") == "map_type" and item.map_type.key_type in (7, 8)
+            and item.map_type.value_type.WhichOneof("value") == "tensor_type")
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -412,6 +423,10 @@ def to_columns(results: dict[str, Any]) -> dict[str, list]:
     values per row. NaN and infinities become null (JSON has neither)."""
     out: dict[str, list] = {}
     for name, array in results.items():
+        if isinstance(array, list):  # ZipMap: one {class: score} per row
+            for label in (array[0] if array else {}):
+                out[f"{name}_{label}"] = _plain([row.get(label) for row in array])
+            continue
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim == 2:

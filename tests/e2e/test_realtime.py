@@ -89,6 +89,17 @@ def test_onnx_behind_revoscale_mark_is_accepted(base_url, alice):
     assert out["success"] is True and len(out["outputParameters"]["outputData"]["label"]) == 2
 
 
+def test_class_scores_from_zipmap_become_one_column_per_class(base_url, alice):
+    from skl2onnx import to_onnx
+
+    model = _classifier()
+    r = publish(base_url, alice, to_onnx(model, X.values[:1].astype(np.float32)).SerializeToString())
+    assert r.status_code == 201, r.text
+    out = consume(base_url, alice, r.name, columns(X.iloc[[0, 120]])).json()["outputParameters"]["outputData"]
+    assert sorted(out) == ["output_label", "output_probability_0", "output_probability_1", "output_probability_2"]
+    assert np.allclose(out["output_probability_2"], model.predict_proba(X.iloc[[0, 120]])[:, 2], atol=1e-5)
+
+
 def test_pickled_scikit_learn_model_is_converted_and_matches_columns_by_name(base_url, alice):
     model = LinearRegression().fit(X, Y)
     r = publish(base_url, alice, b"blob" + pickle.dumps(model))
