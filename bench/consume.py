@@ -86,6 +86,27 @@ def prepare(base: str, password: str) -> tuple[str, dict[str, float]]:
     return token, first_call
 
 
+def session_execute(base: str, token: str, runs: int = 5) -> dict[str, float]:
+    """Median ms of executing `x = 1` in a session, empty and beside a 60 MB object."""
+    h = {"Authorization": f"Bearer {token}"}
+    sid = requests.post(f"{base}/sessions", json={"runtimeType": "Python"}, headers=h).json()["sessionId"]
+
+    def median_ms() -> float:
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            assert requests.post(f"{base}/sessions/{sid}/execute", json={"code": "x = 1"}, headers=h).json()["success"]
+            times.append((time.perf_counter() - start) * 1000)
+        return statistics.median(times)
+
+    empty = median_ms()
+    code = "import numpy as np\nbig = np.random.rand(60 * 2**20 // 8)"
+    assert requests.post(f"{base}/sessions/{sid}/execute", json={"code": code}, headers=h).json()["success"]
+    beside = median_ms()
+    requests.delete(f"{base}/sessions/{sid}", headers=h)
+    return {"empty_ms": empty, "beside_60mb_ms": beside, "ratio": beside / empty}
+
+
 def prepare_realtime(base: str, token: str) -> None:
     """The floor's model (an SVC on iris) as ONNX, published as the realtime service IrisRT/v1."""
     import numpy as np
@@ -131,7 +152,7 @@ def main() -> None:
     floor_port = free_port()
     procs = [subprocess.Popen(pinned(0, [sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)]))]
     targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None, BODY)}
-    first_calls = {}
+    first_calls, executes = {}, {}
     try:
         ports = {}
         for name, (tree, settings) in hosts.items():
@@ -143,6 +164,7 @@ def main() -> None:
         for (name, port), proc in zip(ports.items(), procs[1:]):
             wait(port, proc)
             token, first_calls[name] = prepare(f"http://127.0.0.1:{port}", password)
+            executes[name] = session_execute(f"http://127.0.0.1:{port}", token)
             targets[name] = (f"http://127.0.0.1:{port}/api/Iris/V1.0", token, BODY)
             if name == "o16n":
                 prepare_realtime(f"http://127.0.0.1:{port}", token)
@@ -174,13 +196,17 @@ def main() -> None:
         print("\nfirst call of a published service on a warm host (with a spare worker ready / right after):")
         for name, times in first_calls.items():
             print(f"  {name:10} {times['V1.0']:.0f} ms / {times['V2.0']:.0f} ms")
+        print("\nsession execute of `x = 1`, median ms: empty session / beside an unchanged 60 MB object (ratio):")
+        for name, e in executes.items():
+            print(f"  {name:10} {e['empty_ms']:.0f} ms / {e['beside_60mb_ms']:.0f} ms ({e['ratio']:.1f}x)")
         if args.json:
             import json
             import platform
 
             Path(args.json).write_text(json.dumps({
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.node()} {os.cpu_count()} cores",
-                "rounds": args.rounds, "seconds": args.seconds, "consume": table, "first_call_ms": first_calls},
+                "rounds": args.rounds, "seconds": args.seconds, "consume": table, "first_call_ms": first_calls,
+                "session_execute": executes},
                 indent=2) + "\n")
     finally:
         for p in procs:

@@ -91,10 +91,13 @@ class Worker:
             except Exception as exc:
                 notes.append(f"note: '{name}' cannot be saved in the workspace ({type(exc).__name__}); it is dropped")
         buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(WORKSPACE_ENTRY, cloudpickle.dumps(objects, protocol=5))
+        with zipfile.ZipFile(buf, "w") as zf:
+            payload = cloudpickle.dumps(objects, protocol=5)
+            zf.writestr(WORKSPACE_ENTRY, payload, **_packing(payload))
             for name in sorted(_files()):
-                zf.write(name, FILES_PREFIX + name)
+                with open(name, "rb") as f:
+                    head = f.read(_PROBE_BYTES)
+                zf.write(name, FILES_PREFIX + name, **_packing(head))
         limit = self.policy["workspaceBytes"]
         if buf.tell() > limit:
             raise WorkspaceTooLarge(f"the workspace (objects and files) is {buf.tell() / 2**20:.1f} MB, above the "
@@ -310,6 +313,20 @@ class Worker:
 
 
 _MISSING = object()
+
+
+_PROBE_BYTES = 256 * 1024
+
+
+def _packing(data: bytes) -> dict[str, Any]:
+    """How to store an entry: deflated (fast level) when a sample compresses well, else as it
+    is. Deflating 60 MB of floats takes ~2 s for a 5% gain, and it was paid on every execute."""
+    import zlib
+
+    sample = bytes(data[:_PROBE_BYTES]) + bytes(data[len(data) // 2:len(data) // 2 + _PROBE_BYTES])
+    if not sample or len(zlib.compress(sample, 1)) > 0.8 * len(sample):
+        return {"compress_type": zipfile.ZIP_STORED}
+    return {"compress_type": zipfile.ZIP_DEFLATED, "compresslevel": 1}
 
 
 def _missing(message: str) -> dict:

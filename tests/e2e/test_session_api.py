@@ -167,3 +167,21 @@ def test_concurrent_executes_through_two_instances_lose_no_update(base_url, stri
     for url in (base_url, strict_url):
         out = execute(url, alice, sid, "n = len(items)", outputParameters=["n"])
         assert out["outputParameters"] == [{"name": "n", "value": ok}]
+
+
+def test_incompressible_objects_are_stored_as_they_are_and_compressible_ones_deflated(base_url, alice):
+    sid = new_session(base_url, alice)
+    out = execute(base_url, alice, sid, "import os\nnoise = os.urandom(3_000_000)\ntext = 'spam ' * 600_000\n"
+                  "open('noise.bin', 'wb').write(noise)\nopen('text.txt', 'w').write(text)")
+    assert out["success"] is True, out
+    snap = snapshot(base_url, alice, sid)
+    zf = zipfile.ZipFile(io.BytesIO(requests.get(f"{base_url}/snapshots/{snap}", headers=alice).content))
+    kinds = {i.filename: i.compress_type for i in zf.infolist()}
+    assert kinds["files/noise.bin"] == zipfile.ZIP_STORED  # deflating noise costs seconds for nothing
+    assert kinds["files/text.txt"] == zipfile.ZIP_DEFLATED
+    # both come back whole, in a new session from the snapshot
+    r = requests.post(f"{base_url}/sessions", json={"runtimeType": "Python", "snapshotId": snap}, headers=alice)
+    sid2 = r.json()["sessionId"]
+    check = execute(base_url, alice, sid2, "ok = (len(noise), text == 'spam ' * 600_000, "
+                    "open('noise.bin', 'rb').read() == noise)", outputParameters=["ok"])
+    assert check["outputParameters"] == [{"name": "ok", "value": [3_000_000, True, True]}]
