@@ -72,7 +72,7 @@ def close(user: Principal, sid: str) -> str:
     pool.sessions.retire(row["RowKey"])
     _forget_lock(row["RowKey"])
     _rows.delete(row)
-    workspaces.discard(row)
+    workspaces.discard(row, _binding(user.name, row["RowKey"]))
     for entry in _history.list(row["RowKey"]):
         _history.delete(entry)
     return "Success"
@@ -100,7 +100,7 @@ def state(user: Principal, sid: str) -> bytes:
     """The session's current workspace zip (empty when nothing ran yet)."""
     row = get(user, sid)
     sid = row["RowKey"]
-    _, data = workspaces.load_current(_binding(user.name, sid), row, lambda: get(user, sid))
+    _, data, _ = workspaces.load_current(_binding(user.name, sid), row, lambda: get(user, sid))
     return data or workspaces.empty_zip()
 
 
@@ -217,10 +217,10 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
         timeout = get_settings().execution_timeout_seconds
 
         def start(worker: pool.Worker) -> None:
-            current, data = workspaces.load_current(binding, dict(row), lambda: get(user, sid))
+            current, data, fingerprints = workspaces.load_current(binding, dict(row), lambda: get(user, sid))
             row.clear()
             row.update(current)  # what the worker holds, and the ETag the save must match
-            reply = worker.call({"op": "load_session", "state": data or None},
+            reply = worker.call({"op": "load_session", "state": data or None, "fingerprints": fingerprints},
                                 timeout=timeout)
             if not reply.get("ok"):
                 raise BadRequest(f"the session workspace could not be loaded: {reply.get('error')}")
@@ -259,8 +259,8 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
 
 def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | None, worker: pool.Worker) -> None:
     sid = row["RowKey"]
-    stored = workspaces.store(f"sessions/{sid}", binding, data)
-    old = dict(row)
+    stored, written, superseded = workspaces.store_changes(f"sessions/{sid}", binding, data, row,
+                                                           get_settings().max_workspace_mb * 2**20)
     row.update(stored)
     if record is not None:
         row["consoleOutput"] = reply.get("consoleOutput", "")[:_MAX_PROPERTY_CHARS]
@@ -268,12 +268,14 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
     try:
         _rows.replace(row)
     except PreconditionFailed:
-        workspaces.discard(stored)
+        for blob in written:
+            workspaces.discard({"stateBlob": blob})
         raise Conflict("another call changed this session at the same time; try again") from None
     worker.tag = stored["stateSha256"]
     # Committed: what follows is bookkeeping, and its failure must not fail the call.
     try:
-        workspaces.discard(old)
+        for blob in superseded:
+            workspaces.discard({"stateBlob": blob})
         if record is not None:
             _history.create(sid, f"{row['executions']:010d}", {"code": record[:_MAX_PROPERTY_CHARS]})
     except ApiError as exc:

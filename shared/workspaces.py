@@ -1,16 +1,27 @@
 """Stored workspaces (a zip of the pickled objects and the working-directory files): written
-as new immutable blobs, sealed, and read back only after the seal verifies."""
+as new immutable blobs, sealed, and read back only after the seal verifies.
+
+A session's workspace is kept in parts (stateFormat "parts"): one blob per object and per
+file, and a manifest blob naming them, so a call that changes one small object writes that
+object and the manifest, not the whole workspace. Snapshots and services keep one zip."""
 from __future__ import annotations
 
 import io
+import json
+import threading
 import uuid
 import zipfile
-
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
-from . import seal
-from .errors import Conflict, NotFound
+from . import ids, seal
+from .errors import ApiError, BadRequest, Conflict, IntegrityFailed, NotFound, PayloadTooLarge, Unavailable
 from .storage import blobs
+
+PARTS = "parts"
+OBJECTS, FILES, MANIFEST = "objects/", "files/", "manifest.json"
+MAX_ENTRIES = 10000
 
 
 def empty_zip() -> bytes:
@@ -28,23 +39,37 @@ def store(prefix: str, binding: str, data: bytes) -> dict[str, str | int]:
 
 
 def load(binding: str, record: dict) -> bytes | None:
-    """The verified bytes an entity points at, or None when it has none.
-    :raises IntegrityFailed: :raises NotFound:"""
+    """The verified bytes an entity points at (a workspace in parts, as one zip), or None when
+    it has none. :raises IntegrityFailed: :raises NotFound:"""
+    return _load(binding, record)[0]
+
+
+def _load(binding: str, record: dict) -> tuple[bytes | None, dict[str, str]]:
     name = record.get("stateBlob")
     if not name:
-        return None
-    data = blobs.get(name)
-    seal.verify(binding, data, record)
-    return data
+        return None, {}
+    if record.get("stateFormat") != PARTS:
+        data = blobs.get(name)
+        seal.verify(binding, data, record)
+        return data, {}
+    entries = _manifest(binding, record)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for entry, part in entries.items():
+            data = blobs.get(part["blob"])
+            seal.verify(f"{binding}|{entry}", data, {"stateSha256": part["sha256"], "stateMac": part["mac"]})
+            zf.writestr(entry, data)
+    return buf.getvalue(), {entry: part["fp"] for entry, part in entries.items()}
 
 
-def load_current(binding: str, record: dict, read: Callable[[], dict]) -> tuple[dict, bytes | None]:
-    """`record` (just read) and its verified bytes. Another instance may replace the workspace
-    (and delete the old blob) between reading the record and reading the blob: then `read`
-    the record again and follow it. :raises NotFound: :raises IntegrityFailed:"""
+def load_current(binding: str, record: dict, read: Callable[[], dict]) -> tuple[dict, bytes | None, dict[str, str]]:
+    """`record` (just read), its verified bytes and, for a workspace in parts, each entry's
+    fingerprint. Another instance may replace the workspace (and delete the old blobs) between
+    reading the record and reading the blobs: then `read` the record again and follow it.
+    :raises NotFound: :raises IntegrityFailed:"""
     for _ in range(_ATTEMPTS):
         try:
-            return record, load(binding, record)
+            return (record, *_load(binding, record))
         except NotFound:
             fresh = read()
             if fresh.get("stateBlob") == record.get("stateBlob"):
@@ -56,6 +81,142 @@ def load_current(binding: str, record: dict, read: Callable[[], dict]) -> tuple[
 _ATTEMPTS = 3
 
 
-def discard(record: dict) -> None:
-    if record.get("stateBlob"):
-        blobs.delete(record["stateBlob"])
+def discard(record: dict, binding: str | None = None) -> None:
+    """Delete what an entity points at: for a workspace in parts (with its `binding`), the
+    parts its manifest names too."""
+    name = record.get("stateBlob")
+    if not name:
+        return
+    if record.get("stateFormat") == PARTS and binding is not None:
+        try:
+            entries = _manifest(binding, record)
+        except (NotFound, IntegrityFailed):
+            entries = {}
+        for part in entries.values():
+            blobs.delete(part["blob"])
+    blobs.delete(name)
+
+
+class WorkspaceRefused(Unavailable):
+    """A worker's save that does not add up: the worker is not trusted again."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the session's worker sent a workspace that could not be saved ({why}); try again")
+
+
+def store_changes(prefix: str, binding: str, changes: bytes, current: dict,
+                  limit: int) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Save what a session's worker sent after a call (worker.dump_state: a zip of stored
+    entries, the changed ones and manifest.json naming all with their fingerprints). Returns
+    the fields for the entity, the blobs written (to delete if the entity is not saved) and
+    the blobs it no longer needs (to delete once it is). Nothing in `changes` is unpickled or
+    decompressed here. :raises WorkspaceRefused: :raises PayloadTooLarge:"""
+    sent, fingerprints = _read_changes(changes)
+    held: dict[str, dict] = {}
+    if current.get("stateFormat") == PARTS:
+        held = _manifest(binding, current)
+    entries: dict[str, dict] = {}
+    written: list[str] = []
+    try:
+        for entry, fp in fingerprints.items():
+            if entry in sent:
+                data = sent[entry]
+                blob = f"{prefix}/parts/{uuid.uuid4().hex}"
+                blobs.put(blob, data)
+                written.append(blob)
+                sealed = seal.seal(f"{binding}|{entry}", data)
+                entries[entry] = {"blob": blob, "size": len(data), "sha256": sealed["stateSha256"],
+                                  "mac": sealed["stateMac"], "fp": fp}
+            elif held.get(entry, {}).get("fp") == fp:
+                entries[entry] = held[entry]
+            else:
+                raise WorkspaceRefused(f"'{entry[:80]}' is named unchanged but is not stored")
+        total = sum(e["size"] for e in entries.values())
+        if total > limit:
+            raise PayloadTooLarge(f"the workspace (objects and files) is {total / 2**20:.1f} MB, above the limit "
+                                  f"of {limit // 2**20} MB (MAX_WORKSPACE_MB); delete objects or files it does not need")
+        manifest = json.dumps({"v": 1, "entries": entries}, separators=(",", ":")).encode()
+        name = f"{prefix}/{uuid.uuid4().hex}.json"
+        blobs.put(name, manifest)
+        written.append(name)
+    except BaseException:
+        for blob in written:
+            _quietly_delete(blob)
+        raise
+    fields = {"stateBlob": name, "stateFormat": PARTS, "contentSize": total, **seal.seal(binding, manifest)}
+    _remember((binding, name, fields["stateMac"]), entries)
+    kept = {e["blob"] for e in entries.values()}
+    superseded = [e["blob"] for e in held.values() if e["blob"] not in kept]
+    if current.get("stateBlob"):
+        superseded.append(current["stateBlob"])
+    return fields, written, superseded
+
+
+def _read_changes(changes: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(changes))
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        if len(infos) > MAX_ENTRIES + 1 or len(set(names)) != len(names) or MANIFEST not in names:
+            raise WorkspaceRefused("entries")
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+            raise WorkspaceRefused("compressed entries")
+        listed = json.loads(zf.read(MANIFEST)).get("entries")
+        if not isinstance(listed, dict) or not all(isinstance(v, str) and len(v) <= 128 for v in listed.values()):
+            raise WorkspaceRefused("manifest")
+        for entry in listed:
+            _check_entry(entry)
+        sent = {i.filename: zf.read(i) for i in infos if i.filename != MANIFEST}
+    except (zipfile.BadZipFile, ValueError, KeyError, AttributeError, EOFError):
+        raise WorkspaceRefused("not a workspace") from None
+    if set(sent) - set(listed):
+        raise WorkspaceRefused("entries the manifest does not name")
+    return sent, listed
+
+
+def _check_entry(entry: Any) -> None:
+    try:
+        if not isinstance(entry, str):
+            raise BadRequest("name")
+        if entry.startswith(OBJECTS):
+            ids.object_name(entry[len(OBJECTS):])
+        elif entry.startswith(FILES):
+            ids.file_name(entry[len(FILES):])
+        else:
+            raise BadRequest("name")
+    except BadRequest:
+        raise WorkspaceRefused("an entry name") from None
+
+
+# (binding, manifest blob, its MAC) -> entries: blobs never change, so a manifest read and
+# verified once (or written here) need not be read again
+_manifests: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
+_manifests_lock = threading.Lock()
+
+
+def _remember(key: tuple[str, str, str], entries: dict) -> None:
+    with _manifests_lock:
+        _manifests[key] = entries
+        while len(_manifests) > 256:
+            _manifests.popitem(last=False)
+
+
+def _manifest(binding: str, record: dict) -> dict[str, dict]:
+    """The verified manifest of a workspace in parts. :raises NotFound: :raises IntegrityFailed:"""
+    key = (binding, record["stateBlob"], str(record.get("stateMac", "")))
+    with _manifests_lock:
+        hit = _manifests.get(key)
+    if hit is not None:
+        return hit
+    data = blobs.get(key[1])
+    seal.verify(binding, data, record)
+    entries = json.loads(data)["entries"]
+    _remember(key, entries)
+    return entries
+
+
+def _quietly_delete(blob: str) -> None:
+    try:
+        blobs.delete(blob)
+    except ApiError:
+        pass

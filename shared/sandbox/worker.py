@@ -17,8 +17,10 @@ import traceback
 import zipfile
 from typing import Any
 
-WORKSPACE_ENTRY = "workspace.pkl"
+WORKSPACE_ENTRY = "workspace.pkl"  # the older form: one pickled dict of pickles
+OBJECTS_PREFIX = "objects/"
 FILES_PREFIX = "files/"
+MANIFEST_ENTRY = "manifest.json"
 
 
 class CappedText(io.TextIOBase):
@@ -52,10 +54,15 @@ class Worker:
         self.code = None
         self.service: dict[str, Any] = {}
         self.kept_files: set[str] = set()
+        self.sent: dict[str, str] = {}  # entry -> fingerprint of what the host holds
+        self.sizes: dict[str, int] = {}
 
     # --- state -----------------------------------------------------------------------------
-    def load_state(self, state: bytes | None) -> list[str]:
-        notes = []
+    def load_state(self, state: bytes | None, fingerprints: Any = None) -> list[str]:
+        """A stored workspace: entries objects/<name> (one pickle each) and files/<name>, or the
+        older form, one pickled dict in workspace.pkl. `fingerprints`: what the host holds of
+        each entry, so the next save sends only what changed."""
+        notes: list[str] = []
         if not state:
             return notes
         import cloudpickle  # noqa: F401 - registers reducers used by the stored objects
@@ -69,40 +76,65 @@ class Worker:
                         with open(name, "wb") as f:
                             f.write(zf.read(info))
                         self.kept_files.add(name)
+                elif info.filename.startswith(OBJECTS_PREFIX):
+                    self._load_object(info.filename[len(OBJECTS_PREFIX):], zf.read(info), notes)
             if WORKSPACE_ENTRY in zf.namelist():
-                objects = pickle.loads(zf.read(WORKSPACE_ENTRY))
-                for name, blob in objects.items():
-                    try:
-                        self.ns[name] = pickle.loads(blob)
-                    except Exception as exc:  # one bad object must not lose the rest
-                        notes.append(f"note: workspace object '{name}' could not be loaded "
-                                     f"({type(exc).__name__}: {exc})")
+                for name, blob in pickle.loads(zf.read(WORKSPACE_ENTRY)).items():
+                    self._load_object(name, blob, notes)
+        if isinstance(fingerprints, dict):
+            self.sent = {k: v for k, v in fingerprints.items() if isinstance(k, str) and isinstance(v, str)}
         return notes
 
-    def dump_state(self) -> tuple[bytes, list[str]]:
+    def _load_object(self, name: str, blob: bytes, notes: list[str]) -> None:
+        import pickle
+
+        try:
+            self.ns[name] = pickle.loads(blob)
+        except Exception as exc:  # one bad object must not lose the rest
+            notes.append(f"note: workspace object '{name}' could not be loaded ({type(exc).__name__}: {exc})")
+
+    def dump_state(self, files: dict[str, str] | None = None) -> tuple[bytes, list[str]]:
+        """What changed since the host last saved, as a zip of stored entries: each changed
+        object's pickle and changed file, and manifest.json naming every entry with its
+        fingerprint (an unchanged entry is named, not sent). Objects are fingerprinted by their
+        pickle with array buffers hashed in place, so an unchanged 60 MB array is not copied."""
         import cloudpickle
 
-        objects, notes = {}, []
+        entries: dict[str, str] = {}
+        changed: dict[str, bytes] = {}
+        notes: list[str] = []
         for name, value in self.ns.items():
             if name.startswith("__") and name.endswith("__"):
                 continue
             try:
-                objects[name] = cloudpickle.dumps(value, protocol=5)
+                fp = _object_fingerprint(value, cloudpickle)
+                entry = OBJECTS_PREFIX + name
+                if self.sent.get(entry) != fp:
+                    changed[entry] = cloudpickle.dumps(value, protocol=5)
             except Exception as exc:
                 notes.append(f"note: '{name}' cannot be saved in the workspace ({type(exc).__name__}); it is dropped")
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            payload = cloudpickle.dumps(objects, protocol=5)
-            zf.writestr(WORKSPACE_ENTRY, payload, **_packing(payload))
-            for name in sorted(_files()):
+                continue
+            entries[entry] = fp
+        for name, digest in (_fingerprint() if files is None else files).items():
+            entry = FILES_PREFIX + name
+            entries[entry] = digest
+            if self.sent.get(entry) != digest:
                 with open(name, "rb") as f:
-                    head = f.read(_PROBE_BYTES)
-                zf.write(name, FILES_PREFIX + name, **_packing(head))
+                    changed[entry] = f.read()
+        sizes = {e: len(changed[e]) if e in changed else self.sizes.get(e, 0) for e in entries}
         limit = self.policy["workspaceBytes"]
-        if buf.tell() > limit:
-            raise WorkspaceTooLarge(f"the workspace (objects and files) is {buf.tell() / 2**20:.1f} MB, above the "
+        total = sum(sizes.values())
+        if total > limit:
+            raise WorkspaceTooLarge(f"the workspace (objects and files) is {total / 2**20:.1f} MB, above the "
                                     f"limit of {limit // 2**20} MB (MAX_WORKSPACE_MB); delete objects or files "
                                     "it does not need")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr(MANIFEST_ENTRY, json.dumps({"entries": entries}))
+            for entry, data in changed.items():
+                zf.writestr(entry, data)
+        # The host saves this or retires the worker: either way, this is what it holds next.
+        self.sent, self.sizes = entries, sizes
         return buf.getvalue(), notes
 
     # --- operations --------------------------------------------------------------------------
@@ -118,7 +150,7 @@ class Worker:
         return {"ok": True, "missing": missing}
 
     def op_load_session(self, msg: dict) -> dict:
-        return {"ok": True, "notes": self.load_state(msg.get("state"))}
+        return {"ok": True, "notes": self.load_state(msg.get("state"), msg.get("fingerprints"))}
 
     def op_execute(self, msg: dict) -> dict:
         for p in msg.get("inputs") or []:
@@ -137,9 +169,9 @@ class Worker:
                 outputs.append({"name": name, "value": None})
         if missing and success:
             success, error = False, f"output parameter(s) not defined by the code: {', '.join(missing)}"
-        state, notes = self.dump_state()
-        text = console.text() + "".join(n + "\n" for n in notes)
         after = _fingerprint()
+        state, notes = self.dump_state(after)
+        text = console.text() + "".join(n + "\n" for n in notes)
         changed = sorted(n for n, h in after.items() if before.get(n) != h)
         return {"ok": True, "success": success, "errorMessage": error, "consoleOutput": text,
                 "outputParameters": outputs, "changedFiles": changed, "state": state}
@@ -315,18 +347,16 @@ class Worker:
 _MISSING = object()
 
 
-_PROBE_BYTES = 256 * 1024
-
-
-def _packing(data: bytes) -> dict[str, Any]:
-    """How to store an entry: deflated (fast level) when a sample compresses well, else as it
-    is. Deflating 60 MB of floats takes ~2 s for a 5% gain, and it was paid on every execute."""
-    import zlib
-
-    sample = bytes(data[:_PROBE_BYTES]) + bytes(data[len(data) // 2:len(data) // 2 + _PROBE_BYTES])
-    if not sample or len(zlib.compress(sample, 1)) > 0.8 * len(sample):
-        return {"compress_type": zipfile.ZIP_STORED}
-    return {"compress_type": zipfile.ZIP_DEFLATED, "compresslevel": 1}
+def _object_fingerprint(value: Any, cloudpickle: Any) -> str:
+    """SHA-256 of the object's pickle, its out-of-band buffers (numpy arrays) hashed where they lie."""
+    buffers: list = []
+    digest = hashlib.sha256(cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append))
+    for buffer in buffers:
+        try:
+            digest.update(buffer.raw())
+        except BufferError:  # not contiguous
+            digest.update(memoryview(buffer).tobytes())
+    return digest.hexdigest()
 
 
 def _missing(message: str) -> dict:

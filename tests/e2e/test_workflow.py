@@ -63,7 +63,7 @@ def test_iris_workflow_end_to_end(base_url):
     assert [x["name"] for x in listed if x["id"] == snap] == ["Iris Snapshot"]
     r = s.get(f"{base_url}/snapshots/{snap}")
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
-    assert "workspace.pkl" in zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    assert "objects/clf" in zipfile.ZipFile(io.BytesIO(r.content)).namelist()
 
     # 5. publish V1.0; a second publish of it is a conflict
     publish = {"code": "iris_species = [names[x] for x in clf.predict([flower_data])]",

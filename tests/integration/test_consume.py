@@ -58,15 +58,15 @@ def test_an_execute_whose_save_fails_is_503_and_leaves_the_last_saved_workspace(
 
     sid = sessions.create(alice, {"runtimeType": "Python"})["sessionId"]
     sessions.execute(alice, sid, {"code": "items = [1]"})
-    real_store = workspaces.store
+    real_store = workspaces.store_changes
 
     def failing_store(*args, **kwargs):
         raise Unavailable("storage is not answering; try again shortly")
 
-    monkeypatch.setattr(workspaces, "store", failing_store)
+    monkeypatch.setattr(workspaces, "store_changes", failing_store)
     with pytest.raises(Unavailable):
         sessions.execute(alice, sid, {"code": "items.append(2)"})
-    monkeypatch.setattr(workspaces, "store", real_store)
+    monkeypatch.setattr(workspaces, "store_changes", real_store)
     out = sessions.execute(alice, sid, {"code": "", "outputParameters": ["items"]})
     assert out["outputParameters"] == [{"name": "items", "value": [1]}]
 

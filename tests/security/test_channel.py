@@ -178,3 +178,19 @@ def test_answering_with_the_load_call_id_cannot_stretch_a_call_past_its_timeout(
     r = requests.post(f"{host.url}/api/{name}/v1", json={}, headers=alice)
     assert r.status_code == 200 and r.json()["success"] is False
     assert time.monotonic() - start < 4.5
+
+
+def test_a_worker_that_claims_an_object_is_already_stored_cannot_save_a_workspace(host, alice):
+    # User code reaches its own worker and makes it name a new object as unchanged (not sent):
+    # the host keeps nothing the worker does not send or storage does not hold.
+    sid = new_session(host.url, alice)
+    assert execute(host.url, alice, sid, "kept = 1")["success"] is True
+    lie = ("import gc, sys, cloudpickle\nsecret = 'never stored'\n"
+           "w = next(o for o in gc.get_objects() if type(o).__name__ == 'Worker' and hasattr(o, 'sent'))\n"
+           "fp = sys.modules[type(w).__module__]._object_fingerprint\n"
+           "w.sent = dict(w.sent, **{'objects/secret': fp(secret, cloudpickle)})\n")
+    r = requests.post(f"{host.url}/sessions/{sid}/execute", json={"code": lie}, headers=alice)
+    assert r.status_code == 503 and "could not be saved" in r.json()["message"]
+    out = execute(host.url, alice, sid, "names = sorted(k for k in globals() if not k.startswith('__'))",
+                  outputParameters=["names"])
+    assert out["outputParameters"] == [{"name": "names", "value": ["kept"]}]

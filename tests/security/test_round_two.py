@@ -122,7 +122,9 @@ def test_processes_left_by_a_worker_that_exited_are_ended(host, alice):
 def test_a_reply_that_would_decode_into_too_many_objects_is_refused(host, alice):
     before = host.rss_mb()
     out = execute(host.url, alice, new_session(host.url, alice),
-                  "import numpy as np\nx = np.zeros(5_000_000, dtype=int)", outputParameters=["x"])
+                  # pickles to a few bytes (the workspace stays small), decodes to 5 million values
+                  "class Zeros(list):\n    def __reduce__(self):\n        return (Zeros, ())\n"
+                  "x = Zeros([0] * 5_000_000)", outputParameters=["x"])
     assert out["success"] is False and "more than the host decodes" in out["errorMessage"]
     assert host.rss_mb() - before < 100
 

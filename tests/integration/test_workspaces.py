@@ -1,0 +1,101 @@
+"""A session's workspace in parts, against a real Azurite: what a worker sends is checked before
+anything is kept (user code runs in that worker and can forge its replies)."""
+import io
+import json
+import uuid
+import zipfile
+
+import pytest
+
+from shared import workspaces
+from shared.errors import IntegrityFailed, PayloadTooLarge
+from shared.storage import blobs
+from shared.storage._clients import container
+
+pytestmark = pytest.mark.azurite
+LIMIT = 10 * 2**20
+
+
+def changes(entries: dict[str, str], sent: dict[str, bytes], *, compress: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as zf:
+        zf.writestr("manifest.json", json.dumps({"entries": entries}))
+        for name, data in sent.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def where(azurite):
+    sid = uuid.uuid4().hex
+    return f"sessions/{sid}", f"session:alice:{sid}"
+
+
+def stored(prefix: str) -> set[str]:
+    return {b.name for b in container().list_blobs(name_starts_with=prefix + "/")}
+
+
+def test_only_what_changed_is_written_and_what_is_dropped_goes(where):
+    prefix, binding = where
+    first, written, old = workspaces.store_changes(
+        prefix, binding, changes({"objects/a": "1", "objects/b": "2"}, {"objects/a": b"A", "objects/b": b"B"}), {},
+        LIMIT)
+    assert len(written) == 3 and old == []
+    second, written2, old2 = workspaces.store_changes(
+        prefix, binding, changes({"objects/a": "1", "objects/c": "3"}, {"objects/c": b"C"}), first, LIMIT)
+    assert len(written2) == 2  # c and the manifest; a is kept as it was
+    for blob in old2:
+        blobs.delete(blob)
+    _, data, fingerprints = workspaces.load_current(binding, second, lambda: second)
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    assert {n: zf.read(n) for n in zf.namelist()} == {"objects/a": b"A", "objects/c": b"C"}
+    assert fingerprints == {"objects/a": "1", "objects/c": "3"}
+    assert len(stored(prefix)) == 3  # a, c and the manifest: b and the first manifest are gone
+    workspaces.discard(second, binding)
+    assert stored(prefix) == set()
+
+
+@pytest.mark.parametrize("entries, sent, compress, why", [
+    ({"objects/a": "1"}, {}, False, "named unchanged but is not stored"),
+    ({"objects/a": "1"}, {"objects/a": b"A", "objects/z": b"Z"}, False, "does not name"),
+    ({"files/../../host.json": "1"}, {"files/../../host.json": b"x"}, False, "entry name"),
+    ({"objects/not a name": "1"}, {"objects/not a name": b"x"}, False, "entry name"),
+    ({"elsewhere/a": "1"}, {"elsewhere/a": b"x"}, False, "entry name"),
+    ({"objects/a": "1"}, {"objects/a": b"\0" * 100_000}, True, "compressed"),
+])
+def test_a_forged_save_is_refused_and_leaves_nothing(where, entries, sent, compress, why):
+    prefix, binding = where
+    with pytest.raises(workspaces.WorkspaceRefused, match=why):
+        workspaces.store_changes(prefix, binding, changes(entries, sent, compress=compress), {}, LIMIT)
+    assert stored(prefix) == set()
+
+
+def test_not_a_zip_is_refused(where):
+    prefix, binding = where
+    with pytest.raises(workspaces.WorkspaceRefused, match="not a workspace"):
+        workspaces.store_changes(prefix, binding, b"PK\x03\x04 nonsense", {}, LIMIT)
+
+
+def test_the_limit_counts_kept_parts_too(where):
+    prefix, binding = where
+    first, _, _ = workspaces.store_changes(prefix, binding, changes({"objects/a": "1"}, {"objects/a": b"A" * 600}),
+                                           {}, 1000)
+    with pytest.raises(PayloadTooLarge):
+        workspaces.store_changes(prefix, binding, changes({"objects/a": "1", "objects/b": "2"},
+                                                          {"objects/b": b"B" * 600}), first, 1000)
+    assert len(stored(prefix)) == 2  # the first save only
+
+
+def test_a_changed_part_is_never_loaded(where):
+    prefix, binding = where
+    record, _, _ = workspaces.store_changes(prefix, binding, changes({"objects/a": "1"}, {"objects/a": b"A"}), {},
+                                            LIMIT)
+    part = next(n for n in stored(prefix) if "/parts/" in n)
+    blobs.delete(part)
+    blobs.put(part, b"evil")
+    workspaces._manifests.clear()
+    with pytest.raises(IntegrityFailed):
+        workspaces.load_current(binding, record, lambda: record)
+    # nor under another session's binding
+    with pytest.raises(IntegrityFailed):
+        workspaces.load_current("session:bob:" + uuid.uuid4().hex, record, lambda: record)
