@@ -101,10 +101,6 @@ class Settings:
     #: idle ones retire (0: only MAX_WARM_SERVICES bounds them)
     warm_services_mb: int = 1024
     max_warm_sessions: int = 8
-    #: memory the realtime (ONNX) calls of an instance may hold at once (a call that needs more
-    #: fails with a clear message instead of taking the host's memory); also the bytes of
-    #: realtime models kept loaded
-    realtime_memory_mb: int = 256
     #: idle workers kept ready with PRELOAD_MODULES imported (0: start each worker on demand)
     spare_workers: int = 1
     preload_modules: str = "numpy,pandas,sklearn.svm,sklearn.linear_model,sklearn.ensemble,sklearn.tree"

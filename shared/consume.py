@@ -16,7 +16,7 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
             deadline: float | None = None) -> dict:
     """One call; its load, the call and any retry share one EXECUTION_TIMEOUT_SECONDS budget."""
     deadline = deadline or time.monotonic() + get_settings().execution_timeout_seconds
-    svc, key, inputs = _checked(user, name, version, body, cached_only=False)
+    svc, key, message = _checked(user, name, version, body, cached_only=False)
 
     def left() -> float:
         return max(deadline - time.monotonic(), 0.001)
@@ -26,18 +26,19 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
             data = workspaces.load(services.binding(*key), svc)
         except NotFound:
             raise _Stale() from None
-        reply = worker.call({"op": "load_service", "state": data or None,
-                             "code": svc.get("code", ""), "initCode": svc.get("initCode", ""),
-                             "inputs": svc["_inputs"], "outputs": svc["_outputs"], "outputFileNames": svc["_files"]},
-                            timeout=left())
+        if svc["_realtime"] is not None:
+            load = {"op": "load_realtime", "model": data or b"", "info": svc["_realtime"]}
+        else:
+            load = {"op": "load_service", "state": data or None, "code": svc.get("code", ""),
+                    "initCode": svc.get("initCode", ""), "inputs": svc["_inputs"], "outputs": svc["_outputs"],
+                    "outputFileNames": svc["_files"]}
+        reply = worker.call(load, timeout=left())
         if not reply.get("ok"):
             raise ServiceLoadFailed(reply.get("error", "the service could not be loaded"))
 
     try:
-        if svc["_realtime"] is not None:
-            return _realtime(svc, key, inputs, deadline)
         worker = pool.services.checkout(key, svc.get("etag"), start)
-        reply = worker.call({"op": "consume", "inputs": inputs}, timeout=left())
+        reply = worker.call(message, timeout=left())
     except _Stale:
         # The cached definition names a workspace another instance has replaced (and deleted).
         services.forget(*key)
@@ -59,17 +60,14 @@ async def consume_async(user: Principal, name: str, version: str, body: dict) ->
     warm: no thread hop. Anything else (a load, a storage read) is consume() in a thread."""
     deadline = time.monotonic() + get_settings().execution_timeout_seconds
     try:
-        svc, key, inputs = _checked(user, name, version, body, cached_only=True)
+        svc, key, message = _checked(user, name, version, body, cached_only=True)
     except NeedsStorage:
         return await asyncio.to_thread(consume, user, name, version, body)
-    if svc["_realtime"] is not None:  # onnxruntime holds the thread it runs on: not the loop's
-        return await asyncio.to_thread(consume, user, name, version, body, deadline=deadline)
     worker = pool.services.warm(key, svc.get("etag"))
     if worker is None:
         return await asyncio.to_thread(consume, user, name, version, body)
     try:
-        reply = await worker.call_async({"op": "consume", "inputs": inputs},
-                                        timeout=deadline - time.monotonic())
+        reply = await worker.call_async(message, timeout=deadline - time.monotonic())
     except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
         answer = _worker_failed(svc, key, exc, retry=True)
         if answer is None:
@@ -78,36 +76,17 @@ async def consume_async(user: Principal, name: str, version: str, body: dict) ->
     return _answer(svc, key, reply)
 
 
-def _realtime(svc: dict, key: tuple[str, str], inputs: dict, deadline: float) -> dict:
-    """A realtime (ONNX) service, scored in this process. :raises _Stale: :raises BadRequest:"""
-    model_key = (*key, svc.get("stateBlob", ""))
-    model = realtime.cached(model_key)
-    if model is None:
-        try:
-            data = workspaces.load(services.binding(*key), svc)
-        except NotFound:
-            raise _Stale() from None
-        try:
-            model = realtime.session(model_key, data or b"")
-        except Exception as exc:  # noqa: BLE001 - checked at publish; an onnxruntime change may still refuse it
-            return _failed(svc, f"the model could not be loaded ({realtime.describe(exc)})")
-    feeds = realtime.feeds(svc["_realtime"], realtime.columns_of(inputs[realtime.INPUT]))
-    try:
-        results = realtime.run(model, feeds, deadline)
-    except realtime.RealtimeFailed as exc:
-        return _failed(svc, exc.message)
-    return {"success": True, "errorMessage": "", "consoleOutput": "", "changedFiles": [],
-            "outputParameters": {realtime.OUTPUT: realtime.to_columns(results)}}
-
-
 def _checked(user: Principal, name: str, version: str, body: dict, *,
              cached_only: bool) -> tuple[dict, tuple[str, str], dict]:
-    """The service, its key and the checked inputs. :raises NotFound: :raises BadRequest:
-    :raises NeedsStorage: with `cached_only`"""
+    """The service, its key and the consume message for its worker (inputs checked).
+    :raises NotFound: :raises BadRequest: :raises NeedsStorage: with `cached_only`"""
     svc = services.cached(name, version, cached_only=cached_only)
     if not services.visible(user, svc):
         raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
-    return svc, (svc["PartitionKey"], svc["RowKey"]), types.check_inputs(svc["_inputs"], body)
+    inputs = types.check_inputs(svc["_inputs"], body)
+    if svc["_realtime"] is not None:
+        inputs = realtime.check_columns(svc["_realtime"], realtime.columns_of(inputs[realtime.INPUT]))
+    return svc, (svc["PartitionKey"], svc["RowKey"]), {"op": "consume", "inputs": inputs}
 
 
 def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool) -> dict | None:

@@ -1,25 +1,22 @@
-"""Realtime services: an ONNX model, scored by onnxruntime in the API process.
+"""Realtime services: an ONNX model, scored by onnxruntime in a sandboxed worker.
 
-ONNX is data, not code, but a model is still the user's input to the host process. So a
-model is checked before it is stored (`check`): operators from a list with no loops,
-subgraphs, functions, custom domains, external files or shapes taken from the data, and
-matrix products only with constant weights; inputs and outputs are tensors. Scoring runs in
-a thread with one core, an allocator capped at REALTIME_MEMORY_MB for all realtime calls of
-the process, and a stop at EXECUTION_TIMEOUT_SECONDS. A pickled scikit-learn model is
-unpickled and converted to ONNX only inside the sandbox, and what comes back is checked the
-same way."""
+A model is the user's input, and onnxruntime is native code: a crafted model can crash it
+(a tree deep enough overflows its stack), run one operator for hours or allocate outside any
+arena. So a model is only ever parsed, loaded and run in a worker confined like the ones that
+run user code (memory limit, timeout, no network, killed when it breaks), never in the API
+process. At publish a fresh worker checks it (`check`: operators from a list with no loops,
+subgraphs, functions, custom domains, external files or shapes taken from the data; inputs and
+outputs are tensors) and loads it; a pickled scikit-learn model is first converted to ONNX in
+another worker, used for nothing else. Consume runs it in the service's warm worker.
+The host checks inputData against the model's inputs (`check_columns`) before any worker sees it."""
 from __future__ import annotations
 
 import json
 import math
-import re
 import threading
-import time
-from collections import OrderedDict
 from typing import Any
 
-from .config import get_settings
-from .errors import BadRequest
+from .errors import BadRequest, Unavailable
 
 #: what revoscalepy's rx_serialize_model output starts with; the ML Server SDK refuses models
 #: without it, so an ONNX model may come behind it
@@ -53,6 +50,7 @@ _CONSTANT_INPUTS = {"MatMul": (1,), "Gemm": (1,), "Reshape": (1,)}
 # ONNX element types → numpy dtype names (strings are objects)
 _ELEMENTS = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 8: "object",
              9: "bool", 10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+_TYPES = tuple(sorted(set(_ELEMENTS.values())))
 
 
 class ModelRefused(BadRequest):
@@ -71,44 +69,75 @@ def is_pickle(data: bytes) -> bool:
 
 def prepare(sent: bytes) -> tuple[bytes, dict[str, Any]]:
     """The ONNX model to store for what was sent, and what o16n keeps about it.
-    :raises ModelRefused: :raises Unavailable: no sandbox to convert a pickle in"""
+    :raises ModelRefused: :raises Unavailable: no sandbox now"""
     data, columns = unmark(sent), []
+    if not data:
+        raise ModelRefused("the 'model' file is empty")
     if is_pickle(data):
-        data, columns = _converted(data)
-    info = check(data)
+        reply = _in_fresh_worker({"op": "to_onnx", "model": data}, "the pickled model could not be converted to ONNX")
+        data, columns = reply.get("onnx"), reply.get("columns")
+        if not isinstance(data, bytes) or not isinstance(columns, list):
+            raise ModelRefused("the pickled model could not be converted to ONNX")
+    # Checked in a worker of its own: the one that converted a pickle ran the user's code.
+    info = _valid_info(_in_fresh_worker({"op": "realtime_check", "model": data},
+                                        "onnxruntime could not load the model")["info"])
     if columns:
         if (len(info["inputs"]) != 1 or info["inputs"][0]["shape"][1] != len(columns)
                 or not all(isinstance(c, str) and 0 < len(c) <= 256 for c in columns)):
             raise ModelRefused("the converted model's feature names do not match its input")
         info["columns"] = columns
-    _loadable(data)
     return data, info
 
 
-def _converted(pickled: bytes) -> tuple[bytes, list]:
-    """A pickled scikit-learn model as ONNX, converted in a sandboxed worker used only for it."""
+#: pickles converted and models checked at once per instance: each takes a worker and a thread
+MAX_CHECKS_AT_ONCE = 2
+_checks = threading.BoundedSemaphore(MAX_CHECKS_AT_ONCE)
+
+
+def _in_fresh_worker(message: dict[str, Any], failed: str) -> dict[str, Any]:
+    """One call in a new sandboxed worker, killed after it. :raises ModelRefused: :raises Unavailable:"""
+    from .config import get_settings
     from .sandbox import pool
 
-    worker = pool.spares.take()
+    if not _checks.acquire(blocking=False):
+        raise Unavailable("other realtime models are being checked on this instance; try again shortly",
+                          retry_after=5)
     try:
-        reply = worker.call({"op": "to_onnx", "model": pickled}, timeout=get_settings().execution_timeout_seconds)
-    except (pool.WorkerTimeout, pool.WorkerDied, pool.WorkerBusy) as exc:
-        raise ModelRefused(f"the pickled model could not be converted to ONNX ({_short(exc)})") from None
+        worker = pool.spares.take()
+        try:
+            reply = worker.call(message, timeout=get_settings().execution_timeout_seconds)
+        except pool.WorkerTimeout:
+            raise ModelRefused(f"{failed}: it took longer than EXECUTION_TIMEOUT_SECONDS") from None
+        except (pool.WorkerDied, pool.WorkerBusy) as exc:
+            raise ModelRefused(f"{failed} ({_short(exc)})") from None
+        finally:
+            worker.kill()  # it has read the user's bytes: never reused
     finally:
-        worker.kill()  # it ran the pickle
+        _checks.release()
     if not reply.get("ok"):
-        raise ModelRefused(str(reply.get("error") or "the pickled model could not be converted")[:600])
-    data, columns = reply.get("onnx"), reply.get("columns")
-    if not isinstance(data, bytes) or not isinstance(columns, list):
-        raise ModelRefused("the pickled model could not be converted to ONNX")
-    return data, columns
+        raise ModelRefused(str(reply.get("error") or failed)[:600])
+    return reply
 
 
-def _loadable(data: bytes) -> None:
-    try:
-        _new_session(data)
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-        raise ModelRefused(f"onnxruntime cannot load the model: {_short(_status(exc))}") from None
+def _valid_info(info: Any) -> dict[str, Any]:
+    """What a worker said about a model, as the host relies on it. :raises ModelRefused:"""
+    def tensor(t: Any, inp: bool) -> dict[str, Any]:
+        ok = (isinstance(t, dict) and isinstance(t.get("name"), str) and 0 < len(t["name"]) <= 256
+              and t.get("type") in _TYPES + (() if inp else ("scores",)))
+        shape = t.get("shape") if ok else None
+        if ok and inp:
+            ok = (isinstance(shape, list) and len(shape) in (1, 2)
+                  and all(d is None or (isinstance(d, int) and 0 < d <= 100_000) for d in shape[1:])
+                  and (len(shape) == 1 or shape[1] is not None))
+        if not ok:
+            raise ModelRefused("the model's inputs and outputs could not be read")
+        return {"name": t["name"], "type": t["type"], "shape": shape}
+
+    if not isinstance(info, dict) or not isinstance(info.get("inputs"), list) or not isinstance(info.get("outputs"), list):
+        raise ModelRefused("the model's inputs and outputs could not be read")
+    if not 0 < len(info["inputs"]) <= MAX_TENSORS or not 0 < len(info["outputs"]) <= MAX_TENSORS:
+        raise ModelRefused("the model's inputs and outputs could not be read")
+    return {"inputs": [tensor(t, True) for t in info["inputs"]], "outputs": [tensor(t, False) for t in info["outputs"]]}
 
 
 def check(data: bytes) -> dict[str, Any]:
@@ -116,8 +145,6 @@ def check(data: bytes) -> dict[str, Any]:
     :raises ModelRefused: naming what is wrong"""
     import onnx
 
-    if not data:
-        raise ModelRefused("the 'model' file is empty")
     try:
         model = onnx.load_model_from_string(data)
     except Exception:  # noqa: BLE001 - any parse failure is the same answer
@@ -132,7 +159,7 @@ def check(data: bytes) -> dict[str, Any]:
             raise ModelRefused(f"the model uses the operator domain '{opset.domain[:64]}'; realtime services "
                                "take only the standard ONNX and ONNX-ML operators")
     constants = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    for tensor in list(graph.initializer) + [t.values for t in graph.sparse_initializer]:
+    for tensor in list(graph.initializer) + [t for sp in graph.sparse_initializer for t in (sp.values, sp.indices)]:
         _no_external(tensor)
     for node in graph.node:
         domain = "" if node.domain == "ai.onnx" else node.domain
@@ -145,8 +172,9 @@ def check(data: bytes) -> dict[str, Any]:
                 raise ModelRefused(f"the operator {node.op_type} carries a subgraph")
             for tensor in [attr.t] + list(attr.tensors):
                 _no_external(tensor)
-            if attr.sparse_tensor.ByteSize():
-                _no_external(attr.sparse_tensor.values)
+            for sparse in [attr.sparse_tensor] + list(attr.sparse_tensors):
+                _no_external(sparse.values)
+                _no_external(sparse.indices)
         if node.op_type == "Constant":
             constants.update(node.output)
         for i in _CONSTANT_INPUTS.get(node.op_type, ()):
@@ -220,101 +248,36 @@ def definition(info: dict[str, Any]) -> str:
     return text
 
 
-# --- scoring ---------------------------------------------------------------------------------
-_sessions: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()  # key -> (session, model bytes)
-_sessions_lock = threading.Lock()
-_allocator_lock = threading.Lock()
-_allocator_ready = False
-MAX_CACHED_MODELS = 64
-
-
-def session(key: tuple, data: bytes) -> Any:
-    """An onnxruntime session for the model, kept per service version and stored copy, the
-    least recently used dropped past MAX_CACHED_MODELS or REALTIME_MEMORY_MB of models."""
-    with _sessions_lock:
-        hit = _sessions.get(key)
-        if hit is not None:
-            _sessions.move_to_end(key)
-            return hit[0]
-    made = _new_session(data)
-    budget = get_settings().realtime_memory_mb * 2**20
-    with _sessions_lock:
-        _sessions[key] = (made, len(data))
-        _sessions.move_to_end(key)
-        while len(_sessions) > 1 and (len(_sessions) > MAX_CACHED_MODELS
-                                      or sum(size for _, size in _sessions.values()) > budget):
-            _sessions.popitem(last=False)
-    return made
-
-
-def _new_session(data: bytes) -> Any:
+# --- scoring (in the worker) ---------------------------------------------------------------
+def session(data: bytes) -> Any:
     import onnxruntime as ort
 
-    _capped_allocator(ort)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # on the calling thread: no pool per model
+    options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    # No constant folding: it would compute outside the capped arena, at load time
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 4  # errors come back as exceptions; its log would name paths
-    options.add_session_config_entry("session.use_env_allocators", "1")
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.log_severity_level = 4  # errors come back as exceptions
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def describe(exc: BaseException) -> str:
-    return _short(_status(exc))
-
-
-def _status(exc: BaseException) -> str:
     """onnxruntime's message without its source paths and C++ signatures."""
+    import re
+
     text = str(exc).split("Status Message:")[-1]
-    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+|\[ONNXRuntimeError\] : \d+ : \w+ :|(?:void\*\s*)?\S*onnxruntime::\S*?\([^)]*\)", "", text)
-    return " ".join(text.split()) or type(exc).__name__
+    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+|\[ONNXRuntimeError\] : \d+ : \w+ :|(?:void\*\s*)?\S*onnxruntime::\S*?\([^)]*\)",
+                  "", text)
+    return _short(" ".join(text.split()) or type(exc).__name__)
 
 
-def cached(key: tuple) -> Any | None:
-    with _sessions_lock:
-        hit = _sessions.get(key)
-        if hit is None:
-            return None
-        _sessions.move_to_end(key)
-        return hit[0]
-
-
-def forget(name: str, version: str) -> None:
-    with _sessions_lock:
-        for key in [k for k in _sessions if k[:2] == (name, version)]:
-            del _sessions[key]
-
-
-def _capped_allocator(ort: Any) -> None:
-    """One arena for every realtime call of the process, capped: a model that would build a
-    tensor past REALTIME_MEMORY_MB fails that call instead of taking the host's memory."""
-    global _allocator_ready
-    with _allocator_lock:
-        if _allocator_ready:
-            return
-        ort.set_default_logger_severity(4)
-        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-        config = ort.OrtArenaCfg({"max_mem": get_settings().realtime_memory_mb * 2**20,
-                                  "arena_extend_strategy": 1})  # grow by what is asked, not doubling
-        ort.create_and_register_allocator(info, config)
-        _allocator_ready = True
-
-
-def feeds(info: dict[str, Any], columns: dict[str, list]) -> dict[str, Any]:
-    """The model's input tensors from the inputData columns. :raises BadRequest:"""
-    import numpy as np
-
+def check_columns(info: dict[str, Any], columns: dict[str, list]) -> dict[str, Any]:
+    """inputData against the model's inputs, on the host: what the worker is sent, or a 400
+    that names the column. `stack`: the columns make the one [rows, columns] input, in order."""
     inputs = info["inputs"]
     names = list(columns)
     if not names:
         raise BadRequest(f"'{INPUT}' has no columns")
-    rows = len(columns[names[0]])
-    if rows == 0:
+    if not columns[names[0]]:
         raise BadRequest(f"'{INPUT}' has no rows")
-    out = {}
     if len(inputs) == 1 and inputs[0]["name"] not in columns and len(inputs[0]["shape"]) == 2:
         spec = inputs[0]
         wanted = info.get("columns") or names
@@ -323,99 +286,64 @@ def feeds(info: dict[str, Any], columns: dict[str, list]) -> dict[str, Any]:
             raise BadRequest(f"'{INPUT}' lacks the column '{missing[0][:64]}' the model was trained with")
         if spec["shape"][1] != len(wanted):
             raise BadRequest(f"the model takes {spec['shape'][1]} columns; '{INPUT}' has {len(wanted)}")
-        matrix = [_column(c, columns[c], spec["type"], np) for c in wanted]
-        out[spec["name"]] = np.stack(matrix, axis=1)
-        return out
-    for spec in inputs:
-        if spec["name"] not in columns:
-            raise BadRequest(f"'{INPUT}' lacks the column '{spec['name'][:64]}' (the model's inputs: "
-                             f"{', '.join(i['name'][:64] for i in inputs[:20])})")
-        values = _column(spec["name"], columns[spec["name"]], spec["type"], np)
-        shape = spec["shape"]
-        if len(shape) == 2:
-            values = values.reshape(-1, 1)
-        out[spec["name"]] = values
-    return out
+        picked = [(c, spec["type"]) for c in wanted]
+        stack = True
+    else:
+        for spec in inputs:
+            if spec["name"] not in columns:
+                raise BadRequest(f"'{INPUT}' lacks the column '{spec['name'][:64]}' (the model's inputs: "
+                                 f"{', '.join(i['name'][:64] for i in inputs[:20])})")
+        picked = [(spec["name"], spec["type"]) for spec in inputs]
+        stack = False
+    for name, dtype in picked:
+        _check_values(name, columns[name], dtype)
+    return {"stack": stack, "columns": [[name, columns[name]] for name, _ in picked]}
 
 
-def _column(name: str, values: list, dtype: str, np: Any) -> Any:
+_INT_RANGE = (-2**63, 2**63 - 1)
+
+
+def _check_values(name: str, values: list, dtype: str) -> None:
+    if dtype == "object":
+        ok, kind = all(isinstance(v, str) for v in values), "strings"
+    elif dtype == "bool":
+        ok, kind = all(isinstance(v, bool) for v in values), "true or false"
+    elif dtype.startswith(("int", "uint")):
+        ok, kind = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       and float(v).is_integer() and _INT_RANGE[0] <= v <= _INT_RANGE[1] for v in values), \
+            "whole numbers"
+    else:
+        ok, kind = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), "numbers"
+    if not ok:
+        raise BadRequest(f"column '{name[:64]}' of '{INPUT}' must hold {kind} ({dtype} for the model)")
+
+
+def score(model: Any, info: dict[str, Any], plan: dict[str, Any]) -> dict[str, list]:
+    """In the worker: the checked columns through the model, as outputData.
+    :raises RealtimeFailed: with the reason to show"""
+    import numpy as np
+
+    arrays = [np.array(values, dtype=object if dtype == "object" else dtype)
+              for (_, values), dtype in zip(plan["columns"], _dtypes(info, plan))]
+    if plan["stack"]:
+        feeds = {info["inputs"][0]["name"]: np.stack(arrays, axis=1)}
+    else:
+        feeds = {spec["name"]: a.reshape(-1, 1) if len(spec["shape"]) == 2 else a
+                 for spec, a in zip(info["inputs"], arrays)}
     try:
-        if dtype == "object":
-            if not all(isinstance(v, str) for v in values):
-                raise ValueError
-            return np.array(values, dtype=object)
-        if dtype == "bool":
-            if not all(isinstance(v, bool) for v in values):
-                raise ValueError
-            return np.array(values, dtype=bool)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise ValueError
-        array = np.array(values, dtype=dtype)
-        if dtype.startswith(("int", "uint")) and not all(float(v).is_integer() for v in values):
-            raise ValueError
-        return array
-    except (ValueError, OverflowError, TypeError):
-        kind = {"object": "strings", "bool": "true or false"}.get(dtype, "numbers")
-        raise BadRequest(f"column '{name[:64]}' of '{INPUT}' must hold {kind} ({dtype} for the model)") from None
-
-
-def run(model: Any, inputs: dict[str, Any], deadline: float) -> dict[str, Any]:
-    """Score, stopping at `deadline`. :raises RealtimeFailed: with the reason to show"""
-    import onnxruntime as ort
-
-    options = ort.RunOptions()
-    options.log_severity_level = 4
-    _watchdog.add(deadline, options)
-    try:
-        results = model.run(None, inputs, options)
+        results = model.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
-        if options.terminate:
-            raise RealtimeFailed(f"the model did not answer within {get_settings().execution_timeout_seconds:g} "
-                                 "seconds and was stopped") from None
-        text = str(exc).lower()
-        if "allocat" in text or "memory" in text:
-            raise RealtimeFailed(f"the model needs more memory for this input than realtime scoring allows "
-                                 f"(REALTIME_MEMORY_MB={get_settings().realtime_memory_mb}); send fewer rows") from None
-        raise RealtimeFailed(f"the model failed on this input (onnxruntime: {_short(_status(exc), 200)})") from None
-    finally:
-        _watchdog.remove(options)
-    return {o.name: r for o, r in zip(model.get_outputs(), results)}
+        if isinstance(exc, MemoryError) or "allocate" in str(exc):
+            raise RealtimeFailed("the model needs more memory for this input than a worker may have "
+                                 "(WORKER_MEMORY_MB); send fewer rows") from None
+        raise RealtimeFailed(f"the model failed on this input (onnxruntime: {describe(exc)})") from None
+    return to_columns({o.name: r for o, r in zip(model.get_outputs(), results)})
 
 
-class _Watchdog:
-    """Sets `terminate` on runs past their deadline (onnxruntime checks it between operators).
-    One thread for all runs: a timer per call would start a thread per call."""
-
-    def __init__(self) -> None:
-        self._due: dict[int, tuple[float, Any]] = {}
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def add(self, deadline: float, options: Any) -> None:
-        with self._wake:
-            self._due[id(options)] = (deadline, options)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="o16n-realtime-stop", daemon=True)
-                self._thread.start()
-            self._wake.notify()
-
-    def remove(self, options: Any) -> None:
-        with self._wake:
-            self._due.pop(id(options), None)
-
-    def _run(self) -> None:
-        with self._wake:
-            while True:
-                now = time.monotonic()
-                for key, (deadline, options) in list(self._due.items()):
-                    if deadline <= now:
-                        options.terminate = True
-                        del self._due[key]
-                soonest = min((d for d, _ in self._due.values()), default=now + 60)
-                self._wake.wait(max(soonest - now, 0.001))
-
-
-_watchdog = _Watchdog()
+def _dtypes(info: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    if plan["stack"]:
+        return [info["inputs"][0]["type"]] * len(plan["columns"])
+    return [spec["type"] for spec in info["inputs"]]
 
 
 def to_columns(results: dict[str, Any]) -> dict[str, list]:
@@ -451,12 +379,11 @@ def columns_of(value: Any) -> dict[str, list]:
     """inputData as columns: an object of column arrays, or an array of row objects.
     :raises BadRequest:"""
     if isinstance(value, list):
-        names: list[str] = []
-        for row in value:
-            for k in row:
-                if k not in names:
-                    names.append(k)
-        if any(set(row) != set(names) for row in value):
+        if not value:
+            raise BadRequest(f"'{INPUT}' has no rows")
+        names = list(value[0])
+        wanted = set(names)
+        if any(len(row) != len(names) or not wanted.issuperset(row) for row in value):
             raise BadRequest(f"every row of '{INPUT}' must have the same columns")
         return {k: [row[k] for row in value] for k in names}
     return value

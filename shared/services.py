@@ -137,8 +137,10 @@ def _replace(row: dict, old: dict, stored: dict[str, Any]) -> str:
     """Write the changed version; its old stored copy goes once nothing points at it."""
     try:
         _rows.replace(row)
-    except PreconditionFailed:
-        workspaces.discard(stored)
+    except (PreconditionFailed, NotFound) as exc:
+        workspaces.discard(stored)  # not kept: deleted or changed meanwhile
+        if isinstance(exc, NotFound):
+            raise NotFound(f"service '{row['PartitionKey']}' version '{row['RowKey']}' was deleted meanwhile") from None
         raise Conflict("the service was changed by another request at the same time; try again") from None
     if old.get("stateBlob") != row.get("stateBlob"):
         workspaces.discard(old)
@@ -449,4 +451,3 @@ def forget(name: str, version: str) -> None:
     with _cache_lock:
         _cache.pop((name, version), None)
     pool.services.retire((name, version))
-    realtime.forget(name, version)

@@ -267,9 +267,11 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
         row["executions"] = int(row.get("executions") or 0) + 1
     try:
         _rows.replace(row)
-    except PreconditionFailed:
-        for blob in written:
+    except (PreconditionFailed, NotFound) as exc:
+        for blob in written:  # not kept: the session was changed or closed meanwhile
             workspaces.discard({"stateBlob": blob})
+        if isinstance(exc, NotFound):
+            raise NotFound(f"session '{sid}' was closed meanwhile") from None
         raise Conflict("another call changed this session at the same time; try again") from None
     worker.tag = stored["stateSha256"]
     # Committed: what follows is bookkeeping, and its failure must not fail the call.

@@ -54,6 +54,7 @@ class Worker:
         self.code = None
         self.service: dict[str, Any] = {}
         self.kept_files: set[str] = set()
+        self.realtime: tuple[Any, dict] | None = None  # a realtime service's model and its inputs
         self.sent: dict[str, str] = {}  # entry -> fingerprint of what the host holds
         self.sizes: dict[str, int] = {}
 
@@ -249,6 +250,8 @@ class Worker:
         return {"ok": True, "notes": notes}
 
     def op_consume(self, msg: dict) -> dict:
+        if self.realtime is not None:
+            return self._score(msg)
         from shared.types import to_json, to_python
 
         g = dict(self.ns)  # each request starts from the published workspace
@@ -279,6 +282,40 @@ class Worker:
                                if path and os.path.isfile(path) else None)
             reply["outputFiles"] = files
         return reply
+
+    def op_realtime_check(self, msg: dict) -> dict:
+        """An ONNX model as realtime services take it: checked, then loaded (a model that crashes
+        onnxruntime crashes this worker, not the host)."""
+        from shared import realtime
+
+        try:
+            info = realtime.check(msg["model"])
+            realtime.session(msg["model"])
+        except realtime.ModelRefused as exc:
+            return {"ok": False, "error": exc.message}
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            return {"ok": False, "error": f"onnxruntime cannot load the model: {realtime.describe(exc)}"}
+        return {"ok": True, "info": info}
+
+    def op_load_realtime(self, msg: dict) -> dict:
+        from shared import realtime
+
+        try:
+            self.realtime = (realtime.session(msg["model"]), msg["info"])
+        except Exception as exc:  # noqa: BLE001 - checked at publish; an onnxruntime change may still refuse it
+            return {"ok": False, "error": f"the model could not be loaded ({realtime.describe(exc)})"}
+        return {"ok": True}
+
+    def _score(self, msg: dict) -> dict:
+        from shared import realtime
+
+        model, info = self.realtime
+        try:
+            data, success, error = realtime.score(model, info, msg["inputs"]), True, ""
+        except realtime.RealtimeFailed as exc:
+            data, success, error = {}, False, exc.message
+        return {"ok": True, "success": success, "errorMessage": error, "consoleOutput": "", "changedFiles": [],
+                "outputParameters": {realtime.OUTPUT: data} if success else {}}
 
     def op_to_onnx(self, msg: dict) -> dict:
         """A pickled scikit-learn model, as ONNX (for a realtime service). The host checks what

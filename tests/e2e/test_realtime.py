@@ -178,7 +178,7 @@ def test_a_model_that_would_take_the_hosts_memory_fails_its_call_only(base_url, 
     big = consume(base_url, alice, r.name, {"X": [1.0] * 100_000})
     assert big.status_code == 200
     assert big.json()["success"] is False
-    assert "REALTIME_MEMORY_MB" in big.json()["errorMessage"]
+    assert "WORKER_MEMORY_MB" in big.json()["errorMessage"]
     assert "onnxruntime_src" not in big.text
     again = consume(base_url, alice, r.name, {"X": [1.0, 2.0]}).json()
     assert again["success"] is True

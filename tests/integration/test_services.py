@@ -62,3 +62,24 @@ def test_a_publish_that_fails_after_claiming_gives_the_name_back(azurite, monkey
         services.publish(ALICE, name, "v1", {**BODY, "coPublishers": ["carol"]})
     monkeypatch.undo()
     assert services.publish(BOB, name, "v1", BODY) == "v1"
+
+
+def test_a_patch_that_races_a_delete_leaves_no_stored_copy(azurite, monkeypatch):
+    from shared import workspaces
+    from shared.storage._clients import container
+
+    alice = ALICE
+    name = "race" + uuid.uuid4().hex[:8]
+    services.publish(alice, name, "v1", {"code": "y = 1", "runtimeType": "Python"})
+    real_store = workspaces.store
+
+    def store_then_lose_the_race(prefix, binding, data):
+        stored = real_store(prefix, binding, data)
+        services.delete(alice, name, "v1")  # another request deletes the version meanwhile
+        return stored
+
+    monkeypatch.setattr(workspaces, "store", store_then_lose_the_race)
+    monkeypatch.setattr(services.snapshots, "content", lambda user, sid: workspaces.empty_zip())
+    with pytest.raises(NotFound, match="deleted meanwhile"):
+        services.patch(alice, name, "v1", {"snapshotId": "any"})
+    assert list(container().list_blobs(name_starts_with=f"services/{name}/")) == []
