@@ -29,6 +29,7 @@ from devhost.__main__ import azurite_connection_string, free_port, port_open, st
 
 BODY = '{"flower_data":[7,3.2,4.7,1.4]}'
 REALTIME_BODY = '{"inputData":{"a":[7],"b":[3.2],"c":[4.7],"d":[1.4]}}'
+MLFLOW_BODY = '{"inputs":[[7,3.2,4.7,1.4]]}'
 
 
 def pinned(core: int, cmd: list[str]) -> list[str]:
@@ -107,6 +108,35 @@ def session_execute(base: str, token: str, runs: int = 5) -> dict[str, float]:
     return {"empty_ms": empty, "beside_60mb_ms": beside, "ratio": beside / empty}
 
 
+def mlflow_server(port: int) -> subprocess.Popen | None:
+    """`mlflow models serve` of the floor's model (an SVC on iris), from a venv of its own
+    (.venv-mlflow, built once); None, with the reason printed, when it cannot be had."""
+    from importlib.metadata import version
+
+    venv = ROOT / ".venv-mlflow"
+    python = venv / "bin" / "python"
+    wanted = ["mlflow-skinny", "skops", "uvicorn", "fastapi"] + [f"{p}=={version(p)}"
+                                                                 for p in ("numpy", "pandas", "scikit-learn")]
+    marker = venv / "installed.txt"
+    try:
+        if not (python.exists() and marker.exists() and marker.read_text() == "\n".join(wanted)):
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *wanted],
+                           check=True, capture_output=True)
+            marker.write_text("\n".join(wanted))
+        model = Path(tempfile.mkdtemp()) / "model"
+        subprocess.run([str(python), "-c", "import sys, mlflow.sklearn\nfrom sklearn import datasets, svm\n"
+                        "iris = datasets.load_iris()\nmlflow.sklearn.save_model(svm.SVC().fit(iris.data, iris.target), "
+                        "sys.argv[1], serialization_format='cloudpickle')", str(model)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"MLflow is left out of this run: it could not be installed or saved ({exc})")
+        return None
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
+    return subprocess.Popen(pinned(0, [str(venv / "bin" / "mlflow"), "models", "serve", "-m", str(model),
+                                       "--env-manager", "local", "-p", str(port), "-w", "1"]),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def prepare_realtime(base: str, token: str) -> None:
     """The floor's model (an SVC on iris) as ONNX, published as the realtime service IrisRT/v1."""
     import numpy as np
@@ -131,6 +161,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE")
     parser.add_argument("--tree", action="append", default=[], help="NAME:PATH of another checkout")
     parser.add_argument("--json", help="also write the medians and ratios to this file")
+    parser.add_argument("--no-mlflow", action="store_true", help="leave MLflow's scoring server out")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -161,7 +192,15 @@ def main() -> None:
                 pinned(0, [sys.executable, "-m", "devhost", "serve", "--port", str(ports[name])]), cwd=tree,
                 env={**env, "STORAGE_PREFIX": "bench" + secrets.token_hex(4), **settings}))
         wait(floor_port, procs[0])
-        for (name, port), proc in zip(ports.items(), procs[1:]):
+        mlflow = None if args.no_mlflow else mlflow_server(mlflow_port := free_port())
+        if mlflow is not None:
+            procs.append(mlflow)
+            try:
+                wait(mlflow_port, mlflow)
+                targets["mlflow"] = (f"http://127.0.0.1:{mlflow_port}/invocations", None, MLFLOW_BODY)
+            except SystemExit:
+                print("MLflow is left out of this run: its server did not start")
+        for (name, port), proc in zip(ports.items(), procs[1:len(ports) + 1]):
             wait(port, proc)
             token, first_calls[name] = prepare(f"http://127.0.0.1:{port}", password)
             executes[name] = session_execute(f"http://127.0.0.1:{port}", token)
@@ -193,6 +232,17 @@ def main() -> None:
                 ratio = (f"{m['p50'] / med['floor']['p50']:.2f}x  {m['p99'] / med['floor']['p99']:.2f}x  "
                          f"{m['rps'] / med['floor']['rps']:.2f}x") if n != "floor" else ""
                 print(f"{c:>3} {n:10} {m['p50']:8.3f} {m['p99']:8.3f} {m['rps']:8.0f}   {ratio}")
+        versus = {}
+        if "mlflow" in targets:
+            print("\nagainst MLflow's scoring server on the same model (how many times better: p50, req/s):")
+            for c in conns:
+                med = {n: {k: statistics.median(r[k] for r in results[(n, c)]) for k in ("p50", "rps")}
+                       for n in ("o16n", "realtime", "mlflow") if (n, c) in results}
+                for n in ("o16n", "realtime"):
+                    if n in med:
+                        versus[f"{n} c={c}"] = {"p50": med["mlflow"]["p50"] / med[n]["p50"],
+                                                "rps": med[n]["rps"] / med["mlflow"]["rps"]}
+                        print(f"  c={c:<3} {n:10} {versus[f'{n} c={c}']['p50']:.2f}x  {versus[f'{n} c={c}']['rps']:.2f}x")
         print("\nfirst call of a published service on a warm host (with a spare worker ready / right after):")
         for name, times in first_calls.items():
             print(f"  {name:10} {times['V1.0']:.0f} ms / {times['V2.0']:.0f} ms")
@@ -206,7 +256,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.node()} {os.cpu_count()} cores",
                 "rounds": args.rounds, "seconds": args.seconds, "consume": table, "first_call_ms": first_calls,
-                "session_execute": executes},
+                "session_execute": executes, "versus_mlflow": versus},
                 indent=2) + "\n")
     finally:
         for p in procs:
