@@ -1,3 +1,5 @@
+import asyncio
+
 import azure.functions as func
 
 from shared import consume, swagger
@@ -10,9 +12,16 @@ bp = func.Blueprint()
 @operation(bp, "POST", "api/{name}/{version}", "consumeWebService", tag="Consume",
            summary="Consume a service (each service's own swagger describes it)", core=False)
 async def consume_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
-    # async: a warm service is answered on the event loop, without a hop to a thread
+    # async: a warm service is answered on the event loop, without a hop to a thread; a large
+    # body is parsed and checked in a thread, so it cannot hold the loop
+    if len(req.get_body() or b"") > _ON_LOOP_BYTES:
+        return await asyncio.to_thread(lambda: json_response(consume.consume(
+            user, route(req, "name"), route(req, "version"), read_json(req, required=False))))
     return json_response(await consume.consume_async(user, route(req, "name"), route(req, "version"),
                                                      read_json(req, required=False)))
+
+
+_ON_LOOP_BYTES = 64 * 1024
 
 
 @operation(bp, "GET", "api/{name}/{version}/swagger.json", "GetWebServiceSwagger", tag="Services Management APIs",

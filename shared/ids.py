@@ -54,11 +54,26 @@ def runtime(body: dict) -> str:
     return "Python"
 
 
-def optional_str(body: dict, key: str) -> str | None:
+def optional_str(body: dict, key: str, *, max_units: int = 30000) -> str | None:
+    """A string field, at most `max_units` long as Table storage counts (UTF-16 code units)."""
     value = body.get(key)
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"'{key}' must be a string")
+    if value is not None and utf16_units(value) > max_units:
+        raise BadRequest(f"'{key}' is longer than {max_units} characters")
     return value
+
+
+def utf16_units(text: str) -> int:
+    """Length as Table storage counts it (an emoji is two)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def cut_utf16(text: str, units: int) -> str:
+    """`text` cut to at most `units` UTF-16 code units (never inside a character)."""
+    if len(text) * 2 <= units:
+        return text
+    return text.encode("utf-16-le", "surrogatepass")[:units * 2].decode("utf-16-le", "ignore")
 
 
 def now() -> str:

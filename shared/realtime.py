@@ -67,35 +67,54 @@ def is_pickle(data: bytes) -> bool:
     return data[:1] == _PICKLE
 
 
-def prepare(sent: bytes) -> tuple[bytes, dict[str, Any]]:
+def prepare(user: str, sent: bytes) -> tuple[bytes, dict[str, Any]]:
     """The ONNX model to store for what was sent, and what o16n keeps about it.
     :raises ModelRefused: :raises Unavailable: no sandbox now"""
     data, columns = unmark(sent), []
     if not data:
         raise ModelRefused("the 'model' file is empty")
     if is_pickle(data):
-        reply = _in_fresh_worker({"op": "to_onnx", "model": data}, "the pickled model could not be converted to ONNX")
+        reply = _in_fresh_worker(user, {"op": "to_onnx", "model": data},
+                                 "the pickled model could not be converted to ONNX")
         data, columns = reply.get("onnx"), reply.get("columns")
         if not isinstance(data, bytes) or not isinstance(columns, list):
             raise ModelRefused("the pickled model could not be converted to ONNX")
     # Checked in a worker of its own: the one that converted a pickle ran the user's code.
-    info = _valid_info(_in_fresh_worker({"op": "realtime_check", "model": data},
+    info = _valid_info(_in_fresh_worker(user, {"op": "realtime_check", "model": data},
                                         "onnxruntime could not load the model")["info"])
     if columns:
-        if (len(info["inputs"]) != 1 or info["inputs"][0]["shape"][1] != len(columns)
+        if (len(info["inputs"]) != 1 or len(info["inputs"][0]["shape"]) != 2 or info["inputs"][0]["shape"][1] != len(columns)
                 or not all(isinstance(c, str) and 0 < len(c) <= 256 for c in columns)):
             raise ModelRefused("the converted model's feature names do not match its input")
         info["columns"] = columns
     return data, info
 
 
-#: pickles converted and models checked at once per instance: each takes a worker and a thread
-MAX_CHECKS_AT_ONCE = 2
+#: pickles converted and models checked at once per instance (each takes a worker and a
+#: thread), and per user, so one user cannot hold them all
+MAX_CHECKS_AT_ONCE, MAX_CHECKS_PER_USER = 2, 1
 _checks = threading.BoundedSemaphore(MAX_CHECKS_AT_ONCE)
+_checking: dict[str, int] = {}
+_checking_lock = threading.Lock()
 
 
-def _in_fresh_worker(message: dict[str, Any], failed: str) -> dict[str, Any]:
+def _in_fresh_worker(user: str, message: dict[str, Any], failed: str) -> dict[str, Any]:
     """One call in a new sandboxed worker, killed after it. :raises ModelRefused: :raises Unavailable:"""
+    with _checking_lock:
+        if _checking.get(user, 0) >= MAX_CHECKS_PER_USER:
+            raise Unavailable("another of your realtime models is being checked; try again when it is done",
+                              retry_after=5)
+        _checking[user] = _checking.get(user, 0) + 1
+    try:
+        return _checked_call(message, failed)
+    finally:
+        with _checking_lock:
+            _checking[user] -= 1
+            if not _checking[user]:
+                del _checking[user]
+
+
+def _checked_call(message: dict[str, Any], failed: str) -> dict[str, Any]:
     from .config import get_settings
     from .sandbox import pool
 
@@ -309,11 +328,11 @@ def _check_values(name: str, values: list, dtype: str) -> None:
     elif dtype == "bool":
         ok, kind = all(isinstance(v, bool) for v in values), "true or false"
     elif dtype.startswith(("int", "uint")):
-        ok, kind = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                       and float(v).is_integer() and _INT_RANGE[0] <= v <= _INT_RANGE[1] for v in values), \
-            "whole numbers"
+        ok, kind = all(not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
+                       and _INT_RANGE[0] <= v <= _INT_RANGE[1] for v in values), "whole numbers of at most 64 bits"
     else:
-        ok, kind = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values), "numbers"
+        ok, kind = all(not isinstance(v, bool) and (isinstance(v, float) or (isinstance(v, int) and abs(v) < 2**1023))
+                       for v in values), "numbers"
     if not ok:
         raise BadRequest(f"column '{name[:64]}' of '{INPUT}' must hold {kind} ({dtype} for the model)")
 
@@ -323,14 +342,14 @@ def score(model: Any, info: dict[str, Any], plan: dict[str, Any]) -> dict[str, l
     :raises RealtimeFailed: with the reason to show"""
     import numpy as np
 
-    arrays = [np.array(values, dtype=object if dtype == "object" else dtype)
-              for (_, values), dtype in zip(plan["columns"], _dtypes(info, plan))]
-    if plan["stack"]:
-        feeds = {info["inputs"][0]["name"]: np.stack(arrays, axis=1)}
-    else:
-        feeds = {spec["name"]: a.reshape(-1, 1) if len(spec["shape"]) == 2 else a
-                 for spec, a in zip(info["inputs"], arrays)}
     try:
+        arrays = [np.array(values, dtype=object if dtype == "object" else dtype)
+                  for (_, values), dtype in zip(plan["columns"], _dtypes(info, plan))]
+        if plan["stack"]:
+            feeds = {info["inputs"][0]["name"]: np.stack(arrays, axis=1)}
+        else:
+            feeds = {spec["name"]: a.reshape(-1, 1) if len(spec["shape"]) == 2 else a
+                     for spec, a in zip(info["inputs"], arrays)}
         results = model.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
         if isinstance(exc, MemoryError) or "allocate" in str(exc):

@@ -47,7 +47,8 @@ def publish_realtime(user: Principal, name: str, version: str | None, form: dict
     values = {"runtimeType": "Realtime", "code": "", "versionPublishedBy": user.name, "creationTime": ids.now(),
               "snapshotId": "", "devVersion": dev}
     values.update(_fields(_realtime_form(form)), **_REALTIME_IO)
-    data, info = realtime.prepare(model)
+    _may_publish(user, name)  # before the costly check of the model; checked again when claimed
+    data, info = realtime.prepare(user.name, model)
     values["realtimeModel"] = realtime.definition(info)
     return _create(user, name, version, dev, values, data, "", None)
 
@@ -126,7 +127,7 @@ def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str
     row.update(_fields(_realtime_form(form), partial=True))
     stored: dict[str, Any] = {}
     if model is not None:
-        data, info = realtime.prepare(model)
+        data, info = realtime.prepare(user.name, model)
         definition = realtime.definition(info)
         stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
         row.update(stored, realtimeModel=definition)
@@ -243,6 +244,15 @@ def _own(user: Principal, name: str, version: str) -> dict:
         raise Forbidden(f"the service name '{row['PartitionKey']}' is held by {claim['owner']}, who no longer lists "
                         "you as a co-publisher: only they and Owners may change its versions")
     raise Forbidden(f"service '{name}' version '{version}' is owned by another user; only its owner can change it")
+
+
+def _may_publish(user: Principal, name: str) -> None:
+    """:raises Forbidden: the name is someone else's (read only: nothing is claimed here)"""
+    claim = _claim(name)
+    if (claim is not None and get_settings().service_names == "owned" and not user.owner
+            and not (claim["owner"] == user.name or user.name in _listed(claim))):
+        raise Forbidden(f"the service name '{claim.get('name') or name}' belongs to {claim['owner']}: only they, the "
+                        "co-publishers they name (coPublishers) and Owners may publish versions under it")
 
 
 def _claim(name: str) -> dict | None:
@@ -368,15 +378,10 @@ def _listed(claim: dict) -> list[str]:
     return [str(n) for n in names] if isinstance(names, list) else []
 
 
-def _units(text: str) -> int:
-    """Length as Table storage counts it (UTF-16 code units: an emoji is two)."""
-    return len(text.encode("utf-16-le", "surrogatepass")) // 2
-
-
 def _code(code: object) -> str:
     if not isinstance(code, str) or not code.strip():
         raise BadRequest("'code' is required as a non-empty string: the Python code run for each request")
-    if _units(code) > MAX_CODE_CHARS:
+    if ids.utf16_units(code) > MAX_CODE_CHARS:
         raise BadRequest(f"'code' is longer than {MAX_CODE_CHARS} characters; move the bulk of it into the "
                          "snapshot (a function or module in the workspace) and call it from 'code'")
     return code
@@ -395,7 +400,7 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
             value = body.get(key)
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"'{key}' must be a string")
-            if value and _units(value) > MAX_CODE_CHARS:
+            if value and ids.utf16_units(value) > MAX_CODE_CHARS:
                 raise BadRequest(f"'{key}' is longer than {MAX_CODE_CHARS} characters")
             out[key] = value or ""
     if "operationId" in out and out["operationId"] and not out["operationId"].isidentifier():
@@ -403,7 +408,7 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
     for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
         if sent(key):
             out[key] = json.dumps(types.check_definitions(body.get(key), key))
-            if _units(out[key]) > MAX_CODE_CHARS:
+            if ids.utf16_units(out[key]) > MAX_CODE_CHARS:
                 raise BadRequest(f"'{key}' is too long: at most {MAX_CODE_CHARS} characters as JSON")
     if sent("outputFileNames"):
         files = body.get("outputFileNames") or []
@@ -412,7 +417,7 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
         for f in files:
             ids.service_name(f, "output file name")
         out["outputFileNames"] = json.dumps(files)
-        if _units(out["outputFileNames"]) > MAX_CODE_CHARS:
+        if ids.utf16_units(out["outputFileNames"]) > MAX_CODE_CHARS:
             raise BadRequest(f"'outputFileNames' is too long: at most {MAX_CODE_CHARS} characters as JSON")
     return out
 

@@ -36,15 +36,21 @@ def _may_use(user: Principal) -> None:
 def create(user: Principal, body: dict) -> dict:
     _may_use(user)
     runtime = ids.runtime(body)
-    name = ids.optional_str(body, "name") or ""
+    name = ids.optional_str(body, "name", max_units=1024) or ""
     sid = ids.new_id()
     values: dict[str, Any] = {"name": name, "runtimeType": runtime, "creationTime": ids.now(),
                               "consoleOutput": "", "executions": 0}
-    snapshot_id = ids.optional_str(body, "snapshotId")
+    snapshot_id = ids.optional_str(body, "snapshotId", max_units=64)
+    stored: dict[str, Any] = {}
     if snapshot_id:
         data = snapshots.content(user, snapshot_id)
-        values.update(workspaces.store(f"sessions/{sid}", _binding(user.name, sid), data))
-    _rows.create(user.name, sid, values)
+        stored = workspaces.store(f"sessions/{sid}", _binding(user.name, sid), data)
+        values.update(stored)
+    try:
+        _rows.create(user.name, sid, values)
+    except ApiError:
+        workspaces.discard(stored)
+        raise
     return {"sessionId": sid}
 
 
@@ -263,23 +269,25 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
                                                            get_settings().max_workspace_mb * 2**20)
     row.update(stored)
     if record is not None:
-        row["consoleOutput"] = reply.get("consoleOutput", "")[:_MAX_PROPERTY_CHARS]
+        row["consoleOutput"] = ids.cut_utf16(reply.get("consoleOutput", ""), _MAX_PROPERTY_CHARS)
         row["executions"] = int(row.get("executions") or 0) + 1
     try:
         _rows.replace(row)
-    except (PreconditionFailed, NotFound) as exc:
-        for blob in written:  # not kept: the session was changed or closed meanwhile
+    except ApiError as exc:
+        for blob in written:  # not kept: the session was changed or closed meanwhile, or storage failed
             workspaces.discard({"stateBlob": blob})
         if isinstance(exc, NotFound):
             raise NotFound(f"session '{sid}' was closed meanwhile") from None
-        raise Conflict("another call changed this session at the same time; try again") from None
+        if isinstance(exc, PreconditionFailed):
+            raise Conflict("another call changed this session at the same time; try again") from None
+        raise
     worker.tag = stored["stateSha256"]
     # Committed: what follows is bookkeeping, and its failure must not fail the call.
     try:
         for blob in superseded:
             workspaces.discard({"stateBlob": blob})
         if record is not None:
-            _history.create(sid, f"{row['executions']:010d}", {"code": record[:_MAX_PROPERTY_CHARS]})
+            _history.create(sid, f"{row['executions']:010d}", {"code": ids.cut_utf16(record, _MAX_PROPERTY_CHARS)})
     except ApiError as exc:
         log.warning("session %s saved, but its bookkeeping failed: %s", sid, exc.message)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import ids, sessions, workspaces
 from .auth import Principal
-from .errors import BadRequest
+from .errors import ApiError, BadRequest
 from .storage.entities import Entities
 
 _rows = Entities("snapshots", what="snapshot")
@@ -14,11 +14,15 @@ def _binding(owner: str, snapshot_id: str) -> str:
 
 
 def create(user: Principal, sid: str, body: dict) -> dict:
-    name = ids.optional_str(body, "name") or ""
+    name = ids.optional_str(body, "name", max_units=1024) or ""
     data = sessions.state(user, sid)
     snapshot_id = ids.new_id()
     stored = workspaces.store(f"snapshots/{snapshot_id}", _binding(user.name, snapshot_id), data)
-    _rows.create(user.name, snapshot_id, {"name": name, "creationTime": ids.now(), **stored})
+    try:
+        _rows.create(user.name, snapshot_id, {"name": name, "creationTime": ids.now(), **stored})
+    except ApiError:
+        workspaces.discard(stored)
+        raise
     return {"snapshotId": snapshot_id}
 
 

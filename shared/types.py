@@ -65,11 +65,13 @@ def check_input(name: str, typ: str, value: Any) -> None:
         return BadRequest(f"input '{name}' must be {expected} (type {typ})")
 
     if typ == "numeric":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _fits_float(value):
             raise bad("a number")
     elif typ == "integer":
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise bad("a whole number")
+        if not -2**63 <= value < 2**63:
+            raise bad("a whole number of at most 64 bits")
     elif typ == "logical":
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -95,6 +97,13 @@ def check_input(name: str, typ: str, value: Any) -> None:
                 raise bad("an object of column arrays, or an array of row objects")
         else:
             raise bad("an object of column arrays")
+
+
+def _fits_float(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer past 1.8e308
+        return False
 
 
 def to_python(typ: str, value: Any) -> Any:

@@ -53,10 +53,14 @@ def _load(binding: str, record: dict) -> tuple[bytes | None, dict[str, str]]:
         seal.verify(binding, data, record)
         return data, {}
     entries = _manifest(binding, record)
+    read: dict[str, bytes] = {}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for entry, part in entries.items():
-            data = blobs.get(part["blob"])
+            if part["blob"] not in read:
+                read[part["blob"]] = blobs.get(part["blob"])
+            offset = int(part.get("offset", 0))
+            data = read[part["blob"]][offset:offset + int(part["size"])]
             seal.verify(f"{binding}|{entry}", data, {"stateSha256": part["sha256"], "stateMac": part["mac"]})
             zf.writestr(entry, data)
     return buf.getvalue(), {entry: part["fp"] for entry, part in entries.items()}
@@ -92,8 +96,8 @@ def discard(record: dict, binding: str | None = None) -> None:
             entries = _manifest(binding, record)
         except (NotFound, IntegrityFailed):
             entries = {}
-        for part in entries.values():
-            blobs.delete(part["blob"])
+        for blob in {part["blob"] for part in entries.values()}:
+            blobs.delete(blob)
     blobs.delete(name)
 
 
@@ -110,31 +114,43 @@ def store_changes(prefix: str, binding: str, changes: bytes, current: dict,
     entries, the changed ones and manifest.json naming all with their fingerprints). Returns
     the fields for the entity, the blobs written (to delete if the entity is not saved) and
     the blobs it no longer needs (to delete once it is). Nothing in `changes` is unpickled or
-    decompressed here. :raises WorkspaceRefused: :raises PayloadTooLarge:"""
+    decompressed here. The changed entries go into one blob (large ones into their own), so a
+    call that changes ten thousand small objects writes a few blobs, not ten thousand.
+    :raises WorkspaceRefused: :raises PayloadTooLarge:"""
     sent, fingerprints = _read_changes(changes)
     held: dict[str, dict] = {}
     if current.get("stateFormat") == PARTS:
         held = _manifest(binding, current)
     entries: dict[str, dict] = {}
+    for entry, fp in fingerprints.items():
+        if entry in sent:
+            continue
+        if held.get(entry, {}).get("fp") != fp:
+            raise WorkspaceRefused(f"'{entry[:80]}' is named unchanged but is not stored")
+        entries[entry] = held[entry]
+    moved = _repacked(binding, entries)
+    sent = {**moved, **sent}
+    for entry in moved:
+        del entries[entry]
+    total = sum(e["size"] for e in entries.values()) + sum(len(d) for d in sent.values())
+    if total > limit:
+        raise PayloadTooLarge(f"the workspace (objects and files) is {total / 2**20:.1f} MB, above the limit "
+                              f"of {limit // 2**20} MB (MAX_WORKSPACE_MB); delete objects or files it does not need")
     written: list[str] = []
     try:
-        for entry, fp in fingerprints.items():
-            if entry in sent:
+        for group in _groups(sent):
+            blob = f"{prefix}/parts/{uuid.uuid4().hex}"
+            packed = b"".join(sent[e] for e in group)
+            blobs.put(blob, packed)
+            written.append(blob)
+            offset = 0
+            for entry in group:
                 data = sent[entry]
-                blob = f"{prefix}/parts/{uuid.uuid4().hex}"
-                blobs.put(blob, data)
-                written.append(blob)
                 sealed = seal.seal(f"{binding}|{entry}", data)
-                entries[entry] = {"blob": blob, "size": len(data), "sha256": sealed["stateSha256"],
-                                  "mac": sealed["stateMac"], "fp": fp}
-            elif held.get(entry, {}).get("fp") == fp:
-                entries[entry] = held[entry]
-            else:
-                raise WorkspaceRefused(f"'{entry[:80]}' is named unchanged but is not stored")
-        total = sum(e["size"] for e in entries.values())
-        if total > limit:
-            raise PayloadTooLarge(f"the workspace (objects and files) is {total / 2**20:.1f} MB, above the limit "
-                                  f"of {limit // 2**20} MB (MAX_WORKSPACE_MB); delete objects or files it does not need")
+                entries[entry] = {"blob": blob, "offset": offset, "size": len(data), "blobSize": len(packed),
+                                  "sha256": sealed["stateSha256"], "mac": sealed["stateMac"],
+                                  "fp": fingerprints[entry]}
+                offset += len(data)
         manifest = json.dumps({"v": 1, "entries": entries}, separators=(",", ":")).encode()
         name = f"{prefix}/{uuid.uuid4().hex}.json"
         blobs.put(name, manifest)
@@ -146,28 +162,68 @@ def store_changes(prefix: str, binding: str, changes: bytes, current: dict,
     fields = {"stateBlob": name, "stateFormat": PARTS, "contentSize": total, **seal.seal(binding, manifest)}
     _remember((binding, name, fields["stateMac"]), entries)
     kept = {e["blob"] for e in entries.values()}
-    superseded = [e["blob"] for e in held.values() if e["blob"] not in kept]
+    superseded = sorted({e["blob"] for e in held.values()} - kept)
     if current.get("stateBlob"):
         superseded.append(current["stateBlob"])
     return fields, written, superseded
 
 
+#: entries smaller than this share one blob per save
+_PACK_BELOW = 4 * 2**20
+
+
+def _repacked(binding: str, kept: dict[str, dict]) -> dict[str, bytes]:
+    """Kept entries to copy into this save's blob: those in a shared blob that is now more than
+    half dead (entries changed or dropped since), so dead bytes never outweigh live ones."""
+    live: dict[str, int] = {}
+    for part in kept.values():
+        live[part["blob"]] = live.get(part["blob"], 0) + int(part["size"])
+    sparse = {b for part in kept.values() if (b := part["blob"]) and 2 * live[b] < int(part.get("blobSize", 0))}
+    moved: dict[str, bytes] = {}
+    for blob in sparse:
+        data = blobs.get(blob)
+        for entry, part in kept.items():
+            if part["blob"] == blob:
+                offset = int(part.get("offset", 0))
+                piece = data[offset:offset + int(part["size"])]
+                seal.verify(f"{binding}|{entry}", piece, {"stateSha256": part["sha256"], "stateMac": part["mac"]})
+                moved[entry] = piece
+    return moved
+
+
+def _groups(sent: dict[str, bytes]) -> list[list[str]]:
+    small = [e for e, d in sent.items() if len(d) < _PACK_BELOW]
+    return ([small] if small else []) + [[e] for e, d in sent.items() if len(d) >= _PACK_BELOW]
+
+
+#: a manifest names at most MAX_ENTRIES entries of ~100 bytes each
+_MANIFEST_MAX = MAX_ENTRIES * 400
+
+
 def _read_changes(changes: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
+    """What a worker sent, checked: stored (not compressed) entries that do not overlap, each
+    named once, and a manifest of bounded size naming every entry sent."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(changes))
         infos = zf.infolist()
         names = [i.filename for i in infos]
         if len(infos) > MAX_ENTRIES + 1 or len(set(names)) != len(names) or MANIFEST not in names:
             raise WorkspaceRefused("entries")
-        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+        if any(i.compress_type != zipfile.ZIP_STORED or i.compress_size != i.file_size for i in infos):
             raise WorkspaceRefused("compressed entries")
-        listed = json.loads(zf.read(MANIFEST)).get("entries")
+        # Entries whose data overlap would make a small reply many times its size in memory
+        if sum(i.file_size + 30 + len(i.filename.encode()) for i in infos) > len(changes):
+            raise WorkspaceRefused("overlapping entries")
+        manifest = next(i for i in infos if i.filename == MANIFEST)
+        if manifest.file_size > _MANIFEST_MAX:
+            raise WorkspaceRefused("manifest")
+        listed = json.loads(zf.read(manifest)).get("entries")
         if not isinstance(listed, dict) or not all(isinstance(v, str) and len(v) <= 128 for v in listed.values()):
             raise WorkspaceRefused("manifest")
         for entry in listed:
             _check_entry(entry)
         sent = {i.filename: zf.read(i) for i in infos if i.filename != MANIFEST}
-    except (zipfile.BadZipFile, ValueError, KeyError, AttributeError, EOFError):
+    except (zipfile.BadZipFile, ValueError, KeyError, AttributeError, EOFError, RecursionError, TypeError):
         raise WorkspaceRefused("not a workspace") from None
     if set(sent) - set(listed):
         raise WorkspaceRefused("entries the manifest does not name")

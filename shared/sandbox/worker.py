@@ -256,7 +256,11 @@ class Worker:
 
         g = dict(self.ns)  # each request starts from the published workspace
         for d in self.service.get("inputs") or []:
-            g[d["name"]] = to_python(d["type"], msg["inputs"][d["name"]])
+            try:
+                g[d["name"]] = to_python(d["type"], msg["inputs"][d["name"]])
+            except Exception as exc:  # the caller's value, not the worker, is at fault: keep the worker
+                return {"ok": True, "success": False, "consoleOutput": "", "changedFiles": [], "outputParameters": {},
+                        "errorMessage": f"input '{d['name']}' could not be converted ({type(exc).__name__})"}
         out_files = self.service.get("outputFileNames") or []
         for name in out_files:
             if name not in self.kept_files and _safe_name(name) and os.path.isfile(name):

@@ -169,10 +169,10 @@ def test_concurrent_executes_through_two_instances_lose_no_update(base_url, stri
         assert out["outputParameters"] == [{"name": "n", "value": ok}]
 
 
-def _parts(sid: str) -> set[str]:
+def _parts(sid: str) -> dict[str, int]:
     from shared.storage._clients import container
 
-    return {b.name for b in container().list_blobs(name_starts_with=f"sessions/{sid}/parts/")}
+    return {b.name: b.size for b in container().list_blobs(name_starts_with=f"sessions/{sid}/parts/")}
 
 
 def test_a_call_stores_only_the_objects_and_files_it_changed(base_url, alice):
@@ -181,13 +181,14 @@ def test_a_call_stores_only_the_objects_and_files_it_changed(base_url, alice):
                   "noise = os.urandom(100_000)\nopen('data.bin', 'wb').write(noise)")
     assert out["success"] is True, out
     first = _parts(sid)
-    assert len(first) == 5  # os, np, big, noise, data.bin
+    big_blob = max(first, key=first.get)  # 8 MB: a blob of its own; the small entries share one
+    assert first[big_blob] > 8_000_000 and len(first) == 2
     execute(base_url, alice, sid, "x = 1")
     second = _parts(sid)
-    assert first < second and len(second) == 6  # only x is new: the rest is kept as it was
+    assert set(first) < set(second) and len(second) == 3  # only x is written: the rest is kept as it was
     execute(base_url, alice, sid, "big[0] = 5\ndel noise")  # changed in place; one removed
     third = _parts(sid)
-    assert len(third) == 5 and len(third & second) == 4  # big replaced, noise gone, the rest kept
+    assert big_blob not in third and max(third.values()) > 8_000_000  # big written again, its old blob gone
     # a fresh worker (cancel retires this one) starts from what was stored
     assert requests.post(f"{base_url}/sessions/{sid}/cancel", headers=alice).status_code == 200
     check = execute(base_url, alice, sid, "ok = (int(big[0]), x, 'noise' in globals(), len(open('data.bin', 'rb').read()))",
@@ -202,4 +203,12 @@ def test_a_call_stores_only_the_objects_and_files_it_changed(base_url, alice):
     assert again["outputParameters"] == [{"name": "ok", "value": 6}]
     # closing the session deletes its parts
     assert requests.delete(f"{base_url}/sessions/{sid}", headers=alice).status_code == 200
-    assert _parts(sid) == set()
+    assert _parts(sid) == {}
+
+
+def test_console_output_of_wide_characters_is_cut_to_fit_table_storage(base_url, alice):
+    sid = new_session(base_url, alice)
+    out = execute(base_url, alice, sid, "print('\\U0001F600' * 20000)\nx = 1")  # 40,000 UTF-16 units
+    assert out["success"] is True, out
+    kept = requests.get(f"{base_url}/sessions/{sid}/console-output", headers=alice).json()["consoleOutput"]
+    assert kept.startswith("\U0001F600") and 29_000 < len(kept.encode("utf-16-le")) // 2 <= 30_000

@@ -38,21 +38,41 @@ def stored(prefix: str) -> set[str]:
 def test_only_what_changed_is_written_and_what_is_dropped_goes(where):
     prefix, binding = where
     first, written, old = workspaces.store_changes(
-        prefix, binding, changes({"objects/a": "1", "objects/b": "2"}, {"objects/a": b"A", "objects/b": b"B"}), {},
+        prefix, binding, changes({"objects/a": "1", "objects/b": "2"}, {"objects/a": b"AA", "objects/b": b"B"}), {},
         LIMIT)
-    assert len(written) == 3 and old == []
+    assert len(written) == 2 and old == []  # a and b share one blob; the manifest
     second, written2, old2 = workspaces.store_changes(
         prefix, binding, changes({"objects/a": "1", "objects/c": "3"}, {"objects/c": b"C"}), first, LIMIT)
-    assert len(written2) == 2  # c and the manifest; a is kept as it was
+    assert len(written2) == 2  # c and the manifest; a is kept where it is
     for blob in old2:
         blobs.delete(blob)
     _, data, fingerprints = workspaces.load_current(binding, second, lambda: second)
     zf = zipfile.ZipFile(io.BytesIO(data))
-    assert {n: zf.read(n) for n in zf.namelist()} == {"objects/a": b"A", "objects/c": b"C"}
+    assert {n: zf.read(n) for n in zf.namelist()} == {"objects/a": b"AA", "objects/c": b"C"}
     assert fingerprints == {"objects/a": "1", "objects/c": "3"}
-    assert len(stored(prefix)) == 3  # a, c and the manifest: b and the first manifest are gone
+    assert len(stored(prefix)) == 3  # a's blob, c's, the manifest: the first manifest is gone
     workspaces.discard(second, binding)
     assert stored(prefix) == set()
+
+
+def test_a_shared_blob_mostly_dead_is_repacked(where):
+    prefix, binding = where
+    first, _, _ = workspaces.store_changes(
+        prefix, binding, changes({"objects/a": "1", "objects/b": "2"}, {"objects/a": b"A", "objects/b": b"B" * 99}),
+        {}, LIMIT)
+    second, _, old = workspaces.store_changes(prefix, binding, changes({"objects/a": "1"}, {}), first, LIMIT)
+    for blob in old:
+        blobs.delete(blob)
+    assert len(stored(prefix)) == 2  # a moved to a blob of its own; b's 99 bytes are gone
+    _, data, _ = workspaces.load_current(binding, second, lambda: second)
+    assert zipfile.ZipFile(io.BytesIO(data)).read("objects/a") == b"A"
+
+
+def test_ten_thousand_changed_objects_are_one_blob(where):
+    prefix, binding = where
+    many = {f"objects/v{i}": str(i) for i in range(10_000)}
+    _, written, _ = workspaces.store_changes(prefix, binding, changes(many, {k: b"x" for k in many}), {}, LIMIT)
+    assert len(written) == 2
 
 
 @pytest.mark.parametrize("entries, sent, compress, why", [
@@ -84,6 +104,31 @@ def test_the_limit_counts_kept_parts_too(where):
         workspaces.store_changes(prefix, binding, changes({"objects/a": "1", "objects/b": "2"},
                                                           {"objects/b": b"B" * 600}), first, 1000)
     assert len(stored(prefix)) == 2  # the first save only
+
+
+def test_overlapping_entries_and_a_deep_manifest_are_refused(where):
+    prefix, binding = where
+    filler = b"F" * 100_000
+    one = changes({"objects/a": "1"}, {"objects/a": filler})
+    # a second central-directory record pointing at the same data: twice the bytes in memory
+    zf = zipfile.ZipFile(io.BytesIO(one))
+    info = next(i for i in zf.infolist() if i.filename == "objects/a")
+    buf = io.BytesIO(one)
+    out = zipfile.ZipFile(buf, "a")
+    twin = zipfile.ZipInfo("objects/b")
+    twin.compress_type, twin.file_size, twin.compress_size = zipfile.ZIP_STORED, info.file_size, info.compress_size
+    twin.header_offset, twin.CRC = info.header_offset, info.CRC
+    out.filelist.append(twin)
+    out._didModify = True  # write the central directory again, with the twin
+    out.close()
+    with pytest.raises(workspaces.WorkspaceRefused):
+        workspaces.store_changes(prefix, binding, buf.getvalue(), {}, LIMIT)
+    deep = io.BytesIO()
+    with zipfile.ZipFile(deep, "w") as z:
+        z.writestr("manifest.json", "[" * 100_000)
+    with pytest.raises(workspaces.WorkspaceRefused):
+        workspaces.store_changes(prefix, binding, deep.getvalue(), {}, LIMIT)
+    assert stored(prefix) == set()
 
 
 def test_a_changed_part_is_never_loaded(where):

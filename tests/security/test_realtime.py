@@ -157,20 +157,20 @@ def test_row_objects_with_very_many_keys_cost_linear_time(host, bob):
     assert out.status_code == 400 and "2 columns" in out.json()["message"]
 
 
-def test_pickles_are_checked_two_at_a_time(host, alice):
+def test_pickles_are_checked_one_per_user_and_two_at_a_time(host, alice, bob):
     class Slow:
         def __reduce__(self):
             return (time.sleep, (2.5,))
 
     model = pickle.dumps(Slow())
-    answers = []
-    threads = [threading.Thread(target=lambda: answers.append(publish(host, alice, model).status_code))
-               for _ in range(4)]
+    answers: dict[str, list[int]] = {"alice": [], "bob": []}
+    threads = [threading.Thread(target=lambda who=who, hdr=hdr: answers[who].append(publish(host, hdr, model).status_code))
+               for who, hdr in (("alice", alice), ("bob", bob)) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(answers) == [400, 400, 503, 503]
+    assert sorted(answers["alice"]) == [400, 503] and sorted(answers["bob"]) == [400, 503]
 
 
 def test_sparse_indices_in_external_files_are_refused(host, alice):
@@ -188,3 +188,21 @@ def test_sparse_indices_in_external_files_are_refused(host, alice):
     model = h.make_model(g, opset_imports=[h.make_opsetid("", 17)]).SerializeToString()
     r = publish(host, alice, model)
     assert r.status_code == 400 and "external files" in r.json()["message"]
+
+
+def test_huge_integers_are_a_400_and_cost_no_worker(host, alice, bob):
+    huge = "1" + "0" * 400
+    std = publish_standard(host.url, alice, "y = x * 2", inputs=[{"name": "x", "type": "numeric"}],
+                           outputs=[{"name": "y", "type": "numeric"}])
+    for name, body in ((std, '{"x": %s}' % huge),):
+        r = requests.post(f"{host.url}/api/{name}/v1", data=body, headers={**bob, "Content-Type": "application/json"})
+        assert r.status_code == 400 and "'x'" in r.json()["message"]
+    for elem in (T.INT64, T.FLOAT):
+        rt = publish(host, alice, _model([h.make_node("Identity", ["x"], ["y"])],
+                                         [h.make_tensor_value_info("x", elem, [None, 1])],
+                                         [h.make_tensor_value_info("y", elem, [None, 1])], ml=False))
+        assert rt.status_code == 201, rt.text
+        r = requests.post(f"{host.url}/api/{rt.name}/v1", data='{"inputData": {"x": [%s]}}' % huge,
+                          headers={**bob, "Content-Type": "application/json"})
+        assert r.status_code == 400 and "column 'x'" in r.json()["message"]
+        assert consume(host, bob, rt.name, {"x": [2]}).json()["outputParameters"]["outputData"]["y"] == [2]
