@@ -44,10 +44,30 @@ def load(binding: str, record: dict) -> bytes | None:
     return _load(binding, record)[0]
 
 
+#: workspaces above this many bytes are read (and assembled) at most two at a time per
+#: instance: each costs its size in the API process's memory, once or twice
+LARGE_BYTES = 32 * 2**20
+_large_loads = threading.BoundedSemaphore(2)
+_LARGE_WAIT = 10.0
+
+
 def _load(binding: str, record: dict) -> tuple[bytes | None, dict[str, str]]:
     name = record.get("stateBlob")
     if not name:
         return None, {}
+    if int(record.get("contentSize") or 0) <= LARGE_BYTES:
+        return _read(binding, record)
+    if not _large_loads.acquire(timeout=_LARGE_WAIT):
+        raise Unavailable("other large workspaces are being read on this instance; try again shortly",
+                          retry_after=5)
+    try:
+        return _read(binding, record)
+    finally:
+        _large_loads.release()
+
+
+def _read(binding: str, record: dict) -> tuple[bytes | None, dict[str, str]]:
+    name = record["stateBlob"]
     if record.get("stateFormat") != PARTS:
         data = blobs.get(name)
         seal.verify(binding, data, record)

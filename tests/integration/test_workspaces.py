@@ -144,3 +144,22 @@ def test_a_changed_part_is_never_loaded(where):
     # nor under another session's binding
     with pytest.raises(IntegrityFailed):
         workspaces.load_current("session:bob:" + uuid.uuid4().hex, record, lambda: record)
+
+
+def test_large_workspaces_are_read_two_at_a_time(where, monkeypatch):
+    from shared.errors import Unavailable
+
+    prefix, binding = where
+    record, _, _ = workspaces.store_changes(prefix, binding, changes({"objects/a": "1"}, {"objects/a": b"A"}), {},
+                                            LIMIT)
+    large = {**record, "contentSize": workspaces.LARGE_BYTES + 1}
+    monkeypatch.setattr(workspaces, "_LARGE_WAIT", 0.1)
+    assert workspaces._large_loads.acquire() and workspaces._large_loads.acquire()
+    try:
+        with pytest.raises(Unavailable):
+            workspaces.load(binding, large)
+        assert workspaces.load(binding, record)  # small ones are not held up
+    finally:
+        workspaces._large_loads.release()
+        workspaces._large_loads.release()
+    assert workspaces.load(binding, large)
