@@ -237,7 +237,11 @@ def _read_changes(changes: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
         manifest = next(i for i in infos if i.filename == MANIFEST)
         if manifest.file_size > _MANIFEST_MAX:
             raise WorkspaceRefused("manifest")
-        listed = json.loads(zf.read(manifest)).get("entries")
+        text = zf.read(manifest)
+        # {"entries": {name: fingerprint}}: two objects and no arrays, so decoding costs its size
+        if text.count(b"{") > 2 or b"[" in text:
+            raise WorkspaceRefused("manifest")
+        listed = json.loads(text).get("entries")
         if not isinstance(listed, dict) or not all(isinstance(v, str) and len(v) <= 128 for v in listed.values()):
             raise WorkspaceRefused("manifest")
         for entry in listed:
