@@ -1,9 +1,11 @@
 import asyncio
+import threading
 
 import azure.functions as func
 
 from shared import consume, swagger
 from shared.api import operation
+from shared.errors import Unavailable
 from shared.http import json_response, read_json, route
 
 bp = func.Blueprint()
@@ -15,13 +17,25 @@ async def consume_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
     # async: a warm service is answered on the event loop, without a hop to a thread; a large
     # body is parsed and checked in a thread, so it cannot hold the loop
     if len(req.get_body() or b"") > _ON_LOOP_BYTES:
-        return await asyncio.to_thread(lambda: json_response(consume.consume(
-            user, route(req, "name"), route(req, "version"), read_json(req, required=False))))
+        return await asyncio.to_thread(_consume_large, req, user)
     return json_response(await consume.consume_async(user, route(req, "name"), route(req, "version"),
                                                      read_json(req, required=False)))
 
 
 _ON_LOOP_BYTES = 64 * 1024
+# json.loads holds the GIL until it is done: one large body at a time, so the event loop gets
+# the interpreter between them
+_parsing = threading.Lock()
+
+
+def _consume_large(req: func.HttpRequest, user) -> func.HttpResponse:
+    if not _parsing.acquire(timeout=30):
+        raise Unavailable("other large requests are being read on this instance; try again shortly", retry_after=2)
+    try:
+        body = read_json(req, required=False)
+    finally:
+        _parsing.release()
+    return json_response(consume.consume(user, route(req, "name"), route(req, "version"), body))
 
 
 @operation(bp, "GET", "api/{name}/{version}/swagger.json", "GetWebServiceSwagger", tag="Services Management APIs",

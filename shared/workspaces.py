@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import threading
 import uuid
 import zipfile
@@ -136,7 +137,20 @@ def store_changes(prefix: str, binding: str, changes: bytes, current: dict,
     the blobs it no longer needs (to delete once it is). Nothing in `changes` is unpickled or
     decompressed here. The changed entries go into one blob (large ones into their own), so a
     call that changes ten thousand small objects writes a few blobs, not ten thousand.
-    :raises WorkspaceRefused: :raises PayloadTooLarge:"""
+    :raises WorkspaceRefused: :raises PayloadTooLarge: :raises Unavailable:"""
+    if len(changes) <= LARGE_BYTES:
+        return _store_changes(prefix, binding, changes, current, limit)
+    if not _large_loads.acquire(timeout=_LARGE_WAIT):
+        raise Unavailable("other large workspaces are being saved on this instance; try again shortly",
+                          retry_after=5)
+    try:
+        return _store_changes(prefix, binding, changes, current, limit)
+    finally:
+        _large_loads.release()
+
+
+def _store_changes(prefix: str, binding: str, changes: bytes, current: dict,
+                   limit: int) -> tuple[dict[str, Any], list[str], list[str]]:
     sent, fingerprints = _read_changes(changes)
     held: dict[str, dict] = {}
     if current.get("stateFormat") == PARTS:
@@ -223,6 +237,7 @@ _MANIFEST_MAX = MAX_ENTRIES * 400
 def _read_changes(changes: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
     """What a worker sent, checked: stored (not compressed) entries that do not overlap, each
     named once, and a manifest of bounded size naming every entry sent."""
+    _small_directory(changes)
     try:
         zf = zipfile.ZipFile(io.BytesIO(changes))
         infos = zf.infolist()
@@ -252,6 +267,21 @@ def _read_changes(changes: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
     if set(sent) - set(listed):
         raise WorkspaceRefused("entries the manifest does not name")
     return sent, listed
+
+
+#: a central-directory record is 46 bytes and its name; names here are short
+_DIRECTORY_MAX = (MAX_ENTRIES + 1) * (46 + 300)
+
+
+def _small_directory(changes: bytes) -> None:
+    """Checked before zipfile reads the directory (it builds an object per record, however
+    many a reply holds): the end record's count and directory size are bounded, and no zip64."""
+    at = changes.rfind(b"PK\x05\x06", max(0, len(changes) - 22 - 65535))
+    if at < 0 or len(changes) - at < 22:
+        raise WorkspaceRefused("not a workspace")
+    _, _, _, _, entries, size, _, _ = struct.unpack("<4s4H2LH", changes[at:at + 22])
+    if entries > MAX_ENTRIES + 1 or size > _DIRECTORY_MAX or b"PK\x06\x07" in changes[max(0, at - 20):at]:
+        raise WorkspaceRefused("entries")
 
 
 def _check_entry(entry: Any) -> None:

@@ -248,3 +248,13 @@ def test_publish_rules_are_those_of_any_service(base_url, alice, bob, rita):
     assert "inputData" in str(doc) and "outputData" in str(doc)
     assert requests.delete(f"{base_url}/services/{r.name}/v1", headers=alice).status_code == 200
     assert consume(base_url, alice, r.name, columns(X.iloc[:1])).status_code == 404
+
+
+def test_large_bodies_are_read_off_the_event_loop_and_answered_the_same(base_url, alice):
+    r = publish(base_url, alice, onnx_bytes())
+    many = pd.concat([X] * 200)  # 30,000 rows: a body of ~1 MB
+    out = consume(base_url, alice, r.name, columns(many))
+    assert out.status_code == 200 and len(out.json()["outputParameters"]["outputData"]["label"]) == 30_000
+    bad = requests.post(f"{base_url}/api/{r.name}/v1", data=b"{" + b" " * 100_000,
+                        headers={**alice, "Content-Type": "application/json"})
+    assert bad.status_code == 400 and "JSON" in bad.json()["message"]

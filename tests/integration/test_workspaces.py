@@ -163,3 +163,16 @@ def test_large_workspaces_are_read_two_at_a_time(where, monkeypatch):
         workspaces._large_loads.release()
         workspaces._large_loads.release()
     assert workspaces.load(binding, large)
+
+
+def test_a_save_of_directory_records_is_refused_before_they_are_read(where):
+    prefix, binding = where
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("manifest.json", '{"entries": {}}')
+        for i in range(workspaces.MAX_ENTRIES + 5):
+            zf.writestr(f"objects/v{i}", b"")
+    with pytest.raises(workspaces.WorkspaceRefused, match="entries"):
+        workspaces.store_changes(prefix, binding, buf.getvalue(), {}, LIMIT)
+    with pytest.raises(workspaces.WorkspaceRefused, match="not a workspace"):
+        workspaces.store_changes(prefix, binding, b"no end record here", {}, LIMIT)
