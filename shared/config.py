@@ -100,6 +100,9 @@ class Settings:
     #: memory the warm service workers may hold together (PSS); past it the least recently used
     #: idle ones retire (0: only MAX_WARM_SERVICES bounds them)
     warm_services_mb: int = 1024
+    #: workers a hot service may have, so concurrent calls need not queue behind one process
+    #: (another starts when all are busy and WARM_SERVICES_MB has room)
+    max_workers_per_service: int = 2
     max_warm_sessions: int = 8
     #: idle workers kept ready with PRELOAD_MODULES imported (0: start each worker on demand)
     spare_workers: int = 1
@@ -164,7 +167,8 @@ class Settings:
             raise ConfigError(f"setting SESSION_ROLES must list roles among {', '.join(ROLES)}")
         if self.warm_services_mb < 0:
             raise ConfigError("setting WARM_SERVICES_MB must be 0 (no memory bound) or more")
-        for key in ("worker_memory_mb", "worker_max_processes", "worker_disk_mb", "max_workspace_mb"):
+        for key in ("worker_memory_mb", "worker_max_processes", "worker_disk_mb", "max_workspace_mb",
+                    "max_workers_per_service"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"setting {key.upper()} must be at least 1")
         if not 0 < self.execution_timeout_seconds <= 200:

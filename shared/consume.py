@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
+from collections.abc import Callable
 
 from . import realtime, services, types, workspaces
 from .auth import Principal
@@ -10,6 +13,8 @@ from .config import get_settings
 from .errors import NeedsStorage, NotFound, Unavailable
 from .sandbox import pool
 from .sandbox.pool import WorkerBusy, WorkerDied, WorkerTimeout
+
+log = logging.getLogger("o16n.consume")
 
 
 def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True,
@@ -21,6 +26,31 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
     def left() -> float:
         return max(deadline - time.monotonic(), 0.001)
 
+    start = _starter(svc, key, left)
+    worker: pool.Worker | None = None
+    try:
+        worker = pool.services.checkout(key, svc.get("etag"), start)
+        if worker.busy:
+            _grow(svc, key)
+        reply = worker.call(message, timeout=left())
+    except _Stale:
+        # The cached definition names a workspace another instance has replaced (and deleted).
+        services.forget(*key)
+        if not retry:
+            raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found") from None
+        return consume(user, name, version, body, retry=False, deadline=deadline)
+    except ServiceLoadFailed as exc:
+        return _failed(svc, exc.message)
+    except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
+        answer = _worker_failed(svc, key, exc, retry, worker)
+        if answer is None:
+            return consume(user, name, version, body, retry=False, deadline=deadline)
+        return answer
+    return _answer(svc, key, reply, worker)
+
+
+def _starter(svc: dict, key: tuple[str, str], left: Callable[[], float]) -> Callable[[pool.Worker], None]:
+    """Loads the service into a new worker. :raises _Stale: :raises ServiceLoadFailed:"""
     def start(worker: pool.Worker) -> None:
         try:
             data = workspaces.load(services.binding(*key), svc)
@@ -36,23 +66,25 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
         if not reply.get("ok"):
             raise ServiceLoadFailed(reply.get("error", "the service could not be loaded"))
 
-    try:
-        worker = pool.services.checkout(key, svc.get("etag"), start)
-        reply = worker.call(message, timeout=left())
-    except _Stale:
-        # The cached definition names a workspace another instance has replaced (and deleted).
-        services.forget(*key)
-        if not retry:
-            raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found") from None
-        return consume(user, name, version, body, retry=False, deadline=deadline)
-    except ServiceLoadFailed as exc:
-        return _failed(svc, exc.message)
-    except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
-        answer = _worker_failed(svc, key, exc, retry)
-        if answer is None:
-            return consume(user, name, version, body, retry=False, deadline=deadline)
-        return answer
-    return _answer(svc, key, reply)
+    return start
+
+
+def _grow(svc: dict, key: tuple[str, str]) -> None:
+    """Another worker for a service whose workers are all busy, loaded in the background."""
+    replica = pool.services.growth(key, svc.get("etag"))
+    if replica is None:
+        return
+    timeout = get_settings().execution_timeout_seconds
+    deadline = time.monotonic() + timeout
+
+    def load() -> None:
+        try:
+            pool.services.checkout(key, svc.get("etag"), _starter(svc, key, lambda: max(deadline - time.monotonic(),
+                                                                                        0.001)), replica)
+        except Exception:  # noqa: BLE001 - the calls go on with the workers there are
+            log.info("another worker for service %s/%s could not be started", *key)
+
+    threading.Thread(target=load, name="o16n-grow", daemon=True).start()
 
 
 async def consume_async(user: Principal, name: str, version: str, body: dict) -> dict:
@@ -66,14 +98,16 @@ async def consume_async(user: Principal, name: str, version: str, body: dict) ->
     worker = pool.services.warm(key, svc.get("etag"))
     if worker is None:
         return await asyncio.to_thread(consume, user, name, version, body)
+    if worker.busy:
+        _grow(svc, key)
     try:
         reply = await worker.call_async(message, timeout=deadline - time.monotonic())
     except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
-        answer = _worker_failed(svc, key, exc, retry=True)
+        answer = _worker_failed(svc, key, exc, True, worker)
         if answer is None:
             return await asyncio.to_thread(consume, user, name, version, body, retry=False, deadline=deadline)
         return answer
-    return _answer(svc, key, reply)
+    return _answer(svc, key, reply, worker)
 
 
 def _checked(user: Principal, name: str, version: str, body: dict, *,
@@ -89,12 +123,13 @@ def _checked(user: Principal, name: str, version: str, body: dict, *,
     return svc, (svc["PartitionKey"], svc["RowKey"]), {"op": "consume", "inputs": inputs}
 
 
-def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool) -> dict | None:
+def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool,
+                   worker: pool.Worker | None) -> dict | None:
     """The answer to a call its worker failed; None when it is to be tried again on a fresh
     worker (an earlier call broke this one). :raises Unavailable: the worker stayed busy"""
     if isinstance(exc, WorkerBusy):
         raise Unavailable("the service is busy with other calls; try again", retry_after=1) from None
-    pool.services.retire(key)
+    _retire(key, worker)
     if isinstance(exc, WorkerTimeout):
         timeout = get_settings().execution_timeout_seconds
         return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
@@ -103,9 +138,16 @@ def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool)
     return _failed(svc, str(exc))
 
 
-def _answer(svc: dict, key: tuple[str, str], reply: dict) -> dict:
-    if not reply.pop("ok", False):
+def _retire(key: tuple[str, str], worker: pool.Worker | None) -> None:
+    if worker is None:
         pool.services.retire(key)
+    else:
+        pool.services.retire_worker(key, worker)
+
+
+def _answer(svc: dict, key: tuple[str, str], reply: dict, worker: pool.Worker) -> dict:
+    if not reply.pop("ok", False):
+        _retire(key, worker)
         return _failed(svc, reply.get("error", "the worker failed"))
     return reply
 

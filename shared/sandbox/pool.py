@@ -437,6 +437,11 @@ class Worker:
 
     # --- the end ----------------------------------------------------------------------------------
     @property
+    def busy(self) -> bool:
+        """In a call, or callers queue for it on an event loop."""
+        return self.lock.locked() or any(q.locked() for q in list(self._queues.values()))
+
+    @property
     def alive(self) -> bool:
         """Running, and (when idle) silent since its last reply: a stray frame means it cannot
         be trusted. A worker in a call is alive; its reply is on the way."""
@@ -671,52 +676,91 @@ def _remove_if_orphaned(folder: Path) -> None:
 
 class WarmPool:
     """Workers by key, most recently used last; beyond `size` workers, or `budget` bytes of
-    memory they hold together, the least recently used idle ones are retired."""
+    memory they hold together, the least recently used idle ones are retired. A key may have
+    up to `replicas` workers (a hot service: calls need not queue behind one process); each
+    is kept under (key, replica)."""
 
-    def __init__(self, size: Callable[[], int], budget: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, size: Callable[[], int], budget: Callable[[], int] = lambda: 0,
+                 replicas: Callable[[], int] = lambda: 1) -> None:
         self._size = size
         self._budget = budget
-        self._workers: OrderedDict[Any, Worker] = OrderedDict()
+        self._replicas = replicas
+        self._workers: OrderedDict[tuple[Any, int], Worker] = OrderedDict()
         self._failures: dict[Any, tuple[Any, float, Exception]] = {}
+        self._growing: set[tuple[Any, int]] = set()
         self._lock = threading.Lock()
-        self._key_locks: dict[Any, threading.Lock] = {}
+        self._key_locks: dict[tuple[Any, int], threading.Lock] = {}
         #: what /status shows: calls served by a warm worker, workers loaded, loads that failed,
         #: workers evicted to stay within the size
         self.counts = {"hits": 0, "loads": 0, "loadFailures": 0, "evictions": 0}
 
-    def key_lock(self, key: Any) -> threading.Lock:
+    def key_lock(self, key: Any, replica: int = 0) -> threading.Lock:
         with self._lock:
-            return self._key_locks.setdefault(key, threading.Lock())
+            return self._key_locks.setdefault((key, replica), threading.Lock())
 
     def warm(self, key: Any, tag: Any) -> Worker | None:
-        """The live worker for `key` holding `tag`, if there is one (nothing is started)."""
+        """A live worker for `key` holding `tag`, an idle one if there is (nothing is started)."""
         with self._lock:
-            worker = self._workers.get(key)
-            if worker is not None and worker.alive and worker.tag == tag:
-                self._workers.move_to_end(key)
-                self.counts["hits"] += 1
-                return worker
-        return None
-
-    def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None]) -> Worker:
-        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`.
-        :raises WorkerBusy: another call has been preparing one for _QUEUE_SECONDS"""
-        worker = self.warm(key, tag)
-        if worker is not None:
+            found = [(k, w) for k, w in self._replicas_of(key) if w.alive and w.tag == tag]
+            if not found:
+                return None
+            k, worker = next(((k, w) for k, w in found if not w.busy), found[0])
+            self._workers.move_to_end(k)
+            self.counts["hits"] += 1
             return worker
-        lock = self.key_lock(key)
+
+    def _replicas_of(self, key: Any) -> list[tuple[tuple[Any, int], Worker]]:
+        return [((key, i), w) for i in range(max(1, self._replicas()))
+                if (w := self._workers.get((key, i))) is not None]
+
+    def growth(self, key: Any, tag: Any) -> int | None:
+        """The replica to start for `key` now: when all its workers are busy, it may have more
+        and the memory budget has room for one more of them. It is then marked as growing
+        (`checkout` with that replica clears it)."""
+        with self._lock:
+            present = self._replicas_of(key)
+            if not present or any(not w.busy for _, w in present) or any(w.tag != tag for _, w in present):
+                return None
+            free = [i for i in range(max(1, self._replicas())) if (key, i) not in self._workers
+                    and (key, i) not in self._growing]
+            budget = self._budget()
+            total = sum(w.resident for w in self._workers.values())
+            if not free or (budget and total + max(w.resident for _, w in present) > budget):
+                return None
+            self._growing.add((key, free[0]))
+            return free[0]
+
+    def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int = 0) -> Worker:
+        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start` (as
+        `replica`). :raises WorkerBusy: another call has been preparing one for _QUEUE_SECONDS"""
+        try:
+            if replica == 0:
+                worker = self.warm(key, tag)
+                if worker is not None:
+                    return worker
+            return self._load(key, tag, start, replica)
+        finally:
+            with self._lock:
+                self._growing.discard((key, replica))
+
+    def _load(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int) -> Worker:
+        slot = (key, replica)
+        lock = self.key_lock(key, replica)
         if not lock.acquire(timeout=_QUEUE_SECONDS):
             raise WorkerBusy()
         try:
             with self._lock:
-                worker = self._workers.get(key)
+                worker = self._workers.get(slot)
                 if worker is not None and worker.alive and worker.tag == tag:
                     self.counts["hits"] += 1
                     return worker
                 failed = self._failures.get(key)
             if failed is not None and failed[0] == tag and time.monotonic() - failed[1] < _FAILURE_SECONDS:
                 raise copy.copy(failed[2])  # the same load failing again would hold a thread for nothing
-            self.retire(key)
+            if replica == 0:
+                self.retire(key)  # what is there holds another tag, or has died
+            else:
+                self._drop(slot)
             worker = spares.take()
             try:
                 start(worker)
@@ -731,8 +775,8 @@ class WarmPool:
             worker.resident = proportional_memory(worker.proc.pid)
             with self._lock:
                 self._failures.pop(key, None)
-                self._workers[key] = worker
-                evicted = self._over_limits(keep=key)
+                self._workers[slot] = worker
+                evicted = self._over_limits(keep=slot)
                 self.counts["loads"] += 1
                 self.counts["evictions"] += len(evicted)
             for w in evicted:
@@ -764,8 +808,23 @@ class WarmPool:
             w.close_when_idle()
 
     def retire(self, key: Any) -> None:
+        """Every worker of `key`."""
         with self._lock:
-            worker = self._workers.pop(key, None)
+            workers = [self._workers.pop(k) for k in [k for k in self._workers if k[0] == key]]
+        for worker in workers:
+            worker.close()
+
+    def retire_worker(self, key: Any, worker: Worker) -> None:
+        """That one worker of `key` (it failed a call); its siblings go on serving theirs."""
+        with self._lock:
+            slots = [k for k, w in self._workers.items() if k[0] == key and w is worker]
+            for k in slots:
+                del self._workers[k]
+        worker.close()
+
+    def _drop(self, slot: tuple[Any, int]) -> None:
+        with self._lock:
+            worker = self._workers.pop(slot, None)
         if worker is not None:
             worker.close()
 
@@ -846,7 +905,8 @@ class Spares:
 
 _PRELOAD_SECONDS = 120
 spares = Spares()
-services = WarmPool(lambda: get_settings().max_warm_services, lambda: get_settings().warm_services_mb * 2**20)
+services = WarmPool(lambda: get_settings().max_warm_services, lambda: get_settings().warm_services_mb * 2**20,
+                    lambda: get_settings().max_workers_per_service)
 sessions = WarmPool(lambda: get_settings().max_warm_sessions)
 
 

@@ -131,7 +131,7 @@ def test_warm_services_stay_within_their_memory_budget_least_recently_used_first
         names.append(name)
     pool.services.close_all()
     assert consume.consume(alice, names[0], "v1", {})["outputParameters"] == {"y": 120 * 2**20}
-    one = pool.services._workers[(names[0], "v1")].resident
+    one = pool.services._workers[((names[0], "v1"), 0)].resident
     assert one > 120 * 2**20  # the worker holds what its initCode made
     # Room for one such worker, never two: each holds its 120 MB itself (the rest of its PSS, the
     # shared libraries, shrinks as more processes share them).
@@ -143,9 +143,32 @@ def test_warm_services_stay_within_their_memory_budget_least_recently_used_first
         # The one before it retires (at once, or at the watcher's next pass if the watcher was
         # looking at it just then).
         deadline = time.monotonic() + 3
-        while list(pool.services._workers) != [(name, "v1")] and time.monotonic() < deadline:
+        while list(pool.services._workers) != [((name, "v1"), 0)] and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert list(pool.services._workers) == [(name, "v1")], {k: w.resident for k, w in pool.services._workers.items()}
+        assert list(pool.services._workers) == [((name, "v1"), 0)], {k: w.resident
+                                                                     for k, w in pool.services._workers.items()}
     assert pool.services.counts["evictions"] == before + 3
     monkeypatch.undo()
     reset_caches()
+
+
+def test_a_hot_service_gets_another_worker_and_calls_spread_over_them(azurite):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.sandbox import pool
+
+    name = f"hot{int(time.time() * 1000)}"
+    services.publish(alice, name, "v1", {"code": "import os, time\ntime.sleep(0.3)\npid = os.getpid()",
+                                         "runtimeType": "Python",
+                                         "outputParameterDefinitions": [{"name": "pid", "type": "integer"}]})
+    pids: set[int] = set()
+    deadline = time.monotonic() + 30
+    with ThreadPoolExecutor(4) as calls:
+        while len(pids) < 2 and time.monotonic() < deadline:
+            for out in calls.map(lambda _: consume.consume(alice, name, "v1", {}), range(4)):
+                if out["success"]:
+                    pids.add(out["outputParameters"]["pid"])
+    assert len(pids) == 2  # MAX_WORKERS_PER_SERVICE: never more
+    assert sorted(k[1] for k in pool.services._workers if k[0] == (name, "v1")) == [0, 1]
+    services.forget(name, "v1")  # a PATCH or DELETE retires them all
+    assert not [k for k in pool.services._workers if k[0] == (name, "v1")]
