@@ -152,10 +152,14 @@ def test_warm_services_stay_within_their_memory_budget_least_recently_used_first
     reset_caches()
 
 
-def test_a_hot_service_gets_another_worker_and_calls_spread_over_them(azurite):
+def test_a_hot_service_gets_another_worker_and_calls_spread_over_them(azurite, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     from shared.sandbox import pool
+    from tests.conftest import reset_caches
+
+    monkeypatch.setenv("MAX_WORKERS_PER_SERVICE", "2")
+    reset_caches()
 
     name = f"hot{int(time.time() * 1000)}"
     services.publish(alice, name, "v1", {"code": "import os, time\ntime.sleep(0.3)\npid = os.getpid()",
@@ -172,3 +176,5 @@ def test_a_hot_service_gets_another_worker_and_calls_spread_over_them(azurite):
     assert sorted(k[1] for k in pool.services._workers if k[0] == (name, "v1")) == [0, 1]
     services.forget(name, "v1")  # a PATCH or DELETE retires them all
     assert not [k for k in pool.services._workers if k[0] == (name, "v1")]
+    monkeypatch.undo()
+    reset_caches()
