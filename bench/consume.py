@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def mlflow_server(port: int) -> subprocess.Popen | None:
             subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *wanted],
                            check=True, capture_output=True)
             marker.write_text("\n".join(wanted))
-        model = Path(tempfile.mkdtemp()) / "model"
+        model = Path(tempfile.mkdtemp(prefix="o16n-bench-mlflow-")) / "model"
         subprocess.run([str(python), "-c", "import sys, mlflow.sklearn\nfrom sklearn import datasets, svm\n"
                         "iris = datasets.load_iris()\nmlflow.sklearn.save_model(svm.SVC().fit(iris.data, iris.target), "
                         "sys.argv[1], serialization_format='cloudpickle')", str(model)], check=True, capture_output=True)
@@ -132,9 +133,10 @@ def mlflow_server(port: int) -> subprocess.Popen | None:
         print(f"MLflow is left out of this run: it could not be installed or saved ({exc})")
         return None
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
+    # its own process group: `mlflow models serve` runs the server as a child, stopped with it
     return subprocess.Popen(pinned(0, [str(venv / "bin" / "mlflow"), "models", "serve", "-m", str(model),
                                        "--env-manager", "local", "-p", str(port), "-w", "1"]),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def prepare_realtime(base: str, token: str) -> None:
@@ -184,6 +186,7 @@ def main() -> None:
     procs = [subprocess.Popen(pinned(0, [sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)]))]
     targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None, BODY)}
     first_calls, executes = {}, {}
+    mlflow_proc: list[subprocess.Popen | None] = [None]
     try:
         ports = {}
         for name, (tree, settings) in hosts.items():
@@ -195,6 +198,7 @@ def main() -> None:
         mlflow = None if args.no_mlflow else mlflow_server(mlflow_port := free_port())
         if mlflow is not None:
             procs.append(mlflow)
+            mlflow_proc[0] = mlflow
             try:
                 wait(mlflow_port, mlflow)
                 targets["mlflow"] = (f"http://127.0.0.1:{mlflow_port}/invocations", None, MLFLOW_BODY)
@@ -260,7 +264,10 @@ def main() -> None:
                 indent=2) + "\n")
     finally:
         for p in procs:
-            p.terminate()
+            if p is mlflow_proc[0]:
+                os.killpg(p.pid, signal.SIGTERM)
+            else:
+                p.terminate()
             p.wait(timeout=10)
         stop(azurite)
 

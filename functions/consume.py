@@ -1,12 +1,10 @@
 import asyncio
-import threading
 
 import azure.functions as func
 
 from shared import consume, swagger
 from shared.api import operation
-from shared.errors import Unavailable
-from shared.http import json_response, read_json, route
+from shared.http import json_response, read_json, read_large_json, route
 
 bp = func.Blueprint()
 
@@ -23,18 +21,10 @@ async def consume_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
 
 
 _ON_LOOP_BYTES = 64 * 1024
-# json.loads holds the GIL until it is done: one large body at a time, so the event loop gets
-# the interpreter between them
-_parsing = threading.Lock()
 
 
 def _consume_large(req: func.HttpRequest, user) -> func.HttpResponse:
-    if not _parsing.acquire(timeout=30):
-        raise Unavailable("other large requests are being read on this instance; try again shortly", retry_after=2)
-    try:
-        body = read_json(req, required=False)
-    finally:
-        _parsing.release()
+    body = read_large_json(req, required=False)
     return json_response(consume.consume(user, route(req, "name"), route(req, "version"), body))
 
 

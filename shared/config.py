@@ -102,7 +102,7 @@ class Settings:
     warm_services_mb: int = 1024
     #: workers a hot service may have, so concurrent calls need not queue behind one process
     #: (another starts when all are busy and WARM_SERVICES_MB has room). 1 by default: with one
-    #: core, a second worker only adds switching (measured: c=8 p50 4.5x the floor instead of 2.7x)
+    #: core, a second worker only adds switching (measured: c=8 p50 4.8x the floor instead of 2.9x)
     max_workers_per_service: int = 1
     max_warm_sessions: int = 8
     #: idle workers kept ready with PRELOAD_MODULES imported (0: start each worker on demand)

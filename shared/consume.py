@@ -79,8 +79,8 @@ def _grow(svc: dict, key: tuple[str, str]) -> None:
 
     def load() -> None:
         try:
-            pool.services.checkout(key, svc.get("etag"), _starter(svc, key, lambda: max(deadline - time.monotonic(),
-                                                                                        0.001)), replica)
+            pool.services.grow(key, svc.get("etag"),
+                               _starter(svc, key, lambda: max(deadline - time.monotonic(), 0.001)), replica)
         except Exception:  # noqa: BLE001 - the calls go on with the workers there are
             log.info("another worker for service %s/%s could not be started", *key)
 

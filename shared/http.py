@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import azure.functions as func
 
 from . import accounts, auth
 from .config import get_settings
-from .errors import ApiError, BadRequest, NeedsStorage, PayloadTooLarge, UnsupportedMediaType
+from .errors import ApiError, BadRequest, NeedsStorage, PayloadTooLarge, Unavailable, UnsupportedMediaType
 
 log = logging.getLogger("o16n")
 
@@ -198,6 +199,21 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest(f"the request body is not valid JSON: {str(exc).split(':')[0]}") from None
 
 
+# json.loads holds the GIL until it is done: large bodies are parsed one at a time, so the
+# event loop gets the interpreter between them
+_parsing = threading.Lock()
+
+
+def read_large_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]:
+    """read_json for a large body, in a thread. :raises Unavailable: others kept it busy for 30 s"""
+    if not _parsing.acquire(timeout=30):
+        raise Unavailable("other large requests are being read on this instance; try again shortly", retry_after=2)
+    try:
+        return read_json(req, required=required)
+    finally:
+        _parsing.release()
+
+
 def read_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]:
     """The request's JSON object body; an empty body is `{}` unless required."""
     ctype = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -262,6 +278,8 @@ def read_form(req: func.HttpRequest, file_field: str, *, file_required: bool) ->
     if set(files) - {file_field}:
         raise BadRequest(f"the form carries the file '{sorted(set(files) - {file_field})[0][:64]}'; "
                          f"only '{file_field}' is read")
+    if file_field in form:  # its bytes were decoded as text already: not recoverable
+        raise BadRequest(f"send '{file_field}' as a file part of the form (with a filename), not as a text field")
     part = files.get(file_field)
     if part is None and file_required:
         raise BadRequest(f"the multipart form has no file in the field '{file_field}'")
@@ -271,10 +289,6 @@ def read_form(req: func.HttpRequest, file_field: str, *, file_required: bool) ->
         if len(values) != 1:
             raise BadRequest(f"the form field '{key[:64]}' is sent more than once")
         fields[key] = values[0]
-    if file_field in fields:  # sent as a plain field: still the file's bytes
-        if part is not None:
-            raise BadRequest(f"the form field '{file_field}' is sent more than once")
-        return {k: v for k, v in fields.items() if k != file_field}, fields[file_field].encode("utf-8", "surrogateescape")
     return fields, part.read() if part is not None else None
 
 

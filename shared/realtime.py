@@ -81,7 +81,7 @@ def prepare(user: str, sent: bytes) -> tuple[bytes, dict[str, Any]]:
             raise ModelRefused("the pickled model could not be converted to ONNX")
     # Checked in a worker of its own: the one that converted a pickle ran the user's code.
     info = _valid_info(_in_fresh_worker(user, {"op": "realtime_check", "model": data},
-                                        "onnxruntime could not load the model")["info"])
+                                        "onnxruntime could not load the model").get("info"))
     if columns:
         if (len(info["inputs"]) != 1 or len(info["inputs"][0]["shape"]) != 2 or info["inputs"][0]["shape"][1] != len(columns)
                 or not all(isinstance(c, str) and 0 < len(c) <= 256 for c in columns)):

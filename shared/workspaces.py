@@ -1,9 +1,9 @@
 """Stored workspaces (a zip of the pickled objects and the working-directory files): written
 as new immutable blobs, sealed, and read back only after the seal verifies.
 
-A session's workspace is kept in parts (stateFormat "parts"): one blob per object and per
-file, and a manifest blob naming them, so a call that changes one small object writes that
-object and the manifest, not the whole workspace. Snapshots and services keep one zip."""
+A session's workspace is kept in parts (stateFormat "parts"): a sealed entry per object and
+per file (the small ones of a save share a blob) and a manifest naming them, so a call that
+changes one small object writes that object and the manifest, not the whole workspace. Snapshots and services keep one zip."""
 from __future__ import annotations
 
 import io
@@ -202,17 +202,26 @@ def _store_changes(prefix: str, binding: str, changes: bytes, current: dict,
     return fields, written, superseded
 
 
-#: entries smaller than this share one blob per save
-_PACK_BELOW = 4 * 2**20
+#: entries smaller than this share blobs of at most _PACK_MAX
+_PACK_BELOW, _PACK_MAX = 4 * 2**20, 16 * 2**20
 
 
 def _repacked(binding: str, kept: dict[str, dict]) -> dict[str, bytes]:
-    """Kept entries to copy into this save's blob: those in a shared blob that is now more than
-    half dead (entries changed or dropped since), so dead bytes never outweigh live ones."""
+    """Kept entries to copy into this save's blob: those in a shared blob now more than half
+    dead (entries changed or dropped since), so dead bytes do not outweigh live ones. At most
+    LARGE_BYTES of such blobs are read per save (more wait for the next), so a small save
+    never reads a large workspace."""
     live: dict[str, int] = {}
     for part in kept.values():
         live[part["blob"]] = live.get(part["blob"], 0) + int(part["size"])
-    sparse = {b for part in kept.values() if (b := part["blob"]) and 2 * live[b] < int(part.get("blobSize", 0))}
+    sizes = {b: int(part.get("blobSize", 0)) for part in kept.values()
+             if (b := part["blob"]) and 2 * live[b] < int(part.get("blobSize", 0))}
+    sparse, budget = set(), LARGE_BYTES
+    for blob, size in sorted(sizes.items(), key=lambda item: item[1]):
+        if size > budget:
+            break
+        sparse.add(blob)
+        budget -= size
     moved: dict[str, bytes] = {}
     for blob in sparse:
         data = blobs.get(blob)
@@ -226,8 +235,22 @@ def _repacked(binding: str, kept: dict[str, dict]) -> dict[str, bytes]:
 
 
 def _groups(sent: dict[str, bytes]) -> list[list[str]]:
-    small = [e for e, d in sent.items() if len(d) < _PACK_BELOW]
-    return ([small] if small else []) + [[e] for e, d in sent.items() if len(d) >= _PACK_BELOW]
+    """Entries under _PACK_BELOW in shared blobs of at most _PACK_MAX; the others alone."""
+    groups: list[list[str]] = []
+    pack: list[str] = []
+    size = 0
+    for entry, data in sent.items():
+        if len(data) >= _PACK_BELOW:
+            groups.append([entry])
+            continue
+        if pack and size + len(data) > _PACK_MAX:
+            groups.append(pack)
+            pack, size = [], 0
+        pack.append(entry)
+        size += len(data)
+    if pack:
+        groups.append(pack)
+    return groups
 
 
 #: a manifest names at most MAX_ENTRIES entries of ~100 bytes each
@@ -246,6 +269,8 @@ def _read_changes(changes: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
             raise WorkspaceRefused("entries")
         if any(i.compress_type != zipfile.ZIP_STORED or i.compress_size != i.file_size for i in infos):
             raise WorkspaceRefused("compressed entries")
+        if any(i.flag_bits & ~0x808 for i in infos):  # only "sizes after the data" and "UTF-8 name"
+            raise WorkspaceRefused("entries")
         # Entries whose data overlap would make a small reply many times its size in memory
         if sum(i.file_size + 30 + len(i.filename.encode()) for i in infos) > len(changes):
             raise WorkspaceRefused("overlapping entries")
@@ -257,12 +282,14 @@ def _read_changes(changes: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
         if text.count(b"{") > 2 or b"[" in text:
             raise WorkspaceRefused("manifest")
         listed = json.loads(text).get("entries")
-        if not isinstance(listed, dict) or not all(isinstance(v, str) and len(v) <= 128 for v in listed.values()):
+        if (not isinstance(listed, dict) or len(listed) > MAX_ENTRIES
+                or not all(isinstance(v, str) and len(v) <= 128 for v in listed.values())):
             raise WorkspaceRefused("manifest")
         for entry in listed:
             _check_entry(entry)
         sent = {i.filename: zf.read(i) for i in infos if i.filename != MANIFEST}
-    except (zipfile.BadZipFile, ValueError, KeyError, AttributeError, EOFError, RecursionError, TypeError):
+    except (zipfile.BadZipFile, ValueError, KeyError, AttributeError, EOFError, RecursionError, TypeError,
+            RuntimeError, NotImplementedError):
         raise WorkspaceRefused("not a workspace") from None
     if set(sent) - set(listed):
         raise WorkspaceRefused("entries the manifest does not name")
@@ -291,7 +318,11 @@ def _check_entry(entry: Any) -> None:
         if entry.startswith(OBJECTS):
             ids.object_name(entry[len(OBJECTS):])
         elif entry.startswith(FILES):
-            ids.file_name(entry[len(FILES):])
+            name = entry[len(FILES):]
+            # the names a worker keeps (any file in its folder): no path, bounded
+            if (not name or name in (".", "..") or any(c in name for c in "/\\\x00")
+                    or len(name.encode("utf-8", "surrogatepass")) > 255):
+                raise BadRequest("name")
         else:
             raise BadRequest("name")
     except BadRequest:
@@ -307,7 +338,7 @@ _manifests_lock = threading.Lock()
 def _remember(key: tuple[str, str, str], entries: dict) -> None:
     with _manifests_lock:
         _manifests[key] = entries
-        while len(_manifests) > 256:
+        while len(_manifests) > 1 and sum(len(e) for e in _manifests.values()) > 4 * MAX_ENTRIES:
             _manifests.popitem(last=False)
 
 

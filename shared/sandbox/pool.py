@@ -714,36 +714,47 @@ class WarmPool:
                 if (w := self._workers.get((key, i))) is not None]
 
     def growth(self, key: Any, tag: Any) -> int | None:
-        """The replica to start for `key` now: when all its workers are busy, it may have more
-        and the memory budget has room for one more of them. It is then marked as growing
-        (`checkout` with that replica clears it)."""
+        """The replica to start for `key` now: when all its workers are busy, it may have more,
+        and the count and memory budget have room for one more of them. It is then marked as
+        growing until `grow` with it is done. Workers of `key` that died or hold another tag
+        go first."""
         with self._lock:
+            stale = [k for k, w in self._replicas_of(key) if not w.alive or w.tag != tag]
+            dropped = [self._workers.pop(k) for k in stale]
             present = self._replicas_of(key)
-            if not present or any(not w.busy for _, w in present) or any(w.tag != tag for _, w in present):
-                return None
             free = [i for i in range(max(1, self._replicas())) if (key, i) not in self._workers
                     and (key, i) not in self._growing]
             budget = self._budget()
             total = sum(w.resident for w in self._workers.values())
-            if not free or (budget and total + max(w.resident for _, w in present) > budget):
-                return None
-            self._growing.add((key, free[0]))
-            return free[0]
+            room = (len(self._workers) < max(1, self._size())
+                    and (not budget or not present or total + max(w.resident for _, w in present) <= budget))
+            replica = None
+            if present and free and room and all(w.busy for _, w in present):
+                replica = free[0]
+                self._growing.add((key, replica))
+        for worker in dropped:
+            worker.close()
+        return replica
 
-    def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int = 0) -> Worker:
-        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start` (as
-        `replica`). :raises WorkerBusy: another call has been preparing one for _QUEUE_SECONDS"""
+    def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None]) -> Worker:
+        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`.
+        :raises WorkerBusy: another call has been preparing one for _QUEUE_SECONDS"""
+        worker = self.warm(key, tag)
+        if worker is not None:
+            return worker
+        return self._load(key, tag, start, 0)
+
+    def grow(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int) -> None:
+        """Load `replica` (from `growth`) for `key`; a failure is not remembered for the key's
+        own loads (the calls go on with the workers there are)."""
         try:
-            if replica == 0:
-                worker = self.warm(key, tag)
-                if worker is not None:
-                    return worker
-            return self._load(key, tag, start, replica)
+            self._load(key, tag, start, replica, remember_failure=False)
         finally:
             with self._lock:
                 self._growing.discard((key, replica))
 
-    def _load(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int) -> Worker:
+    def _load(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int, *,
+              remember_failure: bool = True) -> Worker:
         slot = (key, replica)
         lock = self.key_lock(key, replica)
         if not lock.acquire(timeout=_QUEUE_SECONDS):
@@ -757,8 +768,8 @@ class WarmPool:
                 failed = self._failures.get(key)
             if failed is not None and failed[0] == tag and time.monotonic() - failed[1] < _FAILURE_SECONDS:
                 raise copy.copy(failed[2])  # the same load failing again would hold a thread for nothing
-            if replica == 0:
-                self.retire(key)  # what is there holds another tag, or has died
+            if replica == 0 and remember_failure:
+                self.retire(key)  # nothing there holds this tag alive (warm() looked first)
             else:
                 self._drop(slot)
             worker = spares.take()
@@ -766,7 +777,7 @@ class WarmPool:
                 start(worker)
             except BaseException as exc:
                 worker.kill()
-                if isinstance(exc, Exception):
+                if isinstance(exc, Exception) and remember_failure:
                     with self._lock:
                         self._failures[key] = (tag, time.monotonic(), exc)
                         self.counts["loadFailures"] += 1

@@ -21,6 +21,7 @@ WORKSPACE_ENTRY = "workspace.pkl"  # the older form: one pickled dict of pickles
 OBJECTS_PREFIX = "objects/"
 FILES_PREFIX = "files/"
 MANIFEST_ENTRY = "manifest.json"
+MAX_ENTRIES = 10000  # what the host keeps of one workspace (shared.workspaces.MAX_ENTRIES)
 
 
 class CappedText(io.TextIOBase):
@@ -84,6 +85,8 @@ class Worker:
                     self._load_object(name, blob, notes)
         if isinstance(fingerprints, dict):
             self.sent = {k: v for k, v in fingerprints.items() if isinstance(k, str) and isinstance(v, str)}
+            with zipfile.ZipFile(io.BytesIO(state)) as zf:
+                self.sizes = {i.filename: i.file_size for i in zf.infolist()}
         return notes
 
     def _load_object(self, name: str, blob: bytes, notes: list[str]) -> None:
@@ -122,6 +125,9 @@ class Worker:
             if self.sent.get(entry) != digest:
                 with open(name, "rb") as f:
                     changed[entry] = f.read()
+        if len(entries) > MAX_ENTRIES:
+            raise WorkspaceTooLarge(f"the workspace has {len(entries)} objects and files, more than the "
+                                    f"{MAX_ENTRIES} it may keep; delete what it does not need")
         sizes = {e: len(changed[e]) if e in changed else self.sizes.get(e, 0) for e in entries}
         limit = self.policy["workspaceBytes"]
         total = sum(sizes.values())

@@ -232,6 +232,9 @@ def test_publish_rules_are_those_of_any_service(base_url, alice, bob, rita):
     json_body = requests.post(f"{base_url}/realtime-services/x{uuid.uuid4().hex[:6]}/v1", json={"model": "x"},
                               headers=alice)
     assert json_body.status_code == 415
+    as_text = requests.post(f"{base_url}/realtime-services/x{uuid.uuid4().hex[:6]}/v1",
+                            files={"model": (None, "not a file part")}, headers=alice)
+    assert as_text.status_code == 400 and "file part" in as_text.json()["message"]
     no_file = requests.post(f"{base_url}/realtime-services/x{uuid.uuid4().hex[:6]}/v1", files={"x": ("x", b"1")},
                             data={"description": "d"}, headers=alice)
     assert no_file.status_code == 400

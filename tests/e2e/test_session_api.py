@@ -212,3 +212,21 @@ def test_console_output_of_wide_characters_is_cut_to_fit_table_storage(base_url,
     assert out["success"] is True, out
     kept = requests.get(f"{base_url}/sessions/{sid}/console-output", headers=alice).json()["consoleOutput"]
     assert kept.startswith("\U0001F600") and 29_000 < len(kept.encode("utf-16-le")) // 2 <= 30_000
+
+
+def test_files_of_any_name_the_folder_can_hold_are_saved(base_url, alice):
+    sid = new_session(base_url, alice)
+    names = ["My Results.csv", "résumé.txt", ".env"]
+    out = execute(base_url, alice, sid, "".join(f"open({n!r}, 'w').write('x')\n" for n in names))
+    assert out["success"] is True, out
+    assert requests.post(f"{base_url}/sessions/{sid}/cancel", headers=alice).status_code == 200  # a fresh worker
+    check = execute(base_url, alice, sid, f"import os\nok = sorted(n for n in os.listdir('.') if n in {names!r})",
+                    outputParameters=["ok"])
+    assert check["outputParameters"] == [{"name": "ok", "value": sorted(names)}]
+
+
+def test_a_workspace_of_more_entries_than_kept_is_refused_naming_the_limit(base_url, alice):
+    sid = new_session(base_url, alice)
+    out = execute(base_url, alice, sid, "for i in range(10_001): globals()['v%d' % i] = i")
+    assert out["success"] is False and "10000" in out["errorMessage"]
+    assert execute(base_url, alice, sid, "x = 1")["success"] is True  # as it was before that call

@@ -176,3 +176,15 @@ def test_a_save_of_directory_records_is_refused_before_they_are_read(where):
         workspaces.store_changes(prefix, binding, buf.getvalue(), {}, LIMIT)
     with pytest.raises(workspaces.WorkspaceRefused, match="not a workspace"):
         workspaces.store_changes(prefix, binding, b"no end record here", {}, LIMIT)
+
+
+def test_entries_with_unusual_flags_are_refused(where):
+    prefix, binding = where
+    data = bytearray(changes({"objects/a": "1"}, {"objects/a": b"A"}))
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # mark the entries encrypted, in both headers
+        at = -1
+        while (at := data.find(sig, at + 1)) >= 0:
+            flag_at = at + (6 if sig == b"PK\x03\x04" else 8)
+            data[flag_at] |= 0x01
+    with pytest.raises(workspaces.WorkspaceRefused):
+        workspaces.store_changes(prefix, binding, bytes(data), {}, LIMIT)
