@@ -119,6 +119,7 @@ def discard(record: dict, binding: str | None = None) -> None:
             entries = {}
         for blob in {part["blob"] for part in entries.values()}:
             blobs.delete(blob)
+        _forget_manifest(binding)
     blobs.delete(name)
 
 
@@ -194,7 +195,7 @@ def _store_changes(prefix: str, binding: str, changes: bytes, current: dict,
             _quietly_delete(blob)
         raise
     fields = {"stateBlob": name, "stateFormat": PARTS, "contentSize": total, **seal.seal(binding, manifest)}
-    _remember((binding, name, fields["stateMac"]), entries)
+    _remember((binding, name, fields["stateMac"]), entries, len(manifest))
     kept = {e["blob"] for e in entries.values()}
     superseded = sorted({e["blob"] for e in held.values()} - kept)
     if current.get("stateBlob"):
@@ -316,7 +317,8 @@ def _check_entry(entry: Any) -> None:
         if not isinstance(entry, str):
             raise BadRequest("name")
         if entry.startswith(OBJECTS):
-            ids.object_name(entry[len(OBJECTS):])
+            if len(ids.object_name(entry[len(OBJECTS):])) > 256:
+                raise BadRequest("name")
         elif entry.startswith(FILES):
             name = entry[len(FILES):]
             # the names a worker keeps (any file in its folder): no path, bounded
@@ -329,17 +331,26 @@ def _check_entry(entry: Any) -> None:
         raise WorkspaceRefused("an entry name") from None
 
 
-# (binding, manifest blob, its MAC) -> entries: blobs never change, so a manifest read and
-# verified once (or written here) need not be read again
-_manifests: OrderedDict[tuple[str, str, str], dict] = OrderedDict()
+# (binding, manifest blob, its MAC) -> (entries, manifest bytes): blobs never change, so a
+# manifest read and verified once (or written here) need not be read again
+_manifests: OrderedDict[tuple[str, str, str], tuple[dict, int]] = OrderedDict()
 _manifests_lock = threading.Lock()
+_MANIFESTS_BYTES = 16 * 2**20  # of manifest JSON kept (parsed, several times that)
 
 
-def _remember(key: tuple[str, str, str], entries: dict) -> None:
+def _remember(key: tuple[str, str, str], entries: dict, size: int) -> None:
     with _manifests_lock:
-        _manifests[key] = entries
-        while len(_manifests) > 1 and sum(len(e) for e in _manifests.values()) > 4 * MAX_ENTRIES:
+        _manifests[key] = (entries, size)
+        while len(_manifests) > 1 and sum(n for _, n in _manifests.values()) > _MANIFESTS_BYTES:
             _manifests.popitem(last=False)
+        if size > _MANIFESTS_BYTES:
+            _manifests.pop(key, None)
+
+
+def _forget_manifest(binding: str) -> None:
+    with _manifests_lock:
+        for key in [k for k in _manifests if k[0] == binding]:
+            del _manifests[key]
 
 
 def _manifest(binding: str, record: dict) -> dict[str, dict]:
@@ -348,11 +359,11 @@ def _manifest(binding: str, record: dict) -> dict[str, dict]:
     with _manifests_lock:
         hit = _manifests.get(key)
     if hit is not None:
-        return hit
+        return hit[0]
     data = blobs.get(key[1])
     seal.verify(binding, data, record)
     entries = json.loads(data)["entries"]
-    _remember(key, entries)
+    _remember(key, entries, len(data))
     return entries
 
 

@@ -22,6 +22,7 @@ OBJECTS_PREFIX = "objects/"
 FILES_PREFIX = "files/"
 MANIFEST_ENTRY = "manifest.json"
 MAX_ENTRIES = 10000  # what the host keeps of one workspace (shared.workspaces.MAX_ENTRIES)
+MAX_NAME = 256  # characters of an object's name the host keeps
 
 
 class CappedText(io.TextIOBase):
@@ -110,6 +111,10 @@ class Worker:
         for name, value in self.ns.items():
             if name.startswith("__") and name.endswith("__"):
                 continue
+            if not (isinstance(name, str) and name.isidentifier() and len(name) <= MAX_NAME):
+                notes.append(f"note: '{str(name)[:64]}' is not a name the workspace keeps (an identifier of at "
+                             f"most {MAX_NAME} characters); it is dropped")
+                continue
             try:
                 fp = _object_fingerprint(value, cloudpickle)
                 entry = OBJECTS_PREFIX + name
@@ -120,6 +125,10 @@ class Worker:
                 continue
             entries[entry] = fp
         for name, digest in (_fingerprint() if files is None else files).items():
+            if not _keepable_file(name):
+                notes.append(f"note: the file '{name.encode('utf-8', 'replace').decode()[:64]}' is not kept in the "
+                             "workspace (its name is not UTF-8, or longer than 255 bytes)")
+                continue
             entry = FILES_PREFIX + name
             entries[entry] = digest
             if self.sent.get(entry) != digest:
@@ -408,6 +417,13 @@ def _object_fingerprint(value: Any, cloudpickle: Any) -> str:
 
 def _missing(message: str) -> dict:
     return {"ok": False, "notFound": True, "error": message}
+
+
+def _keepable_file(name: str) -> bool:
+    try:
+        return len(name.encode("utf-8")) <= 255
+    except UnicodeEncodeError:  # os.listdir's escape for bytes that are not UTF-8
+        return False
 
 
 def _safe_name(name: str) -> bool:

@@ -230,3 +230,15 @@ def test_a_workspace_of_more_entries_than_kept_is_refused_naming_the_limit(base_
     out = execute(base_url, alice, sid, "for i in range(10_001): globals()['v%d' % i] = i")
     assert out["success"] is False and "10000" in out["errorMessage"]
     assert execute(base_url, alice, sid, "x = 1")["success"] is True  # as it was before that call
+
+
+def test_names_the_workspace_cannot_keep_are_dropped_with_a_note_and_the_rest_is_saved(base_url, alice):
+    sid = new_session(base_url, alice)
+    out = execute(base_url, alice, sid, "globals()['my-var'] = 1\nglobals()['a' * 300] = 2\n"
+                  "open(b'\\xff.txt', 'wb').write(b'x')\nx = 2")
+    assert out["success"] is True, out
+    assert "'my-var' is not a name the workspace keeps" in out["consoleOutput"]
+    assert "is not kept in the workspace" in out["consoleOutput"]
+    assert requests.post(f"{base_url}/sessions/{sid}/cancel", headers=alice).status_code == 200
+    check = execute(base_url, alice, sid, "ok = (x, 'my-var' in globals())", outputParameters=["ok"])
+    assert check["outputParameters"] == [{"name": "ok", "value": [2, False]}]
