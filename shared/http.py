@@ -265,16 +265,21 @@ def read_bytes(req: func.HttpRequest) -> bytes:
     return raw
 
 
-def read_form(req: func.HttpRequest, file_field: str, *, file_required: bool) -> tuple[dict[str, str], bytes | None]:
-    """A multipart/form-data request's text fields and its one file (by form field name)."""
+def _multipart(req: func.HttpRequest, file_field: str) -> tuple[Any, Any]:
+    """The files and text fields of a multipart/form-data request. :raises UnsupportedMediaType:"""
     read_bytes(req)
     ctype = (req.headers.get("content-type") or "").lower()
     if not ctype.startswith("multipart/form-data"):
         raise UnsupportedMediaType(f"send multipart/form-data with the file in the form field '{file_field}'")
     try:
-        files, form = req.files, req.form
+        return req.files, req.form
     except ValueError:
         raise BadRequest("the multipart form could not be read") from None
+
+
+def read_form(req: func.HttpRequest, file_field: str, *, file_required: bool) -> tuple[dict[str, str], bytes | None]:
+    """A multipart/form-data request's text fields and its one file (by form field name)."""
+    files, form = _multipart(req, file_field)
     if set(files) - {file_field}:
         raise BadRequest(f"the form carries the file '{sorted(set(files) - {file_field})[0][:64]}'; "
                          f"only '{file_field}' is read")
@@ -294,14 +299,7 @@ def read_form(req: func.HttpRequest, file_field: str, *, file_required: bool) ->
 
 def read_upload(req: func.HttpRequest, field: str) -> tuple[str, bytes]:
     """The one file of a multipart/form-data request, by form field name."""
-    read_bytes(req)
-    ctype = (req.headers.get("content-type") or "").lower()
-    if not ctype.startswith("multipart/form-data"):
-        raise UnsupportedMediaType(f"upload the file as multipart/form-data in the form field '{field}'")
-    try:
-        part = req.files.get(field)
-    except ValueError:
-        part = None
+    part = _multipart(req, field)[0].get(field)
     if part is None:
         raise BadRequest(f"the multipart form has no file in the field '{field}'")
     return part.filename or "", part.read()

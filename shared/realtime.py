@@ -12,11 +12,11 @@ The host checks inputData against the model's inputs (`check_columns`) before an
 from __future__ import annotations
 
 import json
-import math
 import threading
 from typing import Any
 
 from .errors import BadRequest, Unavailable
+from .types import fits_float, plain
 
 #: what revoscalepy's rx_serialize_model output starts with; the ML Server SDK refuses models
 #: without it, so an ONNX model may come behind it
@@ -83,7 +83,8 @@ def prepare(user: str, sent: bytes) -> tuple[bytes, dict[str, Any]]:
     info = _valid_info(_in_fresh_worker(user, {"op": "realtime_check", "model": data},
                                         "onnxruntime could not load the model").get("info"))
     if columns:
-        if (len(info["inputs"]) != 1 or len(info["inputs"][0]["shape"]) != 2 or info["inputs"][0]["shape"][1] != len(columns)
+        shape = info["inputs"][0]["shape"]
+        if (len(info["inputs"]) != 1 or len(shape) != 2 or shape[1] != len(columns)
                 or not all(isinstance(c, str) and 0 < len(c) <= 256 for c in columns)):
             raise ModelRefused("the converted model's feature names do not match its input")
         info["columns"] = columns
@@ -152,9 +153,8 @@ def _valid_info(info: Any) -> dict[str, Any]:
             raise ModelRefused("the model's inputs and outputs could not be read")
         return {"name": t["name"], "type": t["type"], "shape": shape}
 
-    if not isinstance(info, dict) or not isinstance(info.get("inputs"), list) or not isinstance(info.get("outputs"), list):
-        raise ModelRefused("the model's inputs and outputs could not be read")
-    if not 0 < len(info["inputs"]) <= MAX_TENSORS or not 0 < len(info["outputs"]) <= MAX_TENSORS:
+    if not (isinstance(info, dict) and all(isinstance(info.get(k), list) and 0 < len(info[k]) <= MAX_TENSORS
+                                           for k in ("inputs", "outputs"))):
         raise ModelRefused("the model's inputs and outputs could not be read")
     return {"inputs": [tensor(t, True) for t in info["inputs"]], "outputs": [tensor(t, False) for t in info["outputs"]]}
 
@@ -283,8 +283,8 @@ def describe(exc: BaseException) -> str:
     import re
 
     text = str(exc).split("Status Message:")[-1]
-    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+|\[ONNXRuntimeError\] : \d+ : \w+ :|(?:void\*\s*)?\S*onnxruntime::\S*?\([^)]*\)",
-                  "", text)
+    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+|\[ONNXRuntimeError\] : \d+ : \w+ :"
+                  r"|(?:void\*\s*)?\S*onnxruntime::\S*?\([^)]*\)", "", text)
     return _short(" ".join(text.split()) or type(exc).__name__)
 
 
@@ -331,8 +331,8 @@ def _check_values(name: str, values: list, dtype: str) -> None:
         ok, kind = all(not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
                        and _INT_RANGE[0] <= v <= _INT_RANGE[1] for v in values), "whole numbers of at most 64 bits"
     else:
-        ok, kind = all(not isinstance(v, bool) and (isinstance(v, float) or (isinstance(v, int) and abs(v) < 2**1023))
-                       for v in values), "numbers"
+        ok, kind = all(isinstance(v, (int, float)) and not isinstance(v, bool) and fits_float(v) for v in values), \
+            "numbers"
     if not ok:
         raise BadRequest(f"column '{name[:64]}' of '{INPUT}' must hold {kind} ({dtype} for the model)")
 
@@ -372,26 +372,16 @@ def to_columns(results: dict[str, Any]) -> dict[str, list]:
     for name, array in results.items():
         if isinstance(array, list):  # ZipMap: one {class: score} per row
             for label in (array[0] if array else {}):
-                out[f"{name}_{label}"] = _plain([row.get(label) for row in array])
+                out[f"{name}_{label}"] = plain([row.get(label) for row in array])
             continue
         if array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]
         if array.ndim == 2:
             for j in range(array.shape[1]):
-                out[f"{name}_{j}"] = _plain(array[:, j].tolist())
+                out[f"{name}_{j}"] = plain(array[:, j])
         else:
-            out[name] = _plain(array.tolist())
+            out[name] = plain(array)
     return out
-
-
-def _plain(values: Any) -> Any:
-    if isinstance(values, list):
-        return [_plain(v) for v in values]
-    if isinstance(values, float) and not math.isfinite(values):
-        return None
-    if isinstance(values, bytes):
-        return values.decode("utf-8", "replace")
-    return values
 
 
 def columns_of(value: Any) -> dict[str, list]:

@@ -249,10 +249,17 @@ def _own(user: Principal, name: str, version: str) -> dict:
 def _may_publish(user: Principal, name: str) -> None:
     """:raises Forbidden: the name is someone else's (read only: nothing is claimed here)"""
     claim = _claim(name)
-    if (claim is not None and get_settings().service_names == "owned" and not user.owner
-            and not (claim["owner"] == user.name or user.name in _listed(claim))):
-        raise Forbidden(f"the service name '{claim.get('name') or name}' belongs to {claim['owner']}: only they, the "
-                        "co-publishers they name (coPublishers) and Owners may publish versions under it")
+    if claim is not None and get_settings().service_names == "owned" and not _publishes_under(user, claim):
+        raise _not_yours(claim, name)
+
+
+def _publishes_under(user: Principal, claim: dict) -> bool:
+    return user.owner or claim["owner"] == user.name or user.name in _listed(claim)
+
+
+def _not_yours(claim: dict, name: str) -> Forbidden:
+    return Forbidden(f"the service name '{claim.get('name') or name}' belongs to {claim['owner']}: only they, the "
+                     "co-publishers they name (coPublishers) and Owners may publish versions under it")
 
 
 def _claim(name: str) -> dict | None:
@@ -281,9 +288,8 @@ def _check_name(user: Principal, name: str, *, create: bool = True) -> tuple[dic
     if get_settings().service_names == "shared":
         return claim, claimed
     spelled = claim.get("name") or name
-    if not user.owner and not (claim["owner"] == user.name or user.name in _listed(claim)):
-        raise Forbidden(f"the service name '{spelled}' belongs to {claim['owner']}: only they, the "
-                        "co-publishers they name (coPublishers) and Owners may publish versions under it")
+    if not _publishes_under(user, claim):
+        raise _not_yours(claim, name)
     if spelled != name:
         # One spelling per name, so every version of a name is found under one partition.
         raise Conflict(f"this service name is spelled '{spelled}': publish its versions under that spelling")
@@ -327,7 +333,7 @@ def _still_allowed(user: Principal, name: str, created: dict) -> None:
     """Checked again once the version is written: a co-publisher removed while his publish was
     uploading must not end up with a version under the name."""
     claim = _claim(name)
-    if user.owner or (claim is not None and (claim["owner"] == user.name or user.name in _listed(claim))):
+    if user.owner or (claim is not None and _publishes_under(user, claim)):
         return
     try:
         _rows.delete(created)

@@ -274,8 +274,7 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
     try:
         _rows.replace(row)
     except ApiError as exc:
-        for blob in written:  # not kept: the session was changed or closed meanwhile, or storage failed
-            workspaces.discard({"stateBlob": blob})
+        workspaces.discard_blobs(written)  # not kept: changed or closed meanwhile, or storage failed
         if isinstance(exc, NotFound):
             raise NotFound(f"session '{sid}' was closed meanwhile") from None
         if isinstance(exc, PreconditionFailed):
@@ -285,7 +284,7 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
     # Committed: what follows is bookkeeping, and its failure must not fail the call.
     try:
         for blob in superseded:
-            workspaces.discard({"stateBlob": blob})
+            workspaces.discard({"stateBlob": blob})  # a failure here is logged below
         if record is not None:
             _history.create(sid, f"{row['executions']:010d}", {"code": ids.cut_utf16(record, _MAX_PROPERTY_CHARS)})
     except ApiError as exc:

@@ -65,7 +65,7 @@ def check_input(name: str, typ: str, value: Any) -> None:
         return BadRequest(f"input '{name}' must be {expected} (type {typ})")
 
     if typ == "numeric":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _fits_float(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not fits_float(value):
             raise bad("a number")
     elif typ == "integer":
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
@@ -99,7 +99,7 @@ def check_input(name: str, typ: str, value: Any) -> None:
             raise bad("an object of column arrays")
 
 
-def _fits_float(value: int | float) -> bool:
+def fits_float(value: int | float) -> bool:
     try:
         return math.isfinite(float(value))
     except OverflowError:  # an integer past 1.8e308

@@ -3,7 +3,8 @@ as new immutable blobs, sealed, and read back only after the seal verifies.
 
 A session's workspace is kept in parts (stateFormat "parts"): a sealed entry per object and
 per file (the small ones of a save share a blob) and a manifest naming them, so a call that
-changes one small object writes that object and the manifest, not the whole workspace. Snapshots and services keep one zip."""
+changes one small object writes that object and the manifest, not the whole workspace.
+Snapshots and services keep one zip."""
 from __future__ import annotations
 
 import io
@@ -13,7 +14,8 @@ import threading
 import uuid
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import ids, seal
@@ -52,19 +54,26 @@ _large_loads = threading.BoundedSemaphore(2)
 _LARGE_WAIT = 10.0
 
 
-def _load(binding: str, record: dict) -> tuple[bytes | None, dict[str, str]]:
-    name = record.get("stateBlob")
-    if not name:
-        return None, {}
-    if int(record.get("contentSize") or 0) <= LARGE_BYTES:
-        return _read(binding, record)
+@contextmanager
+def _large_slot(size: int) -> Iterator[None]:
+    """One of the two slots for a workspace over LARGE_BYTES. :raises Unavailable:"""
+    if size <= LARGE_BYTES:
+        yield
+        return
     if not _large_loads.acquire(timeout=_LARGE_WAIT):
-        raise Unavailable("other large workspaces are being read on this instance; try again shortly",
+        raise Unavailable("other large workspaces are being read or saved on this instance; try again shortly",
                           retry_after=5)
     try:
-        return _read(binding, record)
+        yield
     finally:
         _large_loads.release()
+
+
+def _load(binding: str, record: dict) -> tuple[bytes | None, dict[str, str]]:
+    if not record.get("stateBlob"):
+        return None, {}
+    with _large_slot(int(record.get("contentSize") or 0)):
+        return _read(binding, record)
 
 
 def _read(binding: str, record: dict) -> tuple[bytes | None, dict[str, str]]:
@@ -136,18 +145,11 @@ def store_changes(prefix: str, binding: str, changes: bytes, current: dict,
     entries, the changed ones and manifest.json naming all with their fingerprints). Returns
     the fields for the entity, the blobs written (to delete if the entity is not saved) and
     the blobs it no longer needs (to delete once it is). Nothing in `changes` is unpickled or
-    decompressed here. The changed entries go into one blob (large ones into their own), so a
+    decompressed here. Small changed entries share blobs (large ones have their own), so a
     call that changes ten thousand small objects writes a few blobs, not ten thousand.
     :raises WorkspaceRefused: :raises PayloadTooLarge: :raises Unavailable:"""
-    if len(changes) <= LARGE_BYTES:
+    with _large_slot(len(changes)):
         return _store_changes(prefix, binding, changes, current, limit)
-    if not _large_loads.acquire(timeout=_LARGE_WAIT):
-        raise Unavailable("other large workspaces are being saved on this instance; try again shortly",
-                          retry_after=5)
-    try:
-        return _store_changes(prefix, binding, changes, current, limit)
-    finally:
-        _large_loads.release()
 
 
 def _store_changes(prefix: str, binding: str, changes: bytes, current: dict,
@@ -191,8 +193,7 @@ def _store_changes(prefix: str, binding: str, changes: bytes, current: dict,
         blobs.put(name, manifest)
         written.append(name)
     except BaseException:
-        for blob in written:
-            _quietly_delete(blob)
+        discard_blobs(written)
         raise
     fields = {"stateBlob": name, "stateFormat": PARTS, "contentSize": total, **seal.seal(binding, manifest)}
     _remember((binding, name, fields["stateMac"]), entries, len(manifest))
@@ -367,8 +368,10 @@ def _manifest(binding: str, record: dict) -> dict[str, dict]:
     return entries
 
 
-def _quietly_delete(blob: str) -> None:
-    try:
-        blobs.delete(blob)
-    except ApiError:
-        pass
+def discard_blobs(names: list[str]) -> None:
+    """Delete blobs a failed save wrote; a failure here must not hide the one being reported."""
+    for name in names:
+        try:
+            blobs.delete(name)
+        except ApiError:
+            pass

@@ -718,6 +718,8 @@ class WarmPool:
         and the count and memory budget have room for one more of them. It is then marked as
         growing until `grow` with it is done. Workers of `key` that died or hold another tag
         go first."""
+        if self._replicas() <= 1:  # asked on every busy call: nothing to do while replicas are off
+            return None
         with self._lock:
             stale = [k for k, w in self._replicas_of(key) if not w.alive or w.tag != tag]
             dropped = [self._workers.pop(k) for k in stale]

@@ -72,6 +72,7 @@ class Worker:
 
         import pickle
         with zipfile.ZipFile(io.BytesIO(state)) as zf:
+            sizes = {i.filename: i.file_size for i in zf.infolist()}
             for info in zf.infolist():
                 if info.filename.startswith(FILES_PREFIX) and not info.is_dir():
                     name = info.filename[len(FILES_PREFIX):]
@@ -86,8 +87,7 @@ class Worker:
                     self._load_object(name, blob, notes)
         if isinstance(fingerprints, dict):
             self.sent = {k: v for k, v in fingerprints.items() if isinstance(k, str) and isinstance(v, str)}
-            with zipfile.ZipFile(io.BytesIO(state)) as zf:
-                self.sizes = {i.filename: i.file_size for i in zf.infolist()}
+            self.sizes = sizes
         return notes
 
     def _load_object(self, name: str, blob: bytes, notes: list[str]) -> None:
