@@ -206,3 +206,34 @@ def test_huge_integers_are_a_400_and_cost_no_worker(host, alice, bob):
                           headers={**bob, "Content-Type": "application/json"})
         assert r.status_code == 400 and "column 'x'" in r.json()["message"]
         assert consume(host, bob, rt.name, {"x": [2]}).json()["outputParameters"]["outputData"]["y"] == [2]
+
+
+def _pickled_call(func: str, *args) -> bytes:
+    """A pickle that calls `func(*args)` when loaded (by the converting worker)."""
+    class Call:
+        def __reduce__(self):
+            return (eval, (f"{func}(*{args!r})",))
+
+    return pickle.dumps(Call())
+
+
+def test_a_pickle_sent_as_a_model_cannot_read_the_apps_secrets(host, alice, app_sentinel):
+    for attempt in (_pickled_call("(lambda path: open(path).read())", app_sentinel),
+                    _pickled_call("__import__('os').environ.copy")):
+        r = publish(host, alice, attempt)
+        assert r.status_code == 400
+        assert "SENTINEL-SECRET" not in r.text and "SIGNING_KEY" not in r.text and "AccountKey" not in r.text
+
+
+def test_a_pickle_cannot_reach_the_network_or_outlive_the_timeout(host, alice):
+    port = int(host.url.rsplit(":", 1)[1])
+    r = publish(host, alice, _pickled_call("__import__('socket').create_connection", ("127.0.0.1", port)))
+    assert r.status_code == 400 and "PermissionError" in r.json()["message"]  # the connect itself was refused
+    marker = "1234.5678"
+    started = time.monotonic()
+    r = publish(host, alice, _pickled_call("__import__('subprocess').run",
+                                           ["sh", "-c", f"sleep {marker}"]))
+    assert r.status_code == 400 and "EXECUTION_TIMEOUT_SECONDS" in r.json()["message"]
+    assert time.monotonic() - started < 15
+    from tests.security.conftest import gone
+    assert gone(marker, within=5)
