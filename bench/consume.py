@@ -77,15 +77,49 @@ def prepare(base: str, password: str) -> tuple[str, dict[str, float]]:
                "snapshotId": snap, "inputParameterDefinitions": [{"name": "flower_data", "type": "vector"}],
                "outputParameterDefinitions": [{"name": "iris_species", "type": "vector"}]}
     first_call = {}
-    for version in ("V1.0", "V2.0"):
+    versions = ("V1.0", "V2.0", "V3.0")
+    for version in versions:
         assert requests.post(f"{base}/services/Iris/{version}", json=publish, headers=h).status_code == 201
-    time.sleep(5)  # let the host's spare worker finish importing scikit-learn
-    for version in ("V1.0", "V2.0"):  # V1.0 takes the spare; V2.0 comes before the refill is ready
+    time.sleep(5)  # let the host's template (or spare) finish importing scikit-learn
+    for version in versions:  # V1.0 takes the spare; V2.0 and V3.0 come right after it
         start = time.perf_counter()
         r = requests.post(f"{base}/api/Iris/{version}", data=BODY, headers={**h, "Content-Type": "application/json"})
         first_call[version] = (time.perf_counter() - start) * 1000
         assert r.json()["outputParameters"] == {"iris_species": ["I. versicolor"]}, r.text
     return token, first_call
+
+
+def worker_memory(host_pid: int) -> dict[str, float]:
+    """Private memory (MB) of the host's workers, and the template's resident size; a warm Iris
+    worker's model is a few KB, so its private memory is what the service costs beyond it."""
+    def descendants(pid: int) -> list[int]:
+        kids = []
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(name))
+            except (OSError, ValueError):
+                pass
+        return kids + [d for k in kids for d in descendants(k)]
+
+    def rollup(pid: int) -> dict[str, int]:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1] == "kB"}
+
+    workers, template = [], {}
+    for pid in descendants(host_pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        if b"worker.py" not in cmd:
+            continue
+        m = rollup(pid)
+        if b"--template" in cmd and int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]) == host_pid:
+            template = {"template_rss_mb": m["Rss"] / 1024}
+        else:
+            workers.append((m["Private_Clean"] + m["Private_Dirty"]) / 1024)
+    return {"workers": len(workers), "private_mb_median": statistics.median(workers) if workers else 0,
+            "private_mb_max": max(workers, default=0), **template}
 
 
 def session_execute(base: str, token: str, runs: int = 5) -> dict[str, float]:
@@ -185,7 +219,7 @@ def main() -> None:
     floor_port = free_port()
     procs = [subprocess.Popen(pinned(0, [sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)]))]
     targets = {"floor": (f"http://127.0.0.1:{floor_port}/", None, BODY)}
-    first_calls, executes = {}, {}
+    first_calls, executes, memory = {}, {}, {}
     mlflow_proc: list[subprocess.Popen | None] = [None]
     try:
         ports = {}
@@ -208,6 +242,7 @@ def main() -> None:
             wait(port, proc)
             token, first_calls[name] = prepare(f"http://127.0.0.1:{port}", password)
             executes[name] = session_execute(f"http://127.0.0.1:{port}", token)
+            memory[name] = worker_memory(proc.pid)
             targets[name] = (f"http://127.0.0.1:{port}/api/Iris/V1.0", token, BODY)
             if name == "o16n":
                 prepare_realtime(f"http://127.0.0.1:{port}", token)
@@ -247,9 +282,13 @@ def main() -> None:
                         versus[f"{n} c={c}"] = {"p50": med["mlflow"]["p50"] / med[n]["p50"],
                                                 "rps": med[n]["rps"] / med["mlflow"]["rps"]}
                         print(f"  c={c:<3} {n:10} {versus[f'{n} c={c}']['p50']:.2f}x  {versus[f'{n} c={c}']['rps']:.2f}x")
-        print("\nfirst call of a published service on a warm host (with a spare worker ready / right after):")
+        print("\nfirst calls of three services published on a warm host, in a row:")
         for name, times in first_calls.items():
-            print(f"  {name:10} {times['V1.0']:.0f} ms / {times['V2.0']:.0f} ms")
+            print(f"  {name:10} " + " / ".join(f"{t:.0f} ms" for t in times.values()))
+        print("\nworkers' private memory, median and max MB (the template's resident size):")
+        for name, m in memory.items():
+            print(f"  {name:10} {m['workers']} workers: {m['private_mb_median']:.1f} / {m['private_mb_max']:.1f} MB"
+                  + (f" ({m['template_rss_mb']:.0f} MB)" if "template_rss_mb" in m else ""))
         print("\nsession execute of `x = 1`, median ms: empty session / beside an unchanged 60 MB object (ratio):")
         for name, e in executes.items():
             print(f"  {name:10} {e['empty_ms']:.0f} ms / {e['beside_60mb_ms']:.0f} ms ({e['ratio']:.1f}x)")
@@ -260,7 +299,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.node()} {os.cpu_count()} cores",
                 "rounds": args.rounds, "seconds": args.seconds, "consume": table, "first_call_ms": first_calls,
-                "session_execute": executes, "versus_mlflow": versus},
+                "session_execute": executes, "worker_memory": memory, "versus_mlflow": versus},
                 indent=2) + "\n")
     finally:
         for p in procs:

@@ -20,18 +20,31 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def apply(policy: dict[str, Any]) -> int | None:
-    """Returns the seccomp listener fd the host must watch (None when not confining)."""
-    limits(policy)
+def apply(policy: dict[str, Any], *, forked: bool = False) -> int | None:
+    """Returns the seccomp listener fd the host must watch (None when not confining). A worker
+    `forked` from the template adds its own layer to the template's (Landlock layers only
+    narrow), so its folder is the only one it may write."""
+    layer(policy, forked=forked)
     if not policy["confine"]:
         return None
-    if len(os.listdir("/proc/self/task")) != 1:  # Landlock and seccomp bind the calling thread only
+    return seccomp.install(syscall_rules(network=policy["network"]), listener=True)
+
+
+def layer(policy: dict[str, Any], *, forked: bool = False) -> None:
+    """Limits, capabilities, no_new_privs and Landlock: all of the template's confinement.
+    It has no seccomp filter: it forks and its children setsid, and a task's filters may hold
+    one listener, which each child installs for the host."""
+    limits(policy)
+    if not policy["confine"]:
+        return
+    # Landlock and seccomp bind the calling thread only. A forked child has one thread (fork
+    # copies only the caller), and the template's layer hides /proc/self/task from it.
+    if not forked and len(os.listdir("/proc/self/task")) != 1:
         raise OSError(0, "a thread started before the worker confined itself")
     drop_capabilities()
     seccomp.no_new_privs()
     landlock.restrict(read=policy["read"], write=policy["write"], files=policy["files"],
                       tcp_connect=policy["tcpConnect"])
-    return seccomp.install(syscall_rules(network=policy["network"]), listener=True)
 
 
 def seal(policy: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 from ..config import get_settings
 from . import landlock, seccomp
 from .seccomp import RET_ALLOW, RET_NOTIFY, Rule, errno_ret
+from .template import template
 
 APP_ROOT = Path(__file__).resolve().parents[2]
 SHARED = APP_ROOT / "shared"
@@ -182,6 +183,15 @@ def for_worker(workdir: str) -> dict[str, Any]:
     }
 
 
+def for_template(folder: str) -> dict[str, Any]:
+    """The template's rules: a worker's, but it may write in the folder of all this host's
+    workers' folders (each child it forks narrows that to its own) and it imports PRELOAD_MODULES."""
+    rules = for_worker(os.path.join(folder, "template"))  # a place among the workers' folders
+    rules["write"] = [folder]
+    rules["preload"] = [m.strip() for m in get_settings().preload_modules.split(",") if m.strip()]
+    return rules
+
+
 def readable(workdir: str) -> list[str]:
     """Read-only paths: system directories, the interpreter, the import path and `shared/`."""
     return _outside_guarded([*_SYSTEM_DIRS, sys.prefix, sys.base_prefix,
@@ -223,6 +233,7 @@ def describe() -> dict[str, Any]:
     details: dict[str, Any] = {
         "mode": s.sandbox, "landlockAbi": k["landlockAbi"], "seccomp": k["seccomp"],
         "network": f"outbound TCP to ports {', '.join(map(str, ports))}, and UDP" if ports else "none",
+        "template": template.state() if s.worker_template == "on" else "off",
         "limits": {"memoryMb": s.worker_memory_mb, "diskMb": s.worker_disk_mb,
                    "processes": s.worker_max_processes, "executionSeconds": s.execution_timeout_seconds,
                    "workspaceMb": s.max_workspace_mb},

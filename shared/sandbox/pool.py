@@ -33,9 +33,9 @@ from ..errors import Unavailable
 from . import policy
 from .protocol import HEADER, check_reply, decode, encode
 from .tasks import Watched, limiter, members, proc_stat
+from .template import WORKER, Forked, template
 
 log = logging.getLogger("o16n.sandbox")
-WORKER = Path(__file__).with_name("worker.py")
 # Only these reach user code; storage strings, signing keys and identity endpoints do not.
 _PASSED = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 #: while code runs, its folder is measured this often
@@ -84,20 +84,14 @@ class Worker:
             raise Unavailable(why, retry_after=3600)
         self.dir = tempfile.mkdtemp(prefix="w-", dir=host_dir())
         os.mkdir(os.path.join(self.dir, ".tmp"))
-        env = {k: os.environ[k] for k in _PASSED if k in os.environ}
-        env.update({"HOME": self.dir, "TMPDIR": os.path.join(self.dir, ".tmp"), "OMP_NUM_THREADS": "1",
-                    "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-                    # /dev/shm is shared by every worker, so it stays closed: joblib runs serially, quietly
-                    "JOBLIB_MULTIPROCESSING": "0"})
-        env.setdefault("LANG", "C.UTF-8")
         rules = policy.for_worker(self.dir)
         self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with theirs:
-                self.proc = subprocess.Popen(
+                self.proc: subprocess.Popen | Forked = template.fork(rules, theirs) or subprocess.Popen(
                     [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
-                    env=env, start_new_session=True, pass_fds=(theirs.fileno(),))
+                    env=worker_env(self.dir), start_new_session=True, pass_fds=(theirs.fileno(),))
         except BaseException:
             self.chan.close()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -632,10 +626,28 @@ def proportional_memory(pid: int) -> int:
     return 0
 
 
-@lru_cache(maxsize=1)
+def worker_env(home: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _PASSED if k in os.environ}
+    env.update({"HOME": home, "TMPDIR": os.path.join(home, ".tmp"), "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                # /dev/shm is shared by every worker, so it stays closed: joblib runs serially, quietly
+                "JOBLIB_MULTIPROCESSING": "0"})
+    env.setdefault("LANG", "C.UTF-8")
+    return env
+
+
 def host_dir() -> str:
     """This host's folder for its workers' folders, locked for as long as the host lives.
     Folders of hosts that died (their lock is free) are removed first."""
+    with _host_dir_lock:  # lru_cache alone may run it twice at once: two folders, and the
+        return _host_dir()  # template's Landlock layer would cover only one
+
+
+_host_dir_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _host_dir() -> str:
     base = Path(tempfile.gettempdir()) / f"o16n-{os.getuid()}"
     base.mkdir(mode=0o700, exist_ok=True)
     st = base.lstat()
@@ -855,8 +867,10 @@ class WarmPool:
 
 class Spares:
     """Workers started ahead of need with the usual libraries already imported, so a service
-    or session that needs a new worker does not wait seconds for scikit-learn to import. Refilled
-    in the background after each take; the first take on an instance starts the refilling."""
+    or session that needs a new worker does not wait seconds for scikit-learn to import. They
+    are forked from the template (WORKER_TEMPLATE=on), or else fresh interpreters that import
+    PRELOAD_MODULES. Refilled in the background after each take; the first take on an instance
+    starts the template and the refilling."""
 
     def __init__(self) -> None:
         self._ready: list[Worker] = []
@@ -864,8 +878,9 @@ class Spares:
         self._filling = False
 
     def take(self) -> Worker:
-        """A ready spare, or else a cold worker at once (waiting for the spare in preparation
-        would make light sessions pay for an import of scikit-learn they may never need)."""
+        """A ready spare, or else a new worker at once: forked when the template is up, cold
+        otherwise (waiting for the template or a spare in preparation would make light sessions
+        pay for an import of scikit-learn they may never need)."""
         with self._lock:
             worker = None
             while self._ready and worker is None:
@@ -878,15 +893,21 @@ class Spares:
         return worker if worker is not None else Worker()
 
     def fill(self) -> None:
-        """Start topping up to SPARE_WORKERS in the background (at most one filler at a time)."""
+        """Start the template if it is due, and top up to SPARE_WORKERS, in the background (at
+        most one filler at a time)."""
+        settings = get_settings()
         with self._lock:
-            if self._filling or len(self._ready) >= get_settings().spare_workers:
+            needed = len(self._ready) < settings.spare_workers or (settings.worker_template == "on" and template.due())
+            if self._filling or not needed:
                 return
             self._filling = True
         threading.Thread(target=self._fill, name="o16n-spares", daemon=True).start()
 
     def _fill(self) -> None:
         try:
+            if get_settings().worker_template == "on" and template.due() and policy.refusal() is None:
+                folder = host_dir()
+                template.start(policy.for_template(folder), worker_env(folder), folder)
             while True:
                 with self._lock:
                     if len(self._ready) >= get_settings().spare_workers:
@@ -896,13 +917,14 @@ class Spares:
                 except Unavailable as exc:
                     log.warning("no spare workers: %s", exc.message)
                     return
-                try:
-                    worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
-                                timeout=_PRELOAD_SECONDS)
-                except (WorkerTimeout, WorkerDied, WorkerBusy, Unavailable):
-                    worker.kill()
-                    log.warning("a spare worker could not preload its modules; spares are off")
-                    return
+                if not isinstance(worker.proc, Forked):  # a cold one imports them itself
+                    try:
+                        worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
+                                    timeout=_PRELOAD_SECONDS)
+                    except (WorkerTimeout, WorkerDied, WorkerBusy, Unavailable):
+                        worker.kill()
+                        log.warning("a spare worker could not preload its modules; spares are off")
+                        return
                 with self._lock:
                     self._ready.append(worker)
         finally:
@@ -926,5 +948,6 @@ sessions = WarmPool(lambda: get_settings().max_warm_sessions)
 @atexit.register
 def _close_all() -> None:
     spares.close_all()
+    template.stop()
     services.close_all()
     sessions.close_all()

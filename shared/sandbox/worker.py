@@ -155,15 +155,7 @@ class Worker:
 
     # --- operations --------------------------------------------------------------------------
     def op_preload(self, msg: dict) -> dict:
-        import importlib
-
-        missing = []
-        for name in msg.get("modules") or []:
-            try:
-                importlib.import_module(name.strip())
-            except Exception:  # a module that is not installed just is not preloaded
-                missing.append(name)
-        return {"ok": True, "missing": missing}
+        return {"ok": True, "missing": _preload(msg.get("modules") or [])}
 
     def op_load_session(self, msg: dict) -> dict:
         return {"ok": True, "notes": self.load_state(msg.get("state"), msg.get("fingerprints"))}
@@ -403,6 +395,23 @@ class Worker:
 _MISSING = object()
 
 
+#: what every worker imports once it serves: in the template, their memory is shared
+_EVERY_WORKER = ["cloudpickle", "pickle", "zipfile", "hashlib", "shared.types", "shared.sandbox.protocol"]
+
+
+def _preload(modules: list[str]) -> list[str]:
+    """Import them; returns those that are not installed."""
+    import importlib
+
+    missing = []
+    for name in ["numpy", *modules]:
+        try:
+            importlib.import_module(name.strip())
+        except Exception:  # a module that is not installed just is not preloaded
+            missing.append(name)
+    return missing
+
+
 def _object_fingerprint(value: Any, cloudpickle: Any) -> str:
     """SHA-256 of the object's pickle, its out-of-band buffers (numpy arrays) hashed where they lie."""
     buffers: list = []
@@ -443,8 +452,15 @@ def _fingerprint() -> dict[str, str]:
 
 
 def main() -> None:
+    if sys.argv[1] == "--template":
+        template(json.loads(sys.argv[2]), int(sys.argv[3]))
+        return
     policy = json.loads(sys.argv[1])
-    chan = socket.socket(fileno=int(sys.argv[2]))
+    _prepare(policy)
+    serve(policy, int(sys.argv[2]))
+
+
+def _prepare(policy: dict[str, Any]) -> None:
     _load_shared(policy["shared"])
     # The host's import path, in its order; not this script's folder (its modules would shadow others).
     sys.path[:] = policy["importPath"] + [p for p in sys.path[1:] if p not in policy["importPath"]]
@@ -452,11 +468,18 @@ def main() -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def serve(policy: dict[str, Any], fd: int, *, forked: bool = False) -> None:
+    """Confine this process, greet the host (handing it the seccomp listener), then answer."""
+    chan = socket.socket(fileno=fd)
     from shared.sandbox import confine
     from shared.sandbox.protocol import HEADER, decode, encode
 
     try:
-        listener = confine.apply(policy)
+        listener = confine.apply(policy, forked=forked)
     except Exception as exc:  # noqa: BLE001 - whatever failed, no user code may run
         chan.sendall(encode({"ok": False, "error": f"the sandbox could not be set up ({exc})"})[0])
         return
@@ -495,6 +518,94 @@ def main() -> None:
         reply["id"] = msg.get("id")
         for buf in _encoded(reply, policy["replyJsonBytes"]):
             chan.sendall(buf)
+
+
+def template(policy: dict[str, Any], fd: int) -> None:
+    """The template: imports the usual modules once, then forks a worker per host request. It
+    never runs user code or reads user data; its children confine themselves (a narrower
+    Landlock layer of their own, seccomp, their own process group) before they do. They share
+    its imported modules' memory until they write to it."""
+    import gc
+
+    _prepare(policy)
+    from shared.sandbox import confine
+    from shared.sandbox.protocol import HEADER, decode, encode
+
+    control = socket.socket(fileno=fd)
+    try:
+        confine.layer(policy)
+        missing = _preload(policy["preload"])
+        _preload(_EVERY_WORKER)
+    except Exception as exc:  # noqa: BLE001 - then the host starts workers the cold way
+        control.sendall(encode({"ok": False, "error": f"the template could not be set up ({exc})"})[0])
+        return
+    gc.collect()
+    gc.freeze()  # what is imported stays out of the collector's writes: pages stay shared
+    control.sendall(encode({"ok": True, "missing": missing})[0])
+    children: set[int] = set()
+    while True:
+        msg, fds = _request(control, HEADER, decode)
+        if msg is None:
+            break  # the host is gone: so are the workers it asked for
+        if msg.get("op") == "fork" and len(fds) == 1:
+            pid = os.fork()
+            if pid == 0:
+                _forked(msg["policy"], fds[0], fd)
+            os.close(fds[0])
+            children.add(pid)
+            reply = {"ok": True, "pid": pid}
+        elif msg.get("op") == "reap" and msg.get("pid") in children:
+            # only when the host asks: until then its pid, and so its group id, stay taken
+            got, status = os.waitpid(msg["pid"], os.WNOHANG)
+            children.discard(got)
+            reply = {"ok": True, "code": os.waitstatus_to_exitcode(status) if got else None}
+        else:
+            for extra in fds:
+                os.close(extra)
+            reply = {"ok": False, "error": "not a request"}
+        control.sendall(encode(reply)[0])
+    for pid in children:
+        try:
+            os.killpg(pid, 9)
+        except OSError:
+            pass
+
+
+def _request(control: socket.socket, header: Any, decode: Any) -> tuple[dict | None, list[int]]:
+    """One request from the host and the descriptors sent with it."""
+    buf, fds = b"", []
+    while len(buf) < header.size or len(buf) < header.size + header.unpack(buf[:header.size])[0]:
+        data, got, _, _ = socket.recv_fds(control, 1 << 16, 4)
+        fds += got
+        if not data:
+            for extra in fds:
+                os.close(extra)
+            return None, []
+        buf += data
+    return decode(buf[header.size:]), fds
+
+
+def _forked(policy: dict[str, Any], chan: int, control: int) -> None:
+    """In the forked child: nothing of the template's but its memory goes on. Never returns."""
+    code = 1
+    try:
+        os.close(control)
+        os.setsid()  # its own process group, which the host counts and ends as one
+        os.closerange(3, chan)
+        os.closerange(chan + 1, 1 << 20)
+        home = policy["write"][0]
+        os.chdir(home)
+        os.environ.update(HOME=home, TMPDIR=os.path.join(home, ".tmp"))
+        import tempfile
+
+        tempfile.tempdir = None  # it cached the template's
+        import numpy
+
+        numpy.random.seed()  # Python's own random reseeds after fork; numpy's global state does not
+        serve(policy, chan, forked=True)
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def _encoded(reply: dict, limit: int) -> list[bytes]:

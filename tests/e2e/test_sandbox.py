@@ -93,8 +93,16 @@ def test_everything_survives_a_restart_of_the_api_process(azurite, alice):
         stop_host(proc)
 
 
+def descendants(pid: int) -> list[int]:
+    out = [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+    return out + [d for child in out for d in descendants(child)]
+
+
 def test_workers_do_not_outlive_a_host_that_dies(azurite, alice):
+    from tests.security.conftest import template_ready
+
     proc, url = start_host()
+    template_ready(url, alice)
     sid = new_session(url, alice)
 
     def busy():
@@ -107,9 +115,8 @@ def test_workers_do_not_outlive_a_host_that_dies(azurite, alice):
     t = threading.Thread(target=busy)
     t.start()
     time.sleep(2)
-    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    pids = [int(p) for p in out]
-    assert pids, "the host has a worker"
+    pids = descendants(proc.pid)  # workers, and the template that forks them
+    assert len(pids) >= 2, "the host has a worker"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     t.join(30)

@@ -28,6 +28,10 @@ class Host:
     def healthy(self, headers: dict[str, str]) -> bool:
         return requests.get(f"{self.url}/status", headers=headers, timeout=10).status_code == 200
 
+    def template_pids(self) -> list[int]:
+        """Whoever may be a worker's parent: the API process, or the template it forks from."""
+        return [self.pid, *children(self.pid, "--template")]
+
     def rss_mb(self) -> float:
         with open(f"/proc/{self.pid}/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
@@ -36,8 +40,40 @@ class Host:
 @pytest.fixture(scope="session")
 def host(azurite):
     proc, url = start_host(**LIMITS)
-    yield Host(url, proc.pid)
+    host = Host(url, proc.pid)
+    template_ready(url, host.login("alice"))  # the attacks meet forked workers, as production's do
+    yield host
     stop_host(proc)
+
+
+def template_ready(url: str, headers: dict[str, str], within: float = 60) -> None:
+    """Wait until the host forks its workers from its template (it starts it at the first need)."""
+    from tests.e2e.helpers import execute, new_session
+
+    execute(url, headers, new_session(url, headers), "x = 1")
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        sandbox = requests.get(f"{url}/status", headers=headers, timeout=10).json()["components"]["sandbox"]
+        if sandbox["details"]["template"] == "ready":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the worker template is {sandbox['details']['template']}")
+
+
+def children(pid: int, marker: str = "") -> list[int]:
+    """Child processes of `pid` whose command line holds `marker`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if ppid == pid and marker.encode() in f.read():
+                        found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
 
 
 @pytest.fixture(scope="session")

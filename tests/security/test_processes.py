@@ -36,18 +36,22 @@ def test_the_api_and_other_workers_cannot_be_signalled_or_reniced(host, alice, b
     theirs = values(execute(host.url, bob, new_session(host.url, bob), "import os\npid = os.getpid()",
                             outputParameters=["pid"]))["pid"]
     code = ("import os\nout = {}\n"
-            "for name, call in [('api', lambda: os.kill(os.getppid(), 0)), ('worker', lambda: os.kill(theirs, 0)),\n"
-            "                   ('group', lambda: os.killpg(os.getpgid(os.getppid()), 0)),\n"
-            "                   ('nice', lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)),\n"
+            "for name, call in [('api', lambda: os.kill(api, 0)), ('worker', lambda: os.kill(theirs, 0)),\n"
+            "                   ('parent', lambda: os.kill(os.getppid(), 0)),\n"
+            "                   ('group', lambda: os.killpg(os.getpgid(api), 0)),\n"
+            "                   ('parent_group', lambda: os.killpg(os.getppid(), 0)),\n"
+            "                   ('nice', lambda: os.setpriority(os.PRIO_PROCESS, api, 19)),\n"
+            "                   ('nice_parent', lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), 19)),\n"
             "                   ('nice_user', lambda: os.setpriority(os.PRIO_USER, 0, 19)),\n"
-            "                   ('rlimit', lambda: __import__('resource').prlimit(os.getppid(), 7, (0, 0)))]:\n"
+            "                   ('rlimit', lambda: __import__('resource').prlimit(api, 7, (0, 0))),\n"
+            "                   ('rlimit_parent', lambda: __import__('resource').prlimit(os.getppid(), 7, (0, 0)))]:\n"
             "    try:\n        call()\n        out[name] = 'DONE'\n    except Exception as e:\n"
             "        out[name] = type(e).__name__\n"
             "own = os.kill(os.getpid(), 0)")
     got = values(execute(host.url, alice, new_session(host.url, alice), code, outputParameters=["out"],
-                         inputParameters=[{"name": "theirs", "value": theirs}]))
-    assert got["out"] == {"api": "PermissionError", "worker": "PermissionError", "group": "PermissionError",
-                          "nice": "PermissionError", "nice_user": "PermissionError", "rlimit": "PermissionError"}
+                         inputParameters=[{"name": "theirs", "value": theirs}, {"name": "api", "value": host.pid}]))
+    assert got["out"] == dict.fromkeys(("api", "worker", "parent", "group", "parent_group", "nice", "nice_parent",
+                                        "nice_user", "rlimit", "rlimit_parent"), "PermissionError")
     assert host.healthy(alice)
 
 
