@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import importlib.util
 import io
 import json
@@ -396,7 +395,7 @@ _MISSING = object()
 
 
 #: what every worker imports once it serves: in the template, their memory is shared
-_EVERY_WORKER = ["cloudpickle", "pickle", "zipfile", "hashlib", "shared.types", "shared.sandbox.protocol"]
+_EVERY_WORKER = ["cloudpickle", "pickle", "zipfile", "xxhash", "shared.types", "shared.sandbox.protocol"]
 
 
 def _preload(modules: list[str]) -> list[str]:
@@ -413,9 +412,13 @@ def _preload(modules: list[str]) -> list[str]:
 
 
 def _object_fingerprint(value: Any, cloudpickle: Any) -> str:
-    """SHA-256 of the object's pickle, its out-of-band buffers (numpy arrays) hashed where they lie."""
+    """XXH3-128 of the object's pickle, its out-of-band buffers (numpy arrays) hashed where they
+    lie. Not a cryptographic hash, and need not be: it tells the worker what changed in its own
+    session (a collision made on purpose would only keep that session's change from being saved)."""
+    import xxhash
+
     buffers: list = []
-    digest = hashlib.sha256(cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append))
+    digest = xxhash.xxh3_128(cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append))
     for buffer in buffers:
         try:
             digest.update(buffer.raw())
@@ -444,10 +447,12 @@ def _files() -> list[str]:
 
 
 def _fingerprint() -> dict[str, str]:
+    import xxhash
+
     out = {}
     for n in _files():
         with open(n, "rb") as f:
-            out[n] = hashlib.sha256(f.read()).hexdigest()
+            out[n] = xxhash.xxh3_128(f.read()).hexdigest()
     return out
 
 
