@@ -189,12 +189,16 @@ class Template:
             self._end()
 
     def _end(self) -> None:
-        """(lock held) Its children end with it: it kills their groups when its channel closes."""
+        """(lock held) Its children end with it: it kills their groups when its channel closes
+        (and each ends itself within a second once its parent is gone)."""
         if self._chan is not None:
             self._chan.close()
         if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
+            try:
+                self._proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
             self._failed_at = time.monotonic()
         self._proc, self._chan = None, None
 
