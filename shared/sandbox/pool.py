@@ -32,7 +32,7 @@ from ..config import get_settings
 from ..errors import Unavailable
 from . import policy
 from .protocol import HEADER, check_reply, decode, encode
-from .tasks import Watched, limiter, members, proc_stat
+from .tasks import Watched, limiter, members, proc_dir, proc_stat
 from .template import WORKER, Forked, template
 
 log = logging.getLogger("o16n.sandbox")
@@ -383,14 +383,14 @@ class Worker:
         """RLIMIT_AS bounds each process; this bounds all of them together."""
         if self._watch is None or not self._watch.processes_started(clear=False):
             return
-        if sum(proportional_memory(pid) for pid in self._pids()) > self._memory:
+        if sum(proportional_memory(proc_dir(pid)) for pid in self._pids()) > self._memory:
             self._stop()
             raise WorkerDied(f"the worker's processes together used more than {self._memory // 2**20} MB "
                              "(WORKER_MEMORY_MB) and were stopped", limit=True)
 
     def _pids(self) -> list[int]:
         if self._watch is not None and self._watch.processes_started(clear=False):
-            return [pid for pid, _, zombie in members(self.proc.pid) if not zombie]
+            return [pid for pid, _, dead in members(self.proc.pid) if not dead]
         return [self.proc.pid]
 
     def idle_check(self) -> None:
@@ -514,7 +514,7 @@ class Worker:
         only threads live on in the worker. Repeated until none is left: one may have been
         forking while the group was listed. Zombies are dead already (the worker reaps them)."""
         for _ in range(_SWEEP_ROUNDS):
-            others = [pid for pid, _, zombie in members(self.proc.pid) if pid != self.proc.pid and not zombie]
+            others = [pid for pid, _, dead in members(self.proc.pid) if pid != self.proc.pid and not dead]
             if not others:
                 return
             for pid in others:
@@ -601,7 +601,7 @@ def deleted_open_bytes(pids: list[int]) -> int:
     total = 0
     for pid in pids:
         try:
-            with os.scandir(f"/proc/{pid}/fd") as it:
+            with os.scandir(f"{proc_dir(pid)}/fd") as it:
                 for entry in it:
                     try:
                         st = os.stat(entry.path)
@@ -614,10 +614,11 @@ def deleted_open_bytes(pids: list[int]) -> int:
     return total
 
 
-def proportional_memory(pid: int) -> int:
-    """The process's share of the memory it uses (PSS: pages shared after fork count once)."""
+def proportional_memory(pid: int | str) -> int:
+    """The process's share of the memory it uses (PSS: pages shared after fork count once);
+    `pid` or its /proc folder."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        with open(f"{pid if isinstance(pid, str) else f'/proc/{pid}'}/smaps_rollup", "rb") as f:
             for line in f:
                 if line.startswith(b"Pss:"):
                     return int(line.split()[1]) * 1024

@@ -188,12 +188,29 @@ def proc_stat(pid: int | str) -> list[bytes] | None:
 
 
 def members(pgid: int) -> list[tuple[int, int, bool]]:
-    """(pid, threads, zombie) of every process whose process group is `pgid`."""
+    """(pid, threads, dead) of every process whose process group is `pgid`. Dead: a zombie with
+    no thread left. A process whose first thread exited shows as a zombie too while its other
+    threads run on: that one is alive, and must be measured and ended like any other."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit() and (fields := proc_stat(name)) is not None and int(fields[2]) == pgid:
-            found.append((int(name), int(fields[17]), fields[0] == b"Z"))
+            threads = int(fields[17])
+            found.append((int(name), threads, fields[0] == b"Z" and threads <= 1))
     return found
+
+
+def proc_dir(pid: int) -> str:
+    """Where /proc shows a process's memory and descriptors: its own entry, or one of its live
+    threads' once its first thread has exited (the first thread's entry then shows neither)."""
+    fields = proc_stat(pid)
+    if fields is not None and fields[0] == b"Z":
+        try:
+            tids = [t for t in os.listdir(f"/proc/{pid}/task") if t != str(pid)]
+        except OSError:
+            tids = []
+        if tids:
+            return f"/proc/{pid}/task/{tids[0]}"
+    return f"/proc/{pid}"
 
 
 def count(pgid: int) -> int:

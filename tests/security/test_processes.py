@@ -1,4 +1,5 @@
 """User code cannot touch processes outside its worker, and nothing it starts outlives it."""
+import os
 import random
 import threading
 import time
@@ -179,3 +180,59 @@ def test_a_worker_that_stops_reading_holds_no_one(host, alice):
     assert max(elapsed for _, elapsed in results) >= timeout - 0.5, "one call met the stalled worker"
     assert max(elapsed for _, elapsed in results) < timeout + 3
     assert execute(host.url, alice, sid, "x = 1")["success"] is True
+
+
+# A process whose first thread exits (SYS_exit) shows as a zombie while its other threads run.
+HEADLESS = """
+import ctypes, os, threading, time
+libc = ctypes.CDLL(None)
+def headless():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        def hold():
+            block = bytearray(int(mb) * 2**20)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            os.write(w, b"x")
+            while True:
+                time.sleep(0.05)
+        threading.Thread(target=hold).start()
+        libc.syscall(60, 0)
+    os.read(r, 1)
+    return pid
+"""
+
+
+def headless_alive(pid: int) -> bool:
+    """The process still has a thread that is not a zombie."""
+    try:
+        return any(open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+                   for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return False
+
+
+def test_a_process_whose_first_thread_exited_is_ended_with_the_call(host, alice):
+    sid = new_session(host.url, alice)
+    got = values(execute(host.url, alice, sid, HEADLESS + "escaped = headless()\ntime.sleep(0.3)",
+                         outputParameters=["escaped"], inputParameters=[{"name": "mb", "value": 10}]))
+    deadline = time.monotonic() + 2
+    while headless_alive(got["escaped"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not headless_alive(got["escaped"])
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True
+
+
+def test_such_processes_count_against_the_memory_limit_and_do_not_outlive_their_worker(host, alice):
+    sid = new_session(host.url, alice)
+    # 4 x 300 MB > WORKER_MEMORY_MB (1024) while the call runs
+    out = execute(host.url, alice, sid, HEADLESS + "pids = [headless() for _ in range(4)]\ntime.sleep(2)",
+                  inputParameters=[{"name": "mb", "value": 300}])
+    assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
+    # one left behind by a worker that exits between calls ends with it
+    got = values(execute(host.url, alice, sid, HEADLESS + "escaped = headless()\n"
+                         "threading.Thread(target=lambda: (time.sleep(1), os._exit(0)), daemon=True).start()",
+                         outputParameters=["escaped"], inputParameters=[{"name": "mb", "value": 10}]))
+    time.sleep(3)
+    assert not headless_alive(got["escaped"])
