@@ -107,10 +107,11 @@ class Settings:
     max_warm_sessions: int = 8
     #: idle workers kept ready with PRELOAD_MODULES imported (0: start each worker on demand)
     spare_workers: int = 1
-    #: "on": workers are forked from a template process that has PRELOAD_MODULES imported (a
-    #: new worker in milliseconds, sharing those modules' memory); "off": each worker is a fresh
-    #: interpreter that imports what it needs
-    worker_template: str = "on"
+    #: template processes kept per instance, each with PRELOAD_MODULES imported, that fork new
+    #: workers in milliseconds (sharing those modules' memory): one per group of people whose
+    #: code workers run, so workers of different users never share one. 0: every worker is a
+    #: fresh interpreter
+    worker_templates: int = 2
     preload_modules: str = "numpy,pandas,sklearn.svm,sklearn.linear_model,sklearn.ensemble,sklearn.tree"
 
     @property
@@ -170,10 +171,8 @@ class Settings:
             raise ConfigError("setting SANDBOX_OUTBOUND_PORTS must be TCP port numbers, comma-separated")
         if not set(self.session_role_list) <= set(ROLES):
             raise ConfigError(f"setting SESSION_ROLES must list roles among {', '.join(ROLES)}")
-        if self.worker_template not in ("on", "off"):
-            raise ConfigError("setting WORKER_TEMPLATE must be on or off")
-        if self.warm_services_mb < 0:
-            raise ConfigError("setting WARM_SERVICES_MB must be 0 (no memory bound) or more")
+        if self.warm_services_mb < 0 or self.worker_templates < 0:
+            raise ConfigError("settings WARM_SERVICES_MB and WORKER_TEMPLATES must be 0 (none) or more")
         for key in ("worker_memory_mb", "worker_max_processes", "worker_disk_mb", "max_workspace_mb",
                     "max_workers_per_service"):
             if getattr(self, key) < 1:

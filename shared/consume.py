@@ -29,7 +29,7 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
     start = _starter(svc, key, left)
     worker: pool.Worker | None = None
     try:
-        worker = pool.services.checkout(key, svc.get("etag"), start)
+        worker = pool.services.checkout(key, svc.get("etag"), start, services.code_by(svc))
         if worker.busy:
             _grow(svc, key)
         reply = worker.call(message, timeout=left())
@@ -80,7 +80,8 @@ def _grow(svc: dict, key: tuple[str, str]) -> None:
     def load() -> None:
         try:
             pool.services.grow(key, svc.get("etag"),
-                               _starter(svc, key, lambda: max(deadline - time.monotonic(), 0.001)), replica)
+                               _starter(svc, key, lambda: max(deadline - time.monotonic(), 0.001)), replica,
+                               services.code_by(svc))
         except Exception:  # noqa: BLE001 - the calls go on with the workers there are
             log.info("another worker for service %s/%s could not be started", *key)
 

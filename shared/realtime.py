@@ -107,7 +107,7 @@ def _in_fresh_worker(user: str, message: dict[str, Any], failed: str) -> dict[st
                               retry_after=5)
         _checking[user] = _checking.get(user, 0) + 1
     try:
-        return _checked_call(message, failed)
+        return _checked_call(user, message, failed)
     finally:
         with _checking_lock:
             _checking[user] -= 1
@@ -115,7 +115,7 @@ def _in_fresh_worker(user: str, message: dict[str, Any], failed: str) -> dict[st
                 del _checking[user]
 
 
-def _checked_call(message: dict[str, Any], failed: str) -> dict[str, Any]:
+def _checked_call(user: str, message: dict[str, Any], failed: str) -> dict[str, Any]:
     from .config import get_settings
     from .sandbox import pool
 
@@ -123,7 +123,7 @@ def _checked_call(message: dict[str, Any], failed: str) -> dict[str, Any]:
         raise Unavailable("other realtime models are being checked on this instance; try again shortly",
                           retry_after=5)
     try:
-        worker = pool.spares.take()
+        worker = pool.spares.take(json.dumps([user]))
         try:
             reply = worker.call(message, timeout=get_settings().execution_timeout_seconds)
         except pool.WorkerTimeout:

@@ -32,7 +32,7 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     name, version, dev = _named(name, version)
     code = _code(body.get("code"))
     values = {"runtimeType": ids.runtime(body), "code": code, "versionPublishedBy": user.name,
-              "creationTime": ids.now(), "snapshotId": "", "devVersion": dev}
+              "creationTime": ids.now(), "snapshotId": "", "devVersion": dev, "codeBy": _code_by({}, user)}
     values.update(_fields(body))
     co_publishers = _co_publishers(body)
     snapshot_id = ids.optional_str(body, "snapshotId")
@@ -45,12 +45,22 @@ def publish_realtime(user: Principal, name: str, version: str | None, form: dict
     _writer(user)
     name, version, dev = _named(name, version)
     values = {"runtimeType": "Realtime", "code": "", "versionPublishedBy": user.name, "creationTime": ids.now(),
-              "snapshotId": "", "devVersion": dev}
+              "snapshotId": "", "devVersion": dev, "codeBy": _code_by({}, user)}
     values.update(_fields(_realtime_form(form)), **_REALTIME_IO)
     _may_publish(user, name)  # before the costly check of the model; checked again when claimed
     data, info = realtime.prepare(user.name, model)
     values["realtimeModel"] = realtime.definition(info)
     return _create(user, name, version, dev, values, data, "", None)
+
+
+def _code_by(row: dict, user: Principal) -> str:
+    """Everyone whose code or workspace a version runs (its publisher, and whoever changed them
+    since): its workers share a template only with workers of exactly these people."""
+    return json.dumps(sorted(set(json.loads(code_by(row))) | {user.name}))
+
+
+def code_by(row: dict) -> str:
+    return row.get("codeBy") or json.dumps([row.get("versionPublishedBy", "")] if row else [])
 
 
 def _named(name: str, version: str | None) -> tuple[str, str, bool]:
@@ -102,6 +112,8 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
         _set_co_publishers(user, name, _check_name(user, name)[0], co_publishers)
     old = dict(row)
     row.update(_fields(body, partial=True))
+    if any(body.get(k) is not None for k in ("code", "initCode", "snapshotId")):
+        row["codeBy"] = _code_by(row, user)
     if body.get("code") is not None:
         row["code"] = _code(body["code"])
     if body.get("runtimeType") is not None:
@@ -130,7 +142,7 @@ def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str
         data, info = realtime.prepare(user.name, model)
         definition = realtime.definition(info)
         stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
-        row.update(stored, realtimeModel=definition)
+        row.update(stored, realtimeModel=definition, codeBy=_code_by(row, user))
     return _replace(row, old, stored)
 
 

@@ -2,6 +2,7 @@
 change, so any instance can serve the next call."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any
@@ -232,7 +233,7 @@ def _call(user: Principal, sid: str, message: dict, *, record: str | None = None
                 raise BadRequest(f"the session workspace could not be loaded: {reply.get('error')}")
 
         try:
-            worker = pool.sessions.checkout(sid, row.get("stateSha256"), start)
+            worker = pool.sessions.checkout(sid, row.get("stateSha256"), start, json.dumps([user.name]))
             worker.tag = row.get("stateSha256")
             reply = worker.call(message, timeout=timeout)
         except WorkerBusy:

@@ -34,7 +34,7 @@ from typing import Any
 from ..config import get_settings
 from . import landlock, seccomp
 from .seccomp import RET_ALLOW, RET_NOTIFY, Rule, errno_ret
-from .template import template
+from .template import templates
 
 APP_ROOT = Path(__file__).resolve().parents[2]
 SHARED = APP_ROOT / "shared"
@@ -233,7 +233,7 @@ def describe() -> dict[str, Any]:
     details: dict[str, Any] = {
         "mode": s.sandbox, "landlockAbi": k["landlockAbi"], "seccomp": k["seccomp"],
         "network": f"outbound TCP to ports {', '.join(map(str, ports))}, and UDP" if ports else "none",
-        "template": template.state() if s.worker_template == "on" else "off",
+        "templates": {**templates.state(), "max": s.worker_templates},
         "limits": {"memoryMb": s.worker_memory_mb, "diskMb": s.worker_disk_mb,
                    "processes": s.worker_max_processes, "executionSeconds": s.execution_timeout_seconds,
                    "workspaceMb": s.max_workspace_mb},

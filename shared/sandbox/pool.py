@@ -33,7 +33,7 @@ from ..errors import Unavailable
 from . import policy
 from .protocol import HEADER, check_reply, decode, encode
 from .tasks import Watched, limiter, members, proc_dir, proc_stat
-from .template import WORKER, Forked, template
+from .template import WORKER, Forked, Template, templates
 
 log = logging.getLogger("o16n.sandbox")
 # Only these reach user code; storage strings, signing keys and identity endpoints do not.
@@ -78,7 +78,8 @@ class WorkerBusy(Exception):
 
 
 class Worker:
-    def __init__(self) -> None:
+    def __init__(self, template: Template | None = None) -> None:
+        """Forked from `template`, or else started as a fresh interpreter."""
         why = policy.refusal()
         if why:
             raise Unavailable(why, retry_after=3600)
@@ -88,10 +89,15 @@ class Worker:
         self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             with theirs:
-                self.proc: subprocess.Popen | Forked = template.fork(rules, theirs) or subprocess.Popen(
-                    [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir,
-                    env=worker_env(self.dir), start_new_session=True, pass_fds=(theirs.fileno(),))
+                self.proc: subprocess.Popen | Forked | None = template.fork(rules, theirs) if template else None
+            if self.proc is None:
+                self.chan.close()  # a failed fork may have handed the old end to a child
+                self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                with theirs:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        cwd=self.dir, env=worker_env(self.dir), start_new_session=True, pass_fds=(theirs.fileno(),))
         except BaseException:
             self.chan.close()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -487,7 +493,9 @@ class Worker:
         # Once the leader is reaped the group id is safe only while members hold it: then
         # each member is ended by pidfd instead.
         with self._reaping:
-            if self.proc.returncode is None:
+            if isinstance(self.proc, Forked):
+                self.proc.kill()  # by pidfd: its template, not we, reaps it
+            elif self.proc.returncode is None:
                 try:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
@@ -751,24 +759,26 @@ class WarmPool:
             worker.close()
         return replica
 
-    def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None]) -> Worker:
-        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start`.
-        :raises WorkerBusy: another call has been preparing one for _QUEUE_SECONDS"""
+    def checkout(self, key: Any, tag: Any, start: Callable[[Worker], None], group: str | None = None) -> Worker:
+        """A live worker for `key` holding `tag`; otherwise a new one prepared by `start` (forked
+        from `group`'s template: who the code it runs belongs to). :raises WorkerBusy: another
+        call has been preparing one for _QUEUE_SECONDS"""
         worker = self.warm(key, tag)
         if worker is not None:
             return worker
-        return self._load(key, tag, start, 0)
+        return self._load(key, tag, start, 0, group)
 
-    def grow(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int) -> None:
+    def grow(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int, group: str | None = None
+             ) -> None:
         """Load `replica` (from `growth`) for `key`; a failure is not remembered for the key's
         own loads (the calls go on with the workers there are)."""
         try:
-            self._load(key, tag, start, replica, remember_failure=False)
+            self._load(key, tag, start, replica, group, remember_failure=False)
         finally:
             with self._lock:
                 self._growing.discard((key, replica))
 
-    def _load(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int, *,
+    def _load(self, key: Any, tag: Any, start: Callable[[Worker], None], replica: int, group: str | None, *,
               remember_failure: bool = True) -> Worker:
         slot = (key, replica)
         lock = self.key_lock(key, replica)
@@ -787,7 +797,7 @@ class WarmPool:
                 self.retire(key)  # nothing there holds this tag alive (warm() looked first)
             else:
                 self._drop(slot)
-            worker = spares.take()
+            worker = spares.take(group)
             try:
                 start(worker)
             except BaseException as exc:
@@ -867,21 +877,23 @@ class WarmPool:
 
 
 class Spares:
-    """Workers started ahead of need with the usual libraries already imported, so a service
-    or session that needs a new worker does not wait seconds for scikit-learn to import. They
-    are forked from the template (WORKER_TEMPLATE=on), or else fresh interpreters that import
-    PRELOAD_MODULES. Refilled in the background after each take; the first take on an instance
-    starts the template and the refilling."""
+    """Fresh workers started ahead of need with the usual libraries already imported, for when
+    no template of the right group is ready, so a service or session that needs a new worker
+    does not wait seconds for scikit-learn to import. Refilled in the background after each
+    take."""
 
     def __init__(self) -> None:
         self._ready: list[Worker] = []
         self._lock = threading.Lock()
         self._filling = False
 
-    def take(self) -> Worker:
-        """A ready spare, or else a new worker at once: forked when the template is up, cold
-        otherwise (waiting for the template or a spare in preparation would make light sessions
-        pay for an import of scikit-learn they may never need)."""
+    def take(self, group: str | None = None) -> Worker:
+        """A worker forked from `group`'s template; or else a ready spare, or else a fresh
+        worker at once (waiting for a template or a spare in preparation would make light
+        sessions pay for an import of scikit-learn they may never need)."""
+        template = templates.get(group, _template_start)
+        if template is not None:
+            return Worker(template)
         with self._lock:
             worker = None
             while self._ready and worker is None:
@@ -894,21 +906,15 @@ class Spares:
         return worker if worker is not None else Worker()
 
     def fill(self) -> None:
-        """Start the template if it is due, and top up to SPARE_WORKERS, in the background (at
-        most one filler at a time)."""
-        settings = get_settings()
+        """Start topping up to SPARE_WORKERS in the background (at most one filler at a time)."""
         with self._lock:
-            needed = len(self._ready) < settings.spare_workers or (settings.worker_template == "on" and template.due())
-            if self._filling or not needed:
+            if self._filling or len(self._ready) >= get_settings().spare_workers:
                 return
             self._filling = True
         threading.Thread(target=self._fill, name="o16n-spares", daemon=True).start()
 
     def _fill(self) -> None:
         try:
-            if get_settings().worker_template == "on" and template.due() and policy.refusal() is None:
-                folder = host_dir()
-                template.start(policy.for_template(folder), worker_env(folder), folder)
             while True:
                 with self._lock:
                     if len(self._ready) >= get_settings().spare_workers:
@@ -918,14 +924,13 @@ class Spares:
                 except Unavailable as exc:
                     log.warning("no spare workers: %s", exc.message)
                     return
-                if not isinstance(worker.proc, Forked):  # a cold one imports them itself
-                    try:
-                        worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
-                                    timeout=_PRELOAD_SECONDS)
-                    except (WorkerTimeout, WorkerDied, WorkerBusy, Unavailable):
-                        worker.kill()
-                        log.warning("a spare worker could not preload its modules; spares are off")
-                        return
+                try:
+                    worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
+                                timeout=_PRELOAD_SECONDS)
+                except (WorkerTimeout, WorkerDied, WorkerBusy, Unavailable):
+                    worker.kill()
+                    log.warning("a spare worker could not preload its modules; spares are off")
+                    return
                 with self._lock:
                     self._ready.append(worker)
         finally:
@@ -939,6 +944,11 @@ class Spares:
             w.close()
 
 
+def _template_start() -> tuple[dict[str, Any], dict[str, str], str]:
+    folder = host_dir()
+    return policy.for_template(folder), worker_env(folder), folder
+
+
 _PRELOAD_SECONDS = 120
 spares = Spares()
 services = WarmPool(lambda: get_settings().max_warm_services, lambda: get_settings().warm_services_mb * 2**20,
@@ -949,6 +959,6 @@ sessions = WarmPool(lambda: get_settings().max_warm_sessions)
 @atexit.register
 def _close_all() -> None:
     spares.close_all()
-    template.stop()
+    templates.stop_all()
     services.close_all()
     sessions.close_all()

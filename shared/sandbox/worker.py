@@ -403,7 +403,7 @@ def _preload(modules: list[str]) -> list[str]:
     import importlib
 
     missing = []
-    for name in ["numpy", *modules]:
+    for name in dict.fromkeys(["numpy", *modules]):
         try:
             importlib.import_module(name.strip())
         except Exception:  # a module that is not installed just is not preloaded
@@ -497,7 +497,7 @@ def serve(policy: dict[str, Any], fd: int, *, forked: bool = False) -> None:
         confine.seal(policy)
     except Exception:  # noqa: BLE001 - never expected; no user code runs half-confined
         os._exit(1)
-    _die_with_parent()
+    _die_with_host(chan.fileno())
     frames = _Frames(chan.fileno())
     import numpy  # noqa: F401 - most services need it; loading it here keeps it off the first request
 
@@ -537,10 +537,17 @@ def template(policy: dict[str, Any], fd: int) -> None:
     from shared.sandbox.protocol import HEADER, decode, encode
 
     control = socket.socket(fileno=fd)
+    tasks = os.open("/proc/self/task", os.O_RDONLY | os.O_DIRECTORY)  # /proc is closed once confined
+
+    def threading_started() -> bool:
+        return len(os.listdir(tasks)) != 1
+
     try:
         confine.layer(policy)
-        missing = _preload(policy["preload"])
-        _preload(_EVERY_WORKER)
+        missing = _preload(policy["preload"] + _EVERY_WORKER)
+        if threading_started():
+            # a child would hold whatever lock such a thread held at the fork, forever
+            raise OSError(0, "a preloaded module started a thread")
     except Exception as exc:  # noqa: BLE001 - then the host starts workers the cold way
         control.sendall(encode({"ok": False, "error": f"the template could not be set up ({exc})"})[0])
         return
@@ -548,32 +555,44 @@ def template(policy: dict[str, Any], fd: int) -> None:
     gc.freeze()  # what is imported stays out of the collector's writes: pages stay shared
     control.sendall(encode({"ok": True, "missing": missing})[0])
     children: set[int] = set()
-    while True:
-        msg, fds = _request(control, HEADER, decode)
-        if msg is None:
-            break  # the host is gone: so are the workers it asked for
+    try:
+        while True:
+            msg, fds = _request(control, HEADER, decode)
+            if msg is None:
+                return  # the host is gone: so are the workers it asked for (finally)
+            control.sendall(encode(_answer(msg, fds, children, fd))[0])
+    finally:
+        for pid in children:
+            for kill in (os.kill, os.killpg):  # the pid is still its own: it is not reaped yet
+                try:
+                    kill(pid, 9)
+                except OSError:
+                    pass
+
+
+def _answer(msg: dict, fds: list[int], children: set[int], control: int) -> dict:
+    """The template's answer to one request of the host."""
+    try:
         if msg.get("op") == "fork" and len(fds) == 1:
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                return {"ok": False, "error": f"fork failed: {exc}"}
             if pid == 0:
-                _forked(msg["policy"], fds[0], fd)
-            os.close(fds[0])
+                _forked(msg["policy"], fds[0], control)
             children.add(pid)
-            reply = {"ok": True, "pid": pid}
-        elif msg.get("op") == "reap" and msg.get("pid") in children:
+            return {"ok": True, "pid": pid}
+        if msg.get("op") == "reap" and msg.get("pid") in children:
             # only when the host asks: until then its pid, and so its group id, stay taken
             got, status = os.waitpid(msg["pid"], os.WNOHANG)
+            if got != msg["pid"]:
+                return {"ok": True, "reaped": False}
             children.discard(got)
-            reply = {"ok": True, "code": os.waitstatus_to_exitcode(status) if got else None}
-        else:
-            for extra in fds:
-                os.close(extra)
-            reply = {"ok": False, "error": "not a request"}
-        control.sendall(encode(reply)[0])
-    for pid in children:
-        try:
-            os.killpg(pid, 9)
-        except OSError:
-            pass
+            return {"ok": True, "reaped": True, "code": os.waitstatus_to_exitcode(status)}
+        return {"ok": False, "error": "not a request"}
+    finally:
+        for extra in fds:
+            os.close(extra)
 
 
 def _request(control: socket.socket, header: Any, decode: Any) -> tuple[dict | None, list[int]]:
@@ -604,9 +623,8 @@ def _forked(policy: dict[str, Any], chan: int, control: int) -> None:
         import tempfile
 
         tempfile.tempdir = None  # it cached the template's
-        import numpy
-
-        numpy.random.seed()  # Python's own random reseeds after fork; numpy's global state does not
+        if "numpy" in sys.modules:  # Python's own random reseeds after fork; numpy's global state does not
+            sys.modules["numpy"].random.seed()
         serve(policy, chan, forked=True)
         code = 0
     finally:
@@ -656,18 +674,20 @@ def _load_shared(path: str) -> None:
     spec.loader.exec_module(module)
 
 
-def _die_with_parent() -> None:
+def _die_with_host(chan: int) -> None:
     """A worker busy in user code when the host dies would never read the EOF that ends it;
-    its whole process group goes with it."""
+    its whole process group goes with it. It watches its channel, not its parent: a forked
+    worker's parent is the template, which may end before it."""
+    import select
     import signal
     import threading
-    import time
 
-    parent = os.getppid()
+    poller = select.poll()
+    poller.register(chan, select.POLLRDHUP)
 
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
+        while not poller.poll(1000):  # hang-up, error or a closed descriptor all wake it
+            pass
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True).start()

@@ -102,7 +102,7 @@ def test_workers_do_not_outlive_a_host_that_dies(azurite, alice):
     from tests.security.conftest import template_ready
 
     proc, url = start_host()
-    template_ready(url, alice)
+    template_ready(url, alice, proc.pid)
     sid = new_session(url, alice)
 
     def busy():

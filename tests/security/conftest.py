@@ -41,23 +41,26 @@ class Host:
 def host(azurite):
     proc, url = start_host(**LIMITS)
     host = Host(url, proc.pid)
-    template_ready(url, host.login("alice"))  # the attacks meet forked workers, as production's do
+    template_ready(url, host.login("alice"), proc.pid)  # the attacks meet forked workers, as production's do
     yield host
     stop_host(proc)
 
 
-def template_ready(url: str, headers: dict[str, str], within: float = 60) -> None:
-    """Wait until the host forks its workers from its template (it starts it at the first need)."""
+def template_ready(url: str, headers: dict[str, str], host_pid: int, within: float = 60) -> int:
+    """Wait until the user's new workers are forked from their template (started at their first
+    need); returns the template's pid."""
     from tests.e2e.helpers import execute, new_session
 
-    execute(url, headers, new_session(url, headers), "x = 1")
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        sandbox = requests.get(f"{url}/status", headers=headers, timeout=10).json()["components"]["sandbox"]
-        if sandbox["details"]["template"] == "ready":
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the worker template is {sandbox['details']['template']}")
+    while True:
+        out = execute(url, headers, new_session(url, headers), "import os\nparent = os.getppid()",
+                      outputParameters=["parent"])
+        parent = out["outputParameters"][0]["value"]
+        if parent != host_pid or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert parent != host_pid, "no template forks this user's workers"
+    return parent
 
 
 def children(pid: int, marker: str = "") -> list[int]:

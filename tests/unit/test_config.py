@@ -20,7 +20,7 @@ def test_settings_are_read_and_cast_from_the_environment():
     ({**GOOD, "EXECUTION_TIMEOUT_SECONDS": "500"}, "EXECUTION_TIMEOUT_SECONDS"),
     ({**GOOD, "MAX_WARM_SERVICES": "many"}, "MAX_WARM_SERVICES"),
     ({**GOOD, "STORAGE_PREFIX": "o16n-x"}, "STORAGE_PREFIX"),
-    ({**GOOD, "WORKER_TEMPLATE": "false"}, "WORKER_TEMPLATE"),
+    ({**GOOD, "WORKER_TEMPLATES": "-1"}, "WORKER_TEMPLATES"),
 ])
 def test_bad_settings_stop_start_up_naming_the_setting(env, fragment):
     with pytest.raises(ConfigError, match=fragment):
