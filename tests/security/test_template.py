@@ -27,7 +27,7 @@ def run(host, headers, code, *outputs, **inputs):
 
 # What a worker inherits from the process it was forked from, and would share with its siblings.
 INHERITED = ("import ctypes, os, sys\nparent = os.getppid()\nloaded = 'sklearn.svm' in sys.modules\n"
-             "secrets = [hash('o16n'), ctypes.cast(ctypes.CDLL(None).printf, ctypes.c_void_p).value, id(None)]")
+             "secrets = [hash('o16n'), ctypes.cast(ctypes.CDLL(None).printf, ctypes.c_void_p).value]")
 
 
 def test_each_users_workers_come_from_their_own_template(host, alice, bob):
@@ -38,7 +38,7 @@ def test_each_users_workers_come_from_their_own_template(host, alice, bob):
     assert a1["parent"] == a2["parent"] and a1["parent"] in templates and b["parent"] in templates
     assert a1["loaded"] is True and b["loaded"] is True
     assert b["parent"] != a1["parent"]
-    # hash seed, library addresses, heap: the same within alice's template, different from bob's
+    # hash seed and library addresses: the same within alice's template, different from bob's
     assert a1["secrets"] == a2["secrets"]
     assert all(x != y for x, y in zip(a1["secrets"], b["secrets"])), (a1, b)
 
