@@ -116,6 +116,7 @@ class Worker:
         self._max_processes = rules["maxProcesses"]
         self._folder_stamp = 0
         self._disk_checked = 0.0
+        self._call_started = 0.0
         self._deleted_open = 0  # bytes of deleted files its processes held open at the last look
         self._watch: Watched | None = None  # the host's side of its process limit
         self._greeted = False
@@ -205,6 +206,7 @@ class Worker:
             raise WorkerDied("the worker was stopped", earlier=True)
         # A consume reply goes to the caller as JSON: it has no business carrying raw bytes.
         self._blob_limit = 0 if op == "consume" else self._max_blob
+        self._call_started = time.monotonic()
         if not self._greeted:
             self._greet(deadline)
         if self.proc.poll() is not None or self._stray():
@@ -354,16 +356,22 @@ class Worker:
         return out
 
     def _wait(self, deadline: float) -> None:
-        """Until the worker has something to say; its folder and memory are measured while it runs."""
+        """Until the worker has something to say; its folder and memory are measured every
+        _DISK_CHECK_SECONDS while it runs, also while it sends (a reply dribbled out a byte at a
+        time must not put the measurement off)."""
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 self._stop()
                 raise WorkerTimeout()
-            if self._poll.poll(min(left, _DISK_CHECK_SECONDS) * 1000):
+            due = max(self._disk_checked, self._call_started) + _DISK_CHECK_SECONDS - now
+            if due <= 0:
+                self._check_disk(running=True)
+                self._check_memory()
+                continue
+            if self._poll.poll(min(left, due) * 1000):
                 return
-            self._check_disk(running=True)
-            self._check_memory()
 
     def _stray(self) -> bool:
         """Bytes from the worker beyond its last reply (call with the lock held)."""

@@ -71,3 +71,20 @@ def test_memory_is_bounded_across_a_workers_processes(host, alice):
                   "time.sleep(30)")
     assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"]
     assert host.healthy(alice)
+
+
+def test_a_reply_dribbled_out_does_not_put_off_the_measurements(host, alice):
+    # User code finds its channel and keeps writing a byte of a reply every 5 ms, so the host
+    # never waits long for it; its processes' memory must still be measured while it runs.
+    # (They are forked before the dribble starts: a fork holds the GIL while the host answers.)
+    code = ("import os, struct, sys, threading, time\nf = sys._getframe()\n"
+            "while 'chan' not in f.f_locals:\n    f = f.f_back\nfd = f.f_locals['chan'].fileno()\n"
+            "go = []\nfor _ in range(3):\n    r, w = os.pipe()\n    if os.fork() == 0:\n        os.read(r, 1)\n"
+            "        block = bytearray(500 * 2**20)\n        for i in range(0, len(block), 4096):\n"
+            "            block[i] = 1\n        time.sleep(30)\n    go.append(w)\n"
+            "def drip():\n    os.write(fd, struct.pack('>II', 4096, 0))\n"
+            "    for _ in range(1000):\n        os.write(fd, b' ')\n        time.sleep(0.005)\n"
+            "threading.Thread(target=drip, daemon=True).start()\ntime.sleep(0.3)\n"
+            "for w in go:\n    os.write(w, b'x')\ntime.sleep(30)")
+    out = execute(host.url, alice, new_session(host.url, alice), code)
+    assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
