@@ -87,10 +87,13 @@ _FS_IOC_SETFLAGS, _FS_IOC32_SETFLAGS, _FS_IOC_FSSETXATTR = 0x40086602, 0x4004660
 _FS_IOC_SETVERSION, _FS_IOC32_SETVERSION, _FS_IOC_ENABLE_VERITY = 0x40087602, 0x40047602, 0x40806685
 _IOCTL_DENIED = (_FS_IOC_SETFLAGS, _FS_IOC32_SETFLAGS, _FS_IOC_FSSETXATTR, _FS_IOC_SETVERSION, _FS_IOC32_SETVERSION,
                  _FS_IOC_ENABLE_VERITY)
-#: fcntl F_SETLEASE (an owner's lease stalls everyone who opens the file for 45 s) and
-#: F_NOTIFY (watching a folder it may not list)
-_F_SETLEASE, _F_NOTIFY = 1024, 1026
-_FCNTL_DENIED = (_F_SETLEASE, _F_NOTIFY)
+#: fcntl F_SETLEASE (an owner's lease stalls everyone who opens the file for 45 s), F_NOTIFY
+#: (watching a folder it may not list) and F_SETPIPE_SZ (kernel memory outside every limit)
+_F_SETLEASE, _F_NOTIFY, _F_SETPIPE_SZ = 1024, 1026, 1031
+_FCNTL_DENIED = (_F_SETLEASE, _F_NOTIFY, _F_SETPIPE_SZ)
+#: setsockopt SO_SNDBUF, SO_RCVBUF and their FORCE forms: buffers are kernel memory outside the
+#: address-space limit, which the host charges each socket at the default size
+_SOCKET_BUFFERS = (7, 8, 32, 33)
 #: calls that may only name the worker itself (pid 0) as their target
 SELF_ONLY = (("prlimit64", 0), ("sched_setaffinity", 0), ("sched_setscheduler", 0), ("sched_setparam", 0),
              ("sched_setattr", 0))
@@ -113,6 +116,7 @@ def syscall_rules(*, network: bool) -> list[Rule]:
         Rule("socketpair", RET_ALLOW, args=((0, (_AF_UNIX,), 0), (1, (_SOCK_STREAM,), 0xF))),
         Rule("ioctl", RET_ALLOW, denied=(1, _IOCTL_DENIED)),
         Rule("fcntl", RET_ALLOW, denied=(1, _FCNTL_DENIED)),
+        Rule("setsockopt", RET_ALLOW, denied=(2, _SOCKET_BUFFERS)),
         Rule("clone", RET_NOTIFY, flags_denied=_CLONE_DENIED),
         Rule("clone3", errno_ret(errno.ENOSYS)),  # its flags sit behind a pointer: libc falls back to clone
         Rule("fork", RET_NOTIFY),

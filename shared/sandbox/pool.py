@@ -114,10 +114,10 @@ class Worker:
         self._disk = rules["fileBytes"]
         self._memory = rules["memoryBytes"]
         self._max_processes = rules["maxProcesses"]
-        self._folder_stamp = 0
         self._disk_checked = 0.0
         self._call_started = 0.0
         self._deleted_open = 0  # bytes of deleted files its processes held open at the last look
+        self._buffers = 0  # kernel buffers its processes' pipes and sockets may hold, at the last look
         self._watch: Watched | None = None  # the host's side of its process limit
         self._greeted = False
         self._dead = False
@@ -367,7 +367,7 @@ class Worker:
                 raise WorkerTimeout()
             due = max(self._disk_checked, self._call_started) + _DISK_CHECK_SECONDS - now
             if due <= 0:
-                self._check_disk(running=True)
+                self._check_disk()
                 self._check_memory()
                 continue
             if self._poll.poll(min(left, due) * 1000):
@@ -378,15 +378,12 @@ class Worker:
         return self._greeted and bool(self._buf or self._poll.poll(0))
 
     # --- limits ---------------------------------------------------------------------------------
-    def _check_disk(self, *, running: bool = False) -> None:
-        """Its folder, and files it deleted but holds open (they fill the disk as much). The
-        processes' open files are looked at when the folder changed, while code runs, and
-        while it holds deleted files."""
+    def _check_disk(self) -> None:
+        """Its folder, and files it deleted but holds open (they fill the disk as much); the
+        same look at its processes' descriptors counts their pipes and sockets (_check_memory)."""
         self._disk_checked = time.monotonic()
-        used, stamp = folder_usage(self.dir, self._disk, max(1000, self._disk // 2**20 * _ENTRIES_PER_MB))
-        if running or stamp != self._folder_stamp or self._deleted_open:
-            self._folder_stamp = stamp
-            self._deleted_open = deleted_open_bytes(self._pids())
+        used = folder_usage(self.dir, self._disk, max(1000, self._disk // 2**20 * _ENTRIES_PER_MB))
+        self._deleted_open, self._buffers = open_file_costs(self._pids())
         if used + self._deleted_open > self._disk:
             self._stop()
             raise WorkerDied(f"the working directory grew past the limit of {self._disk // 2**20} MB, or "
@@ -394,13 +391,12 @@ class Worker:
                              limit=True)
 
     def _check_memory(self) -> None:
-        """RLIMIT_AS bounds each process; this bounds all of them together."""
-        if self._watch is None or not self._watch.processes_started(clear=False):
-            return
-        if sum(proportional_memory(proc_dir(pid)) for pid in self._pids()) > self._memory:
+        """RLIMIT_AS bounds each process; this bounds all of them together, with the kernel
+        buffers their pipes and sockets may hold (outside any address space)."""
+        if sum(proportional_memory(proc_dir(pid)) for pid in self._pids()) + self._buffers > self._memory:
             self._stop()
-            raise WorkerDied(f"the worker's processes together used more than {self._memory // 2**20} MB "
-                             "(WORKER_MEMORY_MB) and were stopped", limit=True)
+            raise WorkerDied(f"the worker's processes, with their pipes' and sockets' buffers, used more than "
+                             f"{self._memory // 2**20} MB (WORKER_MEMORY_MB) and were stopped", limit=True)
 
     def _pids(self) -> list[int]:
         if self._watch is not None and self._watch.processes_started(clear=False):
@@ -587,34 +583,28 @@ def _start_watcher() -> None:
             _watcher[0].start()
 
 
-def folder_usage(path: str, budget: int, max_entries: int) -> tuple[int, int]:
-    """Bytes allocated beneath `path` (counting stops once past `budget` or `max_entries`), and
-    the newest change to any folder in it (a file made, renamed or deleted)."""
+def folder_usage(path: str, budget: int, max_entries: int) -> int:
+    """Bytes allocated beneath `path` (counting stops once past `budget` or `max_entries`)."""
     total, entries, stack = 0, 0, [path]
-    try:
-        stamp = os.stat(path).st_mtime_ns
-    except OSError:
-        stamp = 0
     while stack and total <= budget:
         try:
             with os.scandir(stack.pop()) as it:
                 for entry in it:
                     entries += 1
                     if entries > max_entries:
-                        return budget + 1, stamp
-                    st = entry.stat(follow_symlinks=False)
-                    total += st.st_blocks * 512
+                        return budget + 1
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
                     if entry.is_dir(follow_symlinks=False):
-                        stamp = max(stamp, st.st_mtime_ns)
                         stack.append(entry.path)
         except OSError:
             continue
-    return total, stamp
+    return total
 
 
-def deleted_open_bytes(pids: list[int]) -> int:
-    """Bytes of deleted files these processes still hold open."""
-    total = 0
+def open_file_costs(pids: list[int]) -> tuple[int, int]:
+    """Bytes of deleted files these processes still hold open, and of kernel buffers their
+    pipes and sockets may hold (their sizes cannot be raised: see policy)."""
+    deleted = buffers = 0
     for pid in pids:
         try:
             with os.scandir(f"{proc_dir(pid)}/fd") as it:
@@ -624,10 +614,28 @@ def deleted_open_bytes(pids: list[int]) -> int:
                     except OSError:
                         continue
                     if stat.S_ISREG(st.st_mode) and st.st_nlink == 0:
-                        total += st.st_blocks * 512
+                        deleted += st.st_blocks * 512
+                    elif stat.S_ISSOCK(st.st_mode):
+                        buffers += _SOCKET_BYTES
+                    elif stat.S_ISFIFO(st.st_mode):
+                        buffers += _PIPE_BYTES
         except OSError:
             continue
-    return total
+    return deleted, buffers
+
+
+def _default_socket_buffer() -> int:
+    try:
+        with open("/proc/sys/net/core/wmem_default") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 212992
+
+
+#: what one socket's queue may hold (its send buffer with the kernel's overhead; measured
+#: ~233 KB a socket with the default 208 KB), and one pipe's (16 pages)
+_SOCKET_BYTES = _default_socket_buffer() * 5 // 4
+_PIPE_BYTES = 16 * 4096
 
 
 def proportional_memory(pid: int | str) -> int:

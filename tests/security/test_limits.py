@@ -88,3 +88,25 @@ def test_a_reply_dribbled_out_does_not_put_off_the_measurements(host, alice):
             "for w in go:\n    os.write(w, b'x')\ntime.sleep(30)")
     out = execute(host.url, alice, new_session(host.url, alice), code)
     assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
+
+
+def test_socket_and_pipe_buffers_cannot_be_raised(host, alice):
+    got = execute(host.url, alice, new_session(host.url, alice),
+                  "import fcntl, os, socket\nout = {}\na, b = socket.socketpair()\n"
+                  "for name, opt in [('sndbuf', socket.SO_SNDBUF), ('rcvbuf', socket.SO_RCVBUF), ('force', 32)]:\n"
+                  "    try:\n        a.setsockopt(socket.SOL_SOCKET, opt, 8 * 2**20)\n        out[name] = 'DONE'\n"
+                  "    except OSError as e:\n        out[name] = e.errno\nr, w = os.pipe()\n"
+                  "try:\n    fcntl.fcntl(w, 1031, 2**20)\n    out['pipe'] = 'DONE'\nexcept OSError as e:\n"
+                  "    out['pipe'] = e.errno", outputParameters=["out"])
+    assert got["outputParameters"] == [{"name": "out", "value": {"sndbuf": 1, "rcvbuf": 1, "force": 1, "pipe": 1}}]
+
+
+def test_kernel_buffers_of_many_socket_pairs_count_against_the_memory_limit(host, alice):
+    # Each full socket pair holds ~460 KB of kernel memory that no address space shows.
+    sid = new_session(host.url, alice)
+    out = execute(host.url, alice, sid,
+                  "import socket, time\nkept = []\nfor _ in range(2000):\n    a, b = socket.socketpair()\n"
+                  "    a.setblocking(False)\n    try:\n        while True:\n            a.send(b'x' * 65536)\n"
+                  "    except BlockingIOError:\n        pass\n    kept.append((a, b))\ntime.sleep(2)")
+    assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True
