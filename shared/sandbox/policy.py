@@ -94,6 +94,7 @@ _FCNTL_DENIED = (_F_SETLEASE, _F_NOTIFY, _F_SETPIPE_SZ)
 #: setsockopt SO_SNDBUF, SO_RCVBUF and their FORCE forms: buffers are kernel memory outside the
 #: address-space limit, which the host charges each socket at the default size
 _SOCKET_BUFFERS = (7, 8, 32, 33)
+_PR_SET_PDEATHSIG = 1
 #: calls that may only name the worker itself (pid 0) as their target
 SELF_ONLY = (("prlimit64", 0), ("sched_setaffinity", 0), ("sched_setscheduler", 0), ("sched_setparam", 0),
              ("sched_setattr", 0))
@@ -117,6 +118,8 @@ def syscall_rules(*, network: bool) -> list[Rule]:
         Rule("ioctl", RET_ALLOW, denied=(1, _IOCTL_DENIED)),
         Rule("fcntl", RET_ALLOW, denied=(1, _FCNTL_DENIED)),
         Rule("setsockopt", RET_ALLOW, denied=(2, _SOCKET_BUFFERS)),
+        # the signal a worker gets when the host dies: user code must not take it away
+        Rule("prctl", RET_ALLOW, denied=(0, (_PR_SET_PDEATHSIG,))),
         Rule("clone", RET_NOTIFY, flags_denied=_CLONE_DENIED),
         Rule("clone3", errno_ret(errno.ENOSYS)),  # its flags sit behind a pointer: libc falls back to clone
         Rule("fork", RET_NOTIFY),
@@ -183,6 +186,7 @@ def for_worker(workdir: str) -> dict[str, Any]:
         "replyJsonBytes": s.max_request_bytes + 4 * s.max_console_bytes + 2**20,
         "maxProcesses": s.worker_max_processes,
         "shared": str(SHARED),
+        "host": os.getpid(),
         "importPath": import_path(workdir),
     }
 

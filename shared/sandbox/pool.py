@@ -24,6 +24,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,12 @@ class Worker:
                 self.chan.close()  # a failed fork may have handed the old end to a child
                 self.chan, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 with theirs:
-                    self.proc = subprocess.Popen(
-                        [sys.executable, "-I", str(WORKER), policy.to_json(rules), str(theirs.fileno())],
+                    self.proc = _spawner.submit(
+                        subprocess.Popen, [sys.executable, "-I", str(WORKER), policy.to_json(rules),
+                                           str(theirs.fileno())],
                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        cwd=self.dir, env=worker_env(self.dir), start_new_session=True, pass_fds=(theirs.fileno(),))
+                        cwd=self.dir, env=worker_env(self.dir), start_new_session=True,
+                        pass_fds=(theirs.fileno(),)).result()
         except BaseException:
             self.chan.close()
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -535,6 +538,9 @@ class Worker:
         log.warning("worker %s: processes kept appearing while its group was ended", self.proc.pid)
 
 
+#: starts fresh workers: one thread for the host's life, since a worker's parent-death signal
+#: fires when the thread that started it ends
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="o16n-spawner")
 _SWEEP_ROUNDS = 20
 _TICKS = os.sysconf("SC_CLK_TCK")
 _live: "weakref.WeakSet[Worker]" = weakref.WeakSet()

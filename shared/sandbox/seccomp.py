@@ -34,7 +34,7 @@ NR = {  # x86_64 numbers
     "semop": 65, "semctl": 66, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
     "semtimedop": 220, "mq_open": 240, "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243,
     "mq_notify": 244, "mq_getsetattr": 245, "sendmmsg": 307, "memfd_create": 319, "memfd_secret": 447,
-    "socket": 41, "ioctl": 16, "socketpair": 53, "setsockopt": 54, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
+    "socket": 41, "ioctl": 16, "socketpair": 53, "setsockopt": 54, "prctl": 157, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93,
     "lchown": 94, "utime": 132, "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197,
     "lremovexattr": 198, "fremovexattr": 199, "utimes": 235, "fchownat": 260, "futimesat": 261, "fchmodat": 268,
     "utimensat": 280, "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "fcntl": 72, "sync": 162,

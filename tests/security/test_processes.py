@@ -236,3 +236,27 @@ def test_such_processes_count_against_the_memory_limit_and_do_not_outlive_their_
                          outputParameters=["escaped"], inputParameters=[{"name": "mb", "value": 10}]))
     time.sleep(3)
     assert not headless_alive(got["escaped"])
+
+
+def test_a_worker_that_disarms_its_own_watch_still_ends_with_a_host_that_dies(azurite):
+    from tests.e2e.conftest import start_host
+    from tests.security.conftest import Host
+
+    proc, url = start_host(**{**LIMITS, "WORKER_TEMPLATES": "0"})  # fresh interpreters: the host is the parent
+    try:
+        host = Host(url, proc.pid)
+        alice = host.login("alice")
+        got = values(execute(url, alice, new_session(url, alice),
+                             "import ctypes, os, threading, time\nos.killpg = lambda *a: None\n"
+                             "threading.Thread(target=lambda: time.sleep(3600)).start()  # keeps it from exiting\n"
+                             "undo = ctypes.CDLL(None, use_errno=True).prctl(1, 0, 0, 0, 0)\n"
+                             "err = ctypes.get_errno()\npid = os.getpid()",
+                             outputParameters=["pid", "undo", "err"]))
+        assert (got["undo"], got["err"]) == (-1, 1)  # its parent-death signal cannot be taken away
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{got['pid']}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{got['pid']}")
