@@ -88,9 +88,11 @@ _FS_IOC_SETVERSION, _FS_IOC32_SETVERSION, _FS_IOC_ENABLE_VERITY = 0x40087602, 0x
 _IOCTL_DENIED = (_FS_IOC_SETFLAGS, _FS_IOC32_SETFLAGS, _FS_IOC_FSSETXATTR, _FS_IOC_SETVERSION, _FS_IOC32_SETVERSION,
                  _FS_IOC_ENABLE_VERITY)
 #: fcntl F_SETLEASE (an owner's lease stalls everyone who opens the file for 45 s), F_NOTIFY
-#: (watching a folder it may not list) and F_SETPIPE_SZ (kernel memory outside every limit)
+#: (watching a folder it may not list), F_SETPIPE_SZ and byte-range locks (kernel memory outside
+#: every limit: nothing bounds how many locks a process holds; flock, one per open file, stays)
 _F_SETLEASE, _F_NOTIFY, _F_SETPIPE_SZ = 1024, 1026, 1031
-_FCNTL_DENIED = (_F_SETLEASE, _F_NOTIFY, _F_SETPIPE_SZ)
+_F_SETLK, _F_SETLKW, _F_OFD_SETLK, _F_OFD_SETLKW = 6, 7, 37, 38
+_FCNTL_DENIED = (_F_SETLEASE, _F_NOTIFY, _F_SETPIPE_SZ, _F_SETLK, _F_SETLKW, _F_OFD_SETLK, _F_OFD_SETLKW)
 #: setsockopt SO_SNDBUF, SO_RCVBUF and their FORCE forms: buffers are kernel memory outside the
 #: address-space limit, which the host charges each socket at the default size
 _SOCKET_BUFFERS = (7, 8, 32, 33)

@@ -386,12 +386,17 @@ class Worker:
         same look at its processes' descriptors counts their pipes and sockets (_check_memory)."""
         self._disk_checked = time.monotonic()
         used = folder_usage(self.dir, self._disk, max(1000, self._disk // 2**20 * _ENTRIES_PER_MB))
-        self._deleted_open, self._buffers = open_file_costs(self._pids())
+        self._deleted_open, self._buffers, watches = open_file_costs(self._pids(), os.path.realpath(self.dir))
+        if watches > _MAX_WATCHES:
+            self._stop()
+            raise WorkerDied(f"the worker's processes could hold {watches} epoll watches, more than the "
+                             f"{_MAX_WATCHES} a worker may (the kernel's quota of them is shared with the API), "
+                             "and the worker was stopped", limit=True)
         if used + self._deleted_open > self._disk:
             self._stop()
-            raise WorkerDied(f"the working directory grew past the limit of {self._disk // 2**20} MB, or "
-                             f"{_ENTRIES_PER_MB} files per MB (WORKER_DISK_MB), and the worker was stopped",
-                             limit=True)
+            raise WorkerDied(f"the working directory, with the files it deleted but holds open or mapped, grew "
+                             f"past the limit of {self._disk // 2**20} MB, or {_ENTRIES_PER_MB} files per MB "
+                             "(WORKER_DISK_MB), and the worker was stopped", limit=True)
 
     def _check_memory(self) -> None:
         """RLIMIT_AS bounds each process; this bounds all of them together, with the kernel
@@ -607,14 +612,19 @@ def folder_usage(path: str, budget: int, max_entries: int) -> int:
     return total
 
 
-def open_file_costs(pids: list[int]) -> tuple[int, int]:
-    """Bytes of deleted files these processes still hold open, and of kernel buffers their
-    pipes and sockets may hold (their sizes cannot be raised: see policy)."""
-    deleted = buffers = 0
+def open_file_costs(pids: list[int], folder: str) -> tuple[int, int, int]:
+    """Bytes of deleted files these processes still hold open or mapped (a mapped one, whose
+    size cannot be seen without privileges, counts as `_UNSEEN_FILE`), bytes of kernel buffers
+    their pipes and sockets may hold (their sizes cannot be raised: see policy), and the epoll
+    watches they could hold (each epoll instance may watch every descriptor of its process)."""
+    deleted = buffers = watches = 0
     for pid in pids:
+        where = proc_dir(pid)
+        epolls = descriptors = 0
         try:
-            with os.scandir(f"{proc_dir(pid)}/fd") as it:
+            with os.scandir(f"{where}/fd") as it:
                 for entry in it:
+                    descriptors += 1
                     try:
                         st = os.stat(entry.path)
                     except OSError:
@@ -625,9 +635,33 @@ def open_file_costs(pids: list[int]) -> tuple[int, int]:
                         buffers += _SOCKET_BYTES
                     elif stat.S_ISFIFO(st.st_mode):
                         buffers += _PIPE_BYTES
+                    elif stat.S_IFMT(st.st_mode) == 0 and _readlink(entry.path) == "anon_inode:[eventpoll]":
+                        epolls += 1
+            deleted += _UNSEEN_FILE * _deleted_mappings(where, folder)
         except OSError:
             continue
-    return deleted, buffers
+        watches += epolls * descriptors
+    return deleted, buffers + watches * _WATCH_BYTES, watches
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _deleted_mappings(where: str, folder: str) -> int:
+    """Files from `folder` (the only place a worker may write) mapped into the process after
+    they were deleted: they keep their disk space outside the folder and the descriptors."""
+    files, prefix = set(), (folder.rstrip("/") + "/").encode()
+    with open(f"{where}/maps", "rb") as f:
+        for line in f:
+            if line.endswith(b" (deleted)\n"):
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith(prefix):
+                    files.add((fields[3], fields[4]))
+    return len(files)
 
 
 def _default_socket_buffer() -> int:
@@ -642,6 +676,11 @@ def _default_socket_buffer() -> int:
 #: ~233 KB a socket with the default 208 KB), and one pipe's (16 pages)
 _SOCKET_BYTES = _default_socket_buffer() * 5 // 4
 _PIPE_BYTES = 16 * 4096
+#: kernel memory of one epoll watch, and the most a worker's processes may hold: the kernel's
+#: quota of watches is per user, shared with the API process
+_WATCH_BYTES, _MAX_WATCHES = 160, 65536
+#: what a deleted file that is only mapped counts as: its size cannot be seen
+_UNSEEN_FILE = 2**40
 
 
 def proportional_memory(pid: int | str) -> int:

@@ -110,3 +110,36 @@ def test_kernel_buffers_of_many_socket_pairs_count_against_the_memory_limit(host
                   "    except BlockingIOError:\n        pass\n    kept.append((a, b))\ntime.sleep(2)")
     assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
     assert execute(host.url, alice, sid, "x = 1")["success"] is True
+
+
+def test_byte_range_locks_are_refused_and_flock_works(host, alice):
+    # nothing bounds how many POSIX locks a process holds: each is kernel memory
+    got = execute(host.url, alice, new_session(host.url, alice),
+                  "import fcntl\nf = open('lockme', 'w')\ntry:\n    fcntl.lockf(f, fcntl.LOCK_EX, 1, 0)\n"
+                  "    lockf = 'DONE'\nexcept OSError as e:\n    lockf = e.errno\nfcntl.flock(f, fcntl.LOCK_EX)\nflock = 'DONE'",
+                  outputParameters=["lockf", "flock"])
+    assert got["outputParameters"] == [{"name": "lockf", "value": 1}, {"name": "flock", "value": "DONE"}], got
+
+
+def test_epoll_watches_are_bounded(host, alice):
+    # the kernel's quota of watches is per user: the API process draws on it too
+    sid = new_session(host.url, alice)
+    out = execute(host.url, alice, sid,
+                  "import os, select, time\nfds = [os.eventfd(0) for _ in range(1000)]\neps = []\n"
+                  "for _ in range(100):\n    e = select.epoll()\n    for fd in fds:\n        e.register(fd)\n"
+                  "    eps.append(e)\ntime.sleep(2)")
+    assert out["success"] is False and "epoll watches" in out["errorMessage"], out
+    assert execute(host.url, alice, sid, "import select\ne = select.epoll()\nx = 1")["success"] is True
+
+
+def test_a_deleted_file_kept_mapped_counts_against_the_disk_limit(host, alice):
+    # its space stays taken, outside the folder and the open descriptors
+    sid = new_session(host.url, alice)
+    out = execute(host.url, alice, sid,
+                  "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
+                  "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,"
+                  " ctypes.c_long]\nwith open('big', 'wb') as f:\n    f.write(b'x' * 2**20)\n"
+                  "fd = os.open('big', os.O_RDONLY)\nlibc.mmap(None, 4096, 1, 1, fd, 0)\nos.close(fd)\n"
+                  "os.remove('big')\ntime.sleep(2)")
+    assert out["success"] is False and "WORKER_DISK_MB" in out["errorMessage"], out
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True
