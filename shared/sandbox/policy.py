@@ -65,6 +65,8 @@ DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", 
           "pivot_root", "chroot", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick",
           "mount_setattr", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
           "io_uring_setup", "io_uring_enter", "io_uring_register", "init_module", "finit_module",
+          # kernel AIO: its contexts draw on one quota for the whole machine (aio-max-nr)
+          "io_setup", "io_destroy", "io_getevents", "io_submit", "io_cancel", "io_pgetevents",
           "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "syslog", "acct",
           "quotactl", "quotactl_fd", "name_to_handle_at", "open_by_handle_at", "fanotify_init", "uselib",
           "lookup_dcookie", "vhangup", "iopl", "ioperm", "settimeofday", "clock_settime", "clock_adjtime",

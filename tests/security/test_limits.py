@@ -143,3 +143,12 @@ def test_a_deleted_file_kept_mapped_counts_against_the_disk_limit(host, alice):
                   "os.remove('big')\ntime.sleep(2)")
     assert out["success"] is False and "WORKER_DISK_MB" in out["errorMessage"], out
     assert execute(host.url, alice, sid, "x = 1")["success"] is True
+
+
+def test_kernel_aio_contexts_are_refused(host, alice):
+    # they draw on one quota for the whole machine (aio-max-nr)
+    got = execute(host.url, alice, new_session(host.url, alice),
+                  "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nctx = ctypes.c_ulong(0)\n"
+                  "r = libc.syscall(206, 128, ctypes.byref(ctx))\nerr = ctypes.get_errno()",
+                  outputParameters=["r", "err"])
+    assert got["outputParameters"] == [{"name": "r", "value": -1}, {"name": "err", "value": 1}], got
