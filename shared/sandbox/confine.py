@@ -16,6 +16,9 @@ _SYS_CAPGET, _SYS_CAPSET = 125, 126
 _CAP_V3 = 0x20080522
 #: descriptors per process: each pins kernel memory, and the host looks through them
 _MAX_OPEN_FILES = 4096
+#: signals queued and POSIX timers: the kernel compares this with the count of the whole user
+#: (the API and every worker), so workers together may take only this much of its quota
+_MAX_PENDING_SIGNALS = 1024
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -56,7 +59,8 @@ def seal(policy: dict[str, Any]) -> None:
 
 def limits(policy: dict[str, Any]) -> None:
     for which, value in ((resource.RLIMIT_AS, policy["memoryBytes"]), (resource.RLIMIT_FSIZE, policy["fileBytes"]),
-                         (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES)):
+                         (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES),
+                         (resource.RLIMIT_SIGPENDING, _MAX_PENDING_SIGNALS)):
         hard = resource.getrlimit(which)[1]
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(which, (value, value))

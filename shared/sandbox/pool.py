@@ -401,7 +401,7 @@ class Worker:
     def _check_memory(self) -> None:
         """RLIMIT_AS bounds each process; this bounds all of them together, with the kernel
         buffers their pipes and sockets may hold (outside any address space)."""
-        if sum(proportional_memory(proc_dir(pid)) for pid in self._pids()) + self._buffers > self._memory:
+        if sum(_charged_memory(proc_dir(pid)) for pid in self._pids()) + self._buffers > self._memory:
             self._stop()
             raise WorkerDied(f"the worker's processes, with their pipes' and sockets' buffers, used more than "
                              f"{self._memory // 2**20} MB (WORKER_MEMORY_MB) and were stopped", limit=True)
@@ -694,6 +694,21 @@ def proportional_memory(pid: int | str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _charged_memory(where: str) -> int:
+    """What a process holds: its share of memory (PSS) and its page tables, kernel memory that
+    PSS leaves out (a page mapped every GB costs 8 KB of them and nothing of PSS)."""
+    tables = 0
+    try:
+        with open(f"{where}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmPTE:"):
+                    tables = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    return proportional_memory(where) + tables
 
 
 def worker_env(home: str) -> dict[str, str]:

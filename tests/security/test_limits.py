@@ -152,3 +152,26 @@ def test_kernel_aio_contexts_are_refused(host, alice):
                   "r = libc.syscall(206, 128, ctypes.byref(ctx))\nerr = ctypes.get_errno()",
                   outputParameters=["r", "err"])
     assert got["outputParameters"] == [{"name": "r", "value": -1}, {"name": "err", "value": 1}], got
+
+
+def test_page_tables_count_against_the_memory_limit(host, alice):
+    # a read-only page mapped every GB costs 8 KB of page tables and nothing of PSS
+    code = ("import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
+            "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,"
+            " ctypes.c_long]\ndef build():\n    for i in range(60000):\n"
+            "        libc.mmap((1 << 40) + i * (1 << 30), 4096, 1, 0x2 | 0x20 | 0x8000 | 0x100000, -1, 0)\n"
+            "for _ in range(2):\n    if os.fork() == 0:\n        build()\n        time.sleep(30)\nbuild()\ntime.sleep(30)")
+    sid = new_session(host.url, alice)
+    out = execute(host.url, alice, sid, code)
+    assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True
+
+
+def test_workers_may_take_only_a_small_part_of_the_users_queued_signals(host, alice):
+    # POSIX timers and queued signals draw on one quota for the app's user: the API's too
+    got = execute(host.url, alice, new_session(host.url, alice),
+                  "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nmade = 0\ntimer = ctypes.c_void_p()\n"
+                  "while made < 100000 and libc.timer_create(1, None, ctypes.byref(timer)) == 0:\n    made += 1\n"
+                  "err = ctypes.get_errno()", outputParameters=["made", "err"])
+    out = {p["name"]: p["value"] for p in got["outputParameters"]}
+    assert out["err"] == 11 and out["made"] <= 1024, out  # EAGAIN
