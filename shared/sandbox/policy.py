@@ -53,6 +53,7 @@ _MSG_FASTOPEN = 0x20000000
 _CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
 _CLONE_NEWUSER, _CLONE_NEWPID, _CLONE_NEWNET, _CLONE_NEWTIME = 0x10000000, 0x20000000, 0x40000000, 0x00000080
 _CLONE_PARENT = 0x00008000
+_CLONE_FILES, _CLONE_THREAD = 0x00000400, 0x00010000
 # namespaces would escape the rest of the rules; CLONE_PARENT would make the new process a
 # child of the host instead of the worker
 _CLONE_DENIED = (_CLONE_NEWNS | _CLONE_NEWCGROUP | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWUSER | _CLONE_NEWPID
@@ -124,7 +125,10 @@ def syscall_rules(*, network: bool) -> list[Rule]:
         Rule("setsockopt", RET_ALLOW, denied=(2, _SOCKET_BUFFERS)),
         # the signal a worker gets when the host dies: user code must not take it away
         Rule("prctl", RET_ALLOW, denied=(0, (_PR_SET_PDEATHSIG,))),
-        Rule("clone", RET_NOTIFY, flags_denied=_CLONE_DENIED),
+        # a thread shares its process's descriptors: one with a table of its own would hide
+        # descriptors from the host, which looks at them per process
+        Rule("clone", RET_NOTIFY, flags_denied=_CLONE_DENIED,
+             args=((0, (0, _CLONE_FILES, _CLONE_THREAD | _CLONE_FILES), _CLONE_THREAD | _CLONE_FILES),)),
         Rule("clone3", errno_ret(errno.ENOSYS)),  # its flags sit behind a pointer: libc falls back to clone
         Rule("fork", RET_NOTIFY),
         Rule("vfork", RET_NOTIFY),

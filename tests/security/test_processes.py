@@ -260,3 +260,14 @@ def test_a_worker_that_disarms_its_own_watch_still_ends_with_a_host_that_dies(az
     while os.path.exists(f"/proc/{got['pid']}") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{got['pid']}")
+
+
+def test_a_thread_cannot_have_a_descriptor_table_of_its_own(host, alice):
+    # its descriptors would be hidden from the host, which looks at each process's table
+    got = values(execute(host.url, alice, new_session(host.url, alice),
+                         "import ctypes, threading\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                         "r = libc.syscall(56, 0x100 | 0x800 | 0x10000, 0, 0, 0, 0)  # VM|SIGHAND|THREAD, no FILES\n"
+                         "err = ctypes.get_errno()\nt = threading.Thread(target=lambda: None)\nt.start()\nt.join()\n"
+                         "import subprocess\nok = subprocess.run(['true']).returncode",
+                         outputParameters=["r", "err", "ok"]))
+    assert got == {"r": -1, "err": 1, "ok": 0}

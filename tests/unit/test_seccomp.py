@@ -55,6 +55,10 @@ def test_processes_go_to_the_host_and_namespaces_or_new_parents_are_refused():
     assert action("clone", 0x11) == RET_NOTIFY
     assert action("clone", 0x10000000 | 0x11) == EPERM  # CLONE_NEWUSER
     assert action("clone", 0x8000 | 0x11) == EPERM  # CLONE_PARENT
+    thread = 0x100 | 0x800 | 0x10000 | 0x400 | 0x200  # VM|SIGHAND|THREAD|FILES|FS: pthread_create's
+    assert action("clone", thread) == RET_NOTIFY
+    assert action("clone", thread & ~0x400) == EPERM  # a thread with descriptors of its own
+    assert action("clone", 0x100 | 0x4000 | 0x11) == RET_NOTIFY  # posix_spawn's CLONE_VM|CLONE_VFORK
     assert action("fork") == action("vfork") == RET_NOTIFY
     assert action("clone3") == ENOSYS
     assert action("setsid") == action("ptrace") == EPERM
