@@ -6,6 +6,20 @@ from tests.e2e.helpers import execute, new_session
 from tests.security.conftest import LIMITS
 
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
+
+
+# libc's mmap through ctypes (Python's mmap.mmap keeps a descriptor the host would see)
+LIBC_MMAP = ("import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
+             "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,"
+             " ctypes.c_long]\n")
+
+
+def assert_stopped(host, alice, code, limit):
+    """The call is stopped, naming `limit`, and its session goes on."""
+    sid = new_session(host.url, alice)
+    out = execute(host.url, alice, sid, code)
+    assert out["success"] is False and limit in out["errorMessage"], out
+    assert execute(host.url, alice, sid, "x = 1")["success"] is True
 DISK_MB = int(LIMITS["WORKER_DISK_MB"])
 
 
@@ -103,13 +117,10 @@ def test_socket_and_pipe_buffers_cannot_be_raised(host, alice):
 
 def test_kernel_buffers_of_many_socket_pairs_count_against_the_memory_limit(host, alice):
     # Each full socket pair holds ~460 KB of kernel memory that no address space shows.
-    sid = new_session(host.url, alice)
-    out = execute(host.url, alice, sid,
-                  "import socket, time\nkept = []\nfor _ in range(2000):\n    a, b = socket.socketpair()\n"
-                  "    a.setblocking(False)\n    try:\n        while True:\n            a.send(b'x' * 65536)\n"
-                  "    except BlockingIOError:\n        pass\n    kept.append((a, b))\ntime.sleep(2)")
-    assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
-    assert execute(host.url, alice, sid, "x = 1")["success"] is True
+    assert_stopped(host, alice,
+                   "import socket, time\nkept = []\nfor _ in range(2000):\n    a, b = socket.socketpair()\n"
+                   "    a.setblocking(False)\n    try:\n        while True:\n            a.send(b'x' * 65536)\n"
+                   "    except BlockingIOError:\n        pass\n    kept.append((a, b))\ntime.sleep(2)", "WORKER_MEMORY_MB")
 
 
 def test_byte_range_locks_are_refused_and_flock_works(host, alice):
@@ -123,26 +134,17 @@ def test_byte_range_locks_are_refused_and_flock_works(host, alice):
 
 def test_epoll_watches_are_bounded(host, alice):
     # the kernel's quota of watches is per user: the API process draws on it too
-    sid = new_session(host.url, alice)
-    out = execute(host.url, alice, sid,
-                  "import os, select, time\nfds = [os.eventfd(0) for _ in range(1000)]\neps = []\n"
-                  "for _ in range(100):\n    e = select.epoll()\n    for fd in fds:\n        e.register(fd)\n"
-                  "    eps.append(e)\ntime.sleep(2)")
-    assert out["success"] is False and "epoll watches" in out["errorMessage"], out
-    assert execute(host.url, alice, sid, "import select\ne = select.epoll()\nx = 1")["success"] is True
+    assert_stopped(host, alice,
+                   "import os, select, time\nfds = [os.eventfd(0) for _ in range(1000)]\neps = []\n"
+                   "for _ in range(100):\n    e = select.epoll()\n    for fd in fds:\n        e.register(fd)\n"
+                   "    eps.append(e)\ntime.sleep(2)", "epoll watches")
 
 
 def test_a_deleted_file_kept_mapped_counts_against_the_disk_limit(host, alice):
     # its space stays taken, outside the folder and the open descriptors
-    sid = new_session(host.url, alice)
-    out = execute(host.url, alice, sid,
-                  "import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
-                  "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,"
-                  " ctypes.c_long]\nwith open('big', 'wb') as f:\n    f.write(b'x' * 2**20)\n"
-                  "fd = os.open('big', os.O_RDONLY)\nlibc.mmap(None, 4096, 1, 1, fd, 0)\nos.close(fd)\n"
-                  "os.remove('big')\ntime.sleep(2)")
-    assert out["success"] is False and "WORKER_DISK_MB" in out["errorMessage"], out
-    assert execute(host.url, alice, sid, "x = 1")["success"] is True
+    assert_stopped(host, alice, LIBC_MMAP + "with open('big', 'wb') as f:\n    f.write(b'x' * 2**20)\n"
+                   "fd = os.open('big', os.O_RDONLY)\nlibc.mmap(None, 4096, 1, 1, fd, 0)\nos.close(fd)\n"
+                   "os.remove('big')\ntime.sleep(2)", "WORKER_DISK_MB")
 
 
 def test_kernel_aio_contexts_are_refused(host, alice):
@@ -156,15 +158,10 @@ def test_kernel_aio_contexts_are_refused(host, alice):
 
 def test_page_tables_count_against_the_memory_limit(host, alice):
     # a read-only page mapped every GB costs 8 KB of page tables and nothing of PSS
-    code = ("import ctypes, os, time\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
-            "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,"
-            " ctypes.c_long]\ndef build():\n    for i in range(60000):\n"
-            "        libc.mmap((1 << 40) + i * (1 << 30), 4096, 1, 0x2 | 0x20 | 0x8000 | 0x100000, -1, 0)\n"
-            "for _ in range(2):\n    if os.fork() == 0:\n        build()\n        time.sleep(30)\nbuild()\ntime.sleep(30)")
-    sid = new_session(host.url, alice)
-    out = execute(host.url, alice, sid, code)
-    assert out["success"] is False and "WORKER_MEMORY_MB" in out["errorMessage"], out
-    assert execute(host.url, alice, sid, "x = 1")["success"] is True
+    assert_stopped(host, alice, LIBC_MMAP + "def build():\n    for i in range(60000):\n"
+                   "        libc.mmap((1 << 40) + i * (1 << 30), 4096, 1, 0x2 | 0x20 | 0x8000 | 0x100000, -1, 0)\n"
+                   "for _ in range(2):\n    if os.fork() == 0:\n        build()\n        time.sleep(30)\n"
+                   "build()\ntime.sleep(30)", "WORKER_MEMORY_MB")
 
 
 def test_workers_may_take_only_a_small_part_of_the_users_queued_signals(host, alice):
