@@ -156,6 +156,10 @@ o16n is serving on http://localhost:{port}   (Azurite data in .azurite/, Ctrl-C 
         stop(procs)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m devhost")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -166,12 +170,20 @@ def main() -> None:
     p_run.add_argument("--port", type=int, default=int(os.environ.get("PORT", 12800)))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    # SIGTERM (process managers, `docker stop`, `timeout`) and SIGHUP (a closed terminal) end it
+    # as Ctrl-C does, so what it started is stopped: uvicorn, which handles SIGTERM itself,
+    # raises it again once it has shut down, and Python's default would end the process there.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     from shared.errors import ConfigError
 
     try:
         if args.cmd == "serve":
             load_settings()
-            serve(args.host, args.port)
+            try:
+                serve(args.host, args.port)
+            except KeyboardInterrupt:
+                pass  # exits normally: the workers and templates are closed at exit
         else:
             run(args.port)
     except ConfigError as exc:  # a wrong setting: its name and the fix, not a traceback

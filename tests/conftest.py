@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 
 import pytest
@@ -12,6 +13,15 @@ from tests.constants import TEST_ENV
 for _k, _v in TEST_ENV.items():
     os.environ[_k] = _v
 os.environ["STORAGE_PREFIX"] = "t" + uuid.uuid4().hex[:10]
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt  # pytest then tears its fixtures down: Azurite and the hosts stop
+
+
+# A test run stopped by a CI runner's SIGTERM or a closed terminal's SIGHUP leaves nothing behind.
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(_sig, _interrupted)
 
 
 def reset_caches() -> None:
