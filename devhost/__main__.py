@@ -156,6 +156,15 @@ o16n is serving on http://localhost:{port}   (Azurite data in .azurite/, Ctrl-C 
         stop(procs)
 
 
+def stop_like_ctrl_c() -> None:
+    """SIGTERM (process managers, `docker stop`, `timeout`, CI runners) and SIGHUP (a closed
+    terminal) end this process as Ctrl-C does, so what it started is stopped. (uvicorn handles
+    SIGTERM itself and raises it again once it has shut down: Python's default would end the
+    process right there.)"""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
+
+
 def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -170,11 +179,7 @@ def main() -> None:
     p_run.add_argument("--port", type=int, default=int(os.environ.get("PORT", 12800)))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    # SIGTERM (process managers, `docker stop`, `timeout`) and SIGHUP (a closed terminal) end it
-    # as Ctrl-C does, so what it started is stopped: uvicorn, which handles SIGTERM itself,
-    # raises it again once it has shut down, and Python's default would end the process there.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupted)
+    stop_like_ctrl_c()
     from shared.errors import ConfigError
 
     try:

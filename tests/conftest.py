@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import uuid
 
 import pytest
 
+from devhost.__main__ import stop_like_ctrl_c
 from tests.constants import TEST_ENV
 
 # Settings are read once, lazily; set them before any test can read them.
@@ -14,14 +14,9 @@ for _k, _v in TEST_ENV.items():
     os.environ[_k] = _v
 os.environ["STORAGE_PREFIX"] = "t" + uuid.uuid4().hex[:10]
 
-
-def _interrupted(signum, frame):
-    raise KeyboardInterrupt  # pytest then tears its fixtures down: Azurite and the hosts stop
-
-
-# A test run stopped by a CI runner's SIGTERM or a closed terminal's SIGHUP leaves nothing behind.
-for _sig in (signal.SIGTERM, signal.SIGHUP):
-    signal.signal(_sig, _interrupted)
+# A test run stopped by a CI runner's SIGTERM or a closed terminal's SIGHUP tears its fixtures
+# down as on Ctrl-C: Azurite and the hosts stop.
+stop_like_ctrl_c()
 
 
 def reset_caches() -> None:

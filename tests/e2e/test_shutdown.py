@@ -13,22 +13,9 @@ import requests
 from devhost.__main__ import free_port, port_open
 from tests.constants import ADMIN_PASSWORD, TEST_ENV
 from tests.e2e.conftest import ROOT
+from tests.security.conftest import processes_with
 
 pytestmark = pytest.mark.e2e
-
-
-def started_by(folder: str) -> list[int]:
-    """Processes whose command line names `folder` (the app, Azurite, templates, workers)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if folder.encode() in f.read():
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -53,15 +40,15 @@ def test_make_run_stops_everything_it_started(tmp_path, how):
         sid = requests.post(f"{url}/sessions", json={"runtimeType": "Python"}, headers=headers).json()["sessionId"]
         r = requests.post(f"{url}/sessions/{sid}/execute", json={"code": "x = 1"}, headers=headers)
         assert r.json()["success"] is True
-        assert len(started_by(str(app))) >= 4  # the app, two Azurites, a worker
+        assert len(processes_with(str(app))) >= 4  # the app, two Azurites, a worker
         proc.send_signal(how)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while started_by(str(app)) and time.monotonic() < deadline:
+        while processes_with(str(app)) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert started_by(str(app)) == []
+        assert processes_with(str(app)) == []
     finally:
-        for pid in started_by(str(app)):
+        for pid in processes_with(str(app)):
             os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
