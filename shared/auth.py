@@ -298,6 +298,11 @@ def _remember(family: str, generation: int, revoked: bool) -> None:
             ttl = get_settings().token_state_ttl_seconds
             for key in [k for k, v in _state.items() if now - v[0] >= ttl]:
                 del _state[key]
+        before = _state.get(family)
+        if before is not None and before[2]:
+            # A revocation is final: a renew that finished after it on this instance (it lost the
+            # race, another request revoked the family) must not make it live here again.
+            generation, revoked = max(generation, before[1]), True
         _state[family] = (now, generation, revoked)
 
 

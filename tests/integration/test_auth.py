@@ -1,6 +1,7 @@
 """Refresh-token lifetimes against real storage: inactivity, the renewal chain, rotation."""
 import time
 
+import jwt
 import pytest
 
 from shared import auth
@@ -138,3 +139,12 @@ def test_a_token_renewed_on_another_instance_works_here_at_once(azurite):
     renewed = auth.renew({"refreshToken": pair["refresh_token"]})
     auth._remember(pair["refresh_token"].split(".")[0], 1, False)  # as if the renew happened elsewhere
     assert auth.authenticate(f"Bearer {renewed['access_token']}").name == "alice"
+
+
+def test_a_renew_that_finishes_after_a_revoke_does_not_revive_the_login_here(azurite):
+    # the order the race above can take on one instance: the revoke is remembered first
+    pair = login()
+    claims = jwt.decode(pair["access_token"], options={"verify_signature": False})
+    auth._remember(claims["fam"], claims["gen"] + 1, True)
+    auth._remember(claims["fam"], claims["gen"] + 1, False)
+    assert auth._family_state(claims["fam"], claims["gen"] + 1) == (claims["gen"] + 1, True)
