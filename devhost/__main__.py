@@ -93,7 +93,9 @@ def start_azurite(blob_port: int, table_port: int, *, location: Path | None) -> 
 def stop(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)  # SIGTERM lets Azurite flush its data to disk
+            # SIGINT, not SIGTERM: azurite-table saves its data only on SIGINT, and dies on
+            # SIGTERM losing the writes of the last 5 s (its autosave interval)
+            p.send_signal(signal.SIGINT)
     for p in procs:
         try:
             p.wait(timeout=10)

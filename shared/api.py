@@ -24,6 +24,8 @@ class Operation:
     authenticated: bool = True
     errors: tuple[int, ...] = field(default=(401,))
     core: bool = True  # part of the core swagger (consumption lives in each service's own)
+    #: the answer when storage is down before the caller could be identified (else 503)
+    outage: Callable[[], func.HttpResponse] | None = None
 
 
 OPERATIONS: list[Operation] = []
@@ -35,6 +37,6 @@ def operation(bp: func.Blueprint, method: str, route: str, operation_id: str, *,
     OPERATIONS.append(op)
 
     def decorate(fn: Handler) -> Handler:
-        return bp.route(route=route, methods=[method])(endpoint(authenticated=op.authenticated)(fn))
+        return bp.route(route=route, methods=[method])(endpoint(authenticated=op.authenticated, outage=op.outage)(fn))
 
     return decorate

@@ -23,7 +23,8 @@ class Settings:
     storage_table_endpoint: str = ""
     #: prefix of every table and container this app owns (letters and digits only)
     storage_prefix: str = "o16n"
-    #: seconds before a storage call gives up with 503
+    #: the deadline of one storage call, its retries included: past it the request answers 503
+    #: with Retry-After (Azure's front end answers 504 after 230 s whatever the app does)
     storage_timeout_seconds: float = 10.0
     #: HS256 key for the access tokens /login issues; every instance must share it
     token_signing_key: str = ""
@@ -177,6 +178,8 @@ class Settings:
                     "max_workers_per_service"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"setting {key.upper()} must be at least 1")
+        if not 0 < self.storage_timeout_seconds <= 60:
+            raise ConfigError("setting STORAGE_TIMEOUT_SECONDS must be between 0 and 60")
         if not 0 < self.execution_timeout_seconds <= 200:
             # Azure answers 504 after 230 s whatever the function does.
             raise ConfigError("setting EXECUTION_TIMEOUT_SECONDS must be between 0 and 200")

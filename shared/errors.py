@@ -68,6 +68,11 @@ class Unavailable(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class StorageUnavailable(Unavailable):
+    """Storage did not answer, or failed on its side: a write may or may not have happened, so
+    what it would have referenced must not be deleted."""
+
+
 class NeedsStorage(Exception):
     """Raised by the cache-only paths the event loop uses when answering would need a storage
     read (or another wait): the caller goes on in a thread instead."""

@@ -18,19 +18,22 @@ from urllib.parse import quote
 
 import azure.functions as func
 
-from . import accounts, auth
+from . import accounts, auth, storage
 from .config import get_settings
-from .errors import ApiError, BadRequest, NeedsStorage, PayloadTooLarge, Unavailable, UnsupportedMediaType
+from .errors import (ApiError, BadRequest, NeedsStorage, PayloadTooLarge, StorageUnavailable, Unavailable,
+                     UnsupportedMediaType)
 
 log = logging.getLogger("o16n")
 
 Handler = Callable[..., func.HttpResponse]
 
 
-def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
+def endpoint(*, authenticated: bool = True,
+             outage: Callable[[], func.HttpResponse] | None = None) -> Callable[[Handler], Handler]:
     """Wrap a handler: authenticate (the principal is passed as `user`), and turn any
-    ApiError into its JSON error body. The wrapper keeps the `(req)` signature the
-    Functions worker checks against the binding names."""
+    ApiError into its JSON error body. `outage` answers instead when storage is down before
+    the caller could be identified. The wrapper keeps the `(req)` signature the Functions
+    worker checks against the binding names."""
 
     def decorate(fn: Handler) -> Handler:
         if inspect.iscoroutinefunction(fn):
@@ -38,11 +41,17 @@ def endpoint(*, authenticated: bool = True) -> Callable[[Handler], Handler]:
 
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
             try:
-                _compare_accounts()
-                if authenticated:
-                    user = auth.authenticate(req.headers.get("authorization"))
+                with storage.request_scope():
+                    _compare_accounts()
+                    if not authenticated:
+                        return fn(req)
+                    try:
+                        user = auth.authenticate(req.headers.get("authorization"))
+                    except StorageUnavailable:
+                        if outage is None:
+                            raise
+                        return outage()
                     return fn(req, user)
-                return fn(req)
             except ApiError as exc:
                 return error_response(exc)
             except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
@@ -74,16 +83,17 @@ def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
 
     async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
         try:
-            if not accounts.swept() and time.monotonic() >= _accounts_retry_at:
-                await asyncio.to_thread(_compare_accounts)
-            if authenticated:
-                header = req.headers.get("authorization")
-                try:
-                    user = auth.authenticate(header, cached_only=True)
-                except NeedsStorage:
-                    user = await asyncio.to_thread(auth.authenticate, header)
-                return await fn(req, user)
-            return await fn(req)
+            with storage.request_scope():  # threads started below copy it, and do not share back
+                if not accounts.swept() and time.monotonic() >= _accounts_retry_at:
+                    await asyncio.to_thread(_compare_accounts)
+                if authenticated:
+                    header = req.headers.get("authorization")
+                    try:
+                        user = auth.authenticate(header, cached_only=True)
+                    except NeedsStorage:
+                        user = await asyncio.to_thread(auth.authenticate, header)
+                    return await fn(req, user)
+                return await fn(req)
         except ApiError as exc:
             return error_response(exc)
         except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
@@ -120,8 +130,8 @@ def error_response(exc: ApiError) -> func.HttpResponse:
     return _json(body, exc.status, headers)
 
 
-def json_response(value: Any, status: int = 200) -> func.HttpResponse:
-    return _json(value, status)
+def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return _json(value, status, headers)
 
 
 def _json(value: Any, status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:

@@ -10,7 +10,7 @@ from typing import Any
 from . import ids, models, realtime, snapshots, types, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import BadRequest, Conflict, Forbidden, NeedsStorage, NotFound, PreconditionFailed
+from .errors import BadRequest, Conflict, Forbidden, NeedsStorage, NotFound, PreconditionFailed, StorageUnavailable
 from .sandbox import pool
 from .storage.entities import Entities
 
@@ -90,8 +90,8 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
         if claim is not None and get_settings().service_names == "owned":
             _still_allowed(user, name, created)
     except Exception as exc:
-        workspaces.discard(stored)
-        if claimed:
+        workspaces.abandon(exc, stored)
+        if claimed and not isinstance(exc, StorageUnavailable):  # the version may be written
             _give_back(claim)
         if isinstance(exc, Conflict):
             raise Conflict(f"service '{name}' version '{version}' already exists; use PATCH to change it") from None

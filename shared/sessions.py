@@ -49,8 +49,8 @@ def create(user: Principal, body: dict) -> dict:
         values.update(stored)
     try:
         _rows.create(user.name, sid, values)
-    except ApiError:
-        workspaces.discard(stored)
+    except ApiError as exc:
+        workspaces.abandon(exc, stored)
         raise
     return {"sessionId": sid}
 
@@ -275,7 +275,7 @@ def _persist(row: dict, binding: str, data: bytes, reply: dict, record: str | No
     try:
         _rows.replace(row)
     except ApiError as exc:
-        workspaces.discard_blobs(written)  # not kept: changed or closed meanwhile, or storage failed
+        workspaces.abandon(exc, written=written)  # not kept: changed or closed meanwhile
         if isinstance(exc, NotFound):
             raise NotFound(f"session '{sid}' was closed meanwhile") from None
         if isinstance(exc, PreconditionFailed):

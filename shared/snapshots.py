@@ -20,8 +20,8 @@ def create(user: Principal, sid: str, body: dict) -> dict:
     stored = workspaces.store(f"snapshots/{snapshot_id}", _binding(user.name, snapshot_id), data)
     try:
         _rows.create(user.name, snapshot_id, {"name": name, "creationTime": ids.now(), **stored})
-    except ApiError:
-        workspaces.discard(stored)
+    except ApiError as exc:
+        workspaces.abandon(exc, stored)
         raise
     return {"snapshotId": snapshot_id}
 

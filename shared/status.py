@@ -8,13 +8,22 @@ from .sandbox import policy, pool
 from .storage import _clients
 
 
+_STORAGE = "Azure Storage (Blob + Table)"
+
+
+def storage_down() -> dict:
+    """What anyone may learn while storage is down, as no caller can be identified then."""
+    return {"statusCode": "fail", "components": {"database": {
+        "statusCode": "fail", "details": {"type": _STORAGE, "error": "storage is not answering"}}}}
+
+
 def status() -> dict:
     try:
         _clients.ping()
-        storage = {"statusCode": "pass", "details": {"type": "Azure Storage (Blob + Table)",
+        storage = {"statusCode": "pass", "details": {"type": _STORAGE,
                                                      "requestsSent": _clients.requests_sent}}
     except ApiError as exc:
-        storage = {"statusCode": "fail", "details": {"type": "Azure Storage (Blob + Table)", "error": exc.message}}
+        storage = {"statusCode": "fail", "details": {"type": _STORAGE, "error": exc.message}}
     sandbox = policy.describe()
     return {
         "statusCode": "fail" if "fail" in (storage["statusCode"], sandbox["statusCode"]) else storage["statusCode"],

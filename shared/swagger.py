@@ -115,7 +115,8 @@ def core_document() -> dict:
 _REASONS = {400: "Bad request", 401: "Missing, invalid or expired token", 403: "Not allowed: owned by another user, or the role does not allow it",
             404: "Not found", 409: "Already exists, or changed at the same time",
             415: "The body is not of the media type the operation takes",
-            429: "Too many failed logins: wait Retry-After seconds", 501: "Not on Azure Functions"}
+            429: "Too many failed logins: wait Retry-After seconds", 501: "Not on Azure Functions",
+            503: "Storage (or another part) is not answering: try again after Retry-After seconds"}
 
 
 def _schema(returns: str) -> dict:

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import ids, seal
-from .errors import ApiError, BadRequest, Conflict, IntegrityFailed, NotFound, PayloadTooLarge, Unavailable
+from .errors import (ApiError, BadRequest, Conflict, IntegrityFailed, NotFound, PayloadTooLarge, StorageUnavailable,
+                     Unavailable)
 from .storage import blobs
 
 PARTS = "parts"
@@ -366,6 +367,18 @@ def _manifest(binding: str, record: dict) -> dict[str, dict]:
     entries = json.loads(data)["entries"]
     _remember(key, entries, len(data))
     return entries
+
+
+def abandon(exc: BaseException, record: dict | None = None, written: list[str] | None = None) -> None:
+    """After the entity that was to point at a new stored copy failed to save: delete the copy
+    (`record`'s blob, or the blobs `written`), unless storage gave no answer. The entity may then
+    be saved after all, and an entity pointing at deleted blobs is worse than blobs nothing
+    points at."""
+    if isinstance(exc, StorageUnavailable):
+        return
+    if record:
+        discard(record)
+    discard_blobs(written or [])
 
 
 def discard_blobs(names: list[str]) -> None:

@@ -1,2 +1,5 @@
 """Blob and Table repositories. Azure SDK errors become `shared.errors` here and nowhere else;
 nothing above this package imports `azure.*`."""
+from ._clients import request_scope
+
+__all__ = ["request_scope"]

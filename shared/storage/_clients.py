@@ -1,19 +1,23 @@
-"""Service clients built once per process from settings, with short timeouts so an outage
-answers 503 quickly instead of after the SDK's 80 s of retries."""
+"""Service clients built once per process from settings. Each storage call has a deadline
+(STORAGE_TIMEOUT_SECONDS, its retries included) so an outage answers 503 quickly instead of
+after the SDK's 80 s of retries, and once a call of a request has failed that way, the
+request's later calls fail at once: a request never waits for storage twice."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
+import time
 from collections.abc import Iterator
 from functools import lru_cache
 
 from azure.core.exceptions import (AzureError, HttpResponseError, ResourceExistsError, ResourceModifiedError,
-                                   ResourceNotFoundError)
+                                   ResourceNotFoundError, ServiceRequestError)
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from ..config import get_settings
-from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, PreconditionFailed, Unavailable
+from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, PreconditionFailed, StorageUnavailable
 
 _lock = threading.Lock()
 _TOO_LARGE = {"EntityTooLarge", "PropertyValueTooLarge", "RequestBodyTooLarge"}
@@ -23,18 +27,50 @@ _ready: set[str] = set()
 #: HTTP requests sent to storage by this process (what the tests and /status count)
 requests_sent = 0
 _count_lock = threading.Lock()
+#: in an API request: whether one of its storage calls failed for want of an answer (None outside)
+_failed: contextvars.ContextVar[bool | None] = contextvars.ContextVar("storage_failed", default=None)
+_DEADLINE = "o16n_deadline"
 
 
-def _count(request) -> None:  # noqa: ANN001 - azure-core's PipelineRequest
+@contextlib.contextmanager
+def request_scope() -> Iterator[None]:
+    """Around each API request: its storage calls share what failed (see the module's doc)."""
+    token = _failed.set(False)
+    try:
+        yield
+    finally:
+        _failed.reset(token)
+
+
+def _attempt(request) -> None:  # noqa: ANN001 - azure-core's PipelineRequest
+    """Before each attempt of a call (the SDK's retries included): what is left of the call's
+    deadline bounds the attempt's connect and read timeouts."""
     global requests_sent
+    if _failed.get():
+        raise ServiceRequestError("storage already failed during this request")
+    now = time.monotonic()
+    deadline = request.context.get(_DEADLINE)
+    if deadline is None:
+        deadline = request.context[_DEADLINE] = now + get_settings().storage_timeout_seconds
+    left = deadline - now
+    if left <= 0.05:
+        raise ServiceRequestError("the storage call's deadline passed")
+    request.context.options["connection_timeout"] = left
+    request.context.options["read_timeout"] = left
     with _count_lock:
         requests_sent += 1
 
 
+#: Table inserts are POSTs, which the SDK does not retry after an answer was lost. Retrying them
+#: is safe here: a table is created "if not exists", and an entity insert recognises its own
+#: first attempt (entities.WRITE_ID).
+RETRY_POSTS = {"retry_on_methods": frozenset({"POST", "PUT", "DELETE", "GET", "HEAD"})}
+
+
 def _kwargs() -> dict:
-    t = get_settings().storage_timeout_seconds
-    return {"retry_total": 2, "retry_backoff_factor": 0.2, "initial_backoff": 0.2, "connection_timeout": t,
-            "read_timeout": t, "raw_request_hook": _count}
+    # Backoffs of a fraction of a second (Blob's default waits 15 s, plus up to 3 s of jitter).
+    return {"retry_total": 2, "retry_backoff_factor": 0.2, "initial_backoff": 0.1, "increment_base": 0.2,
+            "random_jitter_range": 0.2, "raw_request_hook": _attempt}
 
 
 @lru_cache(maxsize=1)
@@ -60,7 +96,7 @@ def table(suffix: str) -> TableClient:
     client = _table_service().get_table_client(name)
     if name not in _ready:
         with _lock, translated("table"):
-            _table_service().create_table_if_not_exists(name)
+            _table_service().create_table_if_not_exists(name, **RETRY_POSTS)
             _ready.add(name)
     return client
 
@@ -102,6 +138,13 @@ def translated(what: str) -> Iterator[None]:
                                   "64 KiB per field)") from None
         if exc.status_code == 400:
             raise BadRequest(f"storage refused the {what} key") from None
-        raise Unavailable("storage is not answering; try again shortly") from None
+        raise _unavailable() from None
     except AzureError:
-        raise Unavailable("storage is not answering; try again shortly") from None
+        raise _unavailable() from None
+
+
+def _unavailable() -> StorageUnavailable:
+    # The SDK's message names the account's URL: never pass it on.
+    if _failed.get() is not None:
+        _failed.set(True)
+    return StorageUnavailable("storage is not answering; try again shortly")

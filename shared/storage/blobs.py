@@ -2,14 +2,27 @@
 the Table entity that names the blob is the commit point."""
 from __future__ import annotations
 
-from azure.core.exceptions import ResourceNotFoundError
+import xxhash
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
+from ..errors import Conflict
 from ._clients import container, translated
+
+_DIGEST = "xxh3"  # metadata: recognises a retry's own first attempt, never trusted as a seal
 
 
 def put(name: str, data: bytes) -> None:
+    """Create-only. "Already exists" with the same bytes is the SDK's retry meeting its own first
+    attempt, whose answer was lost (Put Blob and Put Block List are all-or-nothing): done.
+    :raises Conflict: the name holds other bytes."""
+    digest = xxhash.xxh3_128_hexdigest(data)
     with translated("blob"):
-        container().upload_blob(name, data, overwrite=False)
+        client = container()
+        try:
+            client.upload_blob(name, data, overwrite=False, metadata={_DIGEST: digest})
+        except ResourceExistsError:
+            if client.get_blob_client(name).get_blob_properties().metadata.get(_DIGEST) != digest:
+                raise Conflict("blob already exists") from None
 
 
 def get(name: str) -> bytes:

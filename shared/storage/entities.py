@@ -1,14 +1,23 @@
 """One small repository over one table: create-only inserts, ETag-conditioned updates and
-deletes, reads that raise NotFound."""
+deletes, reads that raise NotFound.
+
+A write whose answer was lost (a cut connection) is retried by the SDK, and the retry finds its
+own first attempt: an insert meets "already exists", an update "changed since", a delete "not
+found". Each insert and update carries a new `writeId`, so such a retry is recognised as the
+write having happened rather than reported as someone else's."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
-from ._clients import table, translated
+from ..errors import Conflict, NotFound, PreconditionFailed
+from ._clients import RETRY_POSTS, table, translated
+
+WRITE_ID = "writeId"
 
 
 class Entities:
@@ -18,9 +27,12 @@ class Entities:
 
     def create(self, partition: str, row: str, values: dict[str, Any]) -> dict[str, Any]:
         """:raises Conflict: the key exists."""
-        entity = {"PartitionKey": partition, "RowKey": row, **values}
-        with translated(self._what):
-            meta = table(self._suffix).create_entity(entity)
+        entity = {"PartitionKey": partition, "RowKey": row, **values, WRITE_ID: uuid.uuid4().hex}
+        try:
+            with translated(self._what):
+                meta = table(self._suffix).create_entity(entity, **RETRY_POSTS)
+        except Conflict:
+            return self._own_write(entity, Conflict)
         entity["etag"] = meta.get("etag")
         return _plain(entity)
 
@@ -42,16 +54,35 @@ class Entities:
     def replace(self, entity: dict[str, Any]) -> dict[str, Any]:
         """Write back an entity read earlier. :raises PreconditionFailed: it changed since."""
         body = {k: v for k, v in entity.items() if k != "etag"}
-        with translated(self._what):
-            meta = table(self._suffix).update_entity(body, mode=UpdateMode.REPLACE, etag=entity["etag"],
-                                                      match_condition=MatchConditions.IfNotModified)
-        return {**entity, "etag": meta.get("etag")}
+        body[WRITE_ID] = uuid.uuid4().hex
+        try:
+            with translated(self._what):
+                meta = table(self._suffix).update_entity(body, mode=UpdateMode.REPLACE, etag=entity["etag"],
+                                                          match_condition=MatchConditions.IfNotModified)
+        except PreconditionFailed:
+            return self._own_write(body, PreconditionFailed)
+        return {**body, "etag": meta.get("etag")}
 
     def delete(self, entity: dict[str, Any]) -> None:
-        """:raises PreconditionFailed: it changed since it was read."""
-        with translated(self._what):
-            table(self._suffix).delete_entity(entity["PartitionKey"], entity["RowKey"], etag=entity["etag"],
-                                              match_condition=MatchConditions.IfNotModified)
+        """Gone already is done. :raises PreconditionFailed: it changed since it was read."""
+        try:
+            with translated(self._what):
+                table(self._suffix).delete_entity(entity["PartitionKey"], entity["RowKey"], etag=entity["etag"],
+                                                  match_condition=MatchConditions.IfNotModified)
+        except NotFound:
+            pass
+
+    def _own_write(self, written: dict[str, Any], refusal: type[Exception]) -> dict[str, Any]:
+        """After an insert or update was refused: the stored entity if it is this very write
+        (an SDK retry met its own first attempt), else the refusal."""
+        try:
+            stored = self.get(written["PartitionKey"], written["RowKey"])
+        except NotFound:
+            stored = {}
+        if stored.get(WRITE_ID) != written[WRITE_ID]:
+            raise refusal(f"{self._what} was changed by another request" if refusal is PreconditionFailed
+                          else f"{self._what} already exists")
+        return stored
 
 
 def _plain(entity: Any) -> dict[str, Any]:

@@ -39,7 +39,9 @@ def started(azurite):
 def test_strict_refuses_user_code_on_a_kernel_without_the_mechanisms(started, feature, named):
     host = started(prefix=without(feature))
     alice = host.login("alice")
-    status = requests.get(f"{host.url}/status", headers=alice).json()
+    r = requests.get(f"{host.url}/status", headers=alice)
+    assert r.status_code == 503 and "Retry-After" in r.headers
+    status = r.json()
     assert status["statusCode"] == "fail"
     sandbox = status["components"]["sandbox"]
     assert sandbox["statusCode"] == "fail" and named in sandbox["details"]["error"]

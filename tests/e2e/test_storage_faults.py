@@ -1,0 +1,233 @@
+"""Storage that stalls, stops or cuts connections: every call answers 503 with Retry-After
+within its deadline, names nothing of the account, and the next calls after storage returns
+succeed without a restart; nothing visible points at data that was not written."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import requests
+
+from devhost.__main__ import azurite_connection_string, free_port, start_azurite, stop
+from tests.constants import USERS
+from tests.e2e.conftest import start_host, stop_host
+from tests.e2e.helpers import execute, new_session, snapshot
+from tests.faults import CuttingProxy
+
+pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
+
+DEADLINE = 2.0
+SLACK = 1.5  # the host's own work around the storage call, on a busy machine
+SECRETS = ("devstoreaccount1", "AccountKey", "Eby8vdM02", "127.0.0.1", "http://")
+CODE = "y = x * 2"
+IO = {"inputParameterDefinitions": [{"name": "x", "type": "numeric"}],
+      "outputParameterDefinitions": [{"name": "y", "type": "numeric"}]}
+
+
+class Storage:
+    """Azurite on a folder of its own, reached through cutting proxies."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        self.blob_port, self.table_port = free_port(), free_port()
+        self.procs = start_azurite(self.blob_port, self.table_port, location=folder)
+        self.proxies = [CuttingProxy(self.blob_port), CuttingProxy(self.table_port)]
+
+    @property
+    def connection_string(self) -> str:
+        return azurite_connection_string(self.proxies[0].port, self.proxies[1].port)
+
+    def signal(self, sig: int) -> None:
+        for p in self.procs:
+            os.killpg(p.pid, sig)  # azurite-blob is a node script: its whole group
+
+    def stop(self) -> None:
+        stop(self.procs)
+
+    def start(self) -> None:
+        self.procs = start_azurite(self.blob_port, self.table_port, location=self.folder)
+
+    def cut_answers(self, n: int) -> None:
+        for p in self.proxies:
+            p.cut_answers(n)
+
+    def cut_requests(self, n: int) -> None:
+        for p in self.proxies:
+            p.cut_requests(n)
+
+    def calm(self) -> int:
+        cut = sum(p.cut for p in self.proxies)
+        for p in self.proxies:
+            p.calm()
+        return cut
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    s = Storage(tmp_path_factory.mktemp("azurite"))
+    yield s
+    s.signal(signal.SIGCONT)
+    s.stop()
+    for p in s.proxies:
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def host(storage):
+    proc, url = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
+                           STORAGE_TIMEOUT_SECONDS=str(DEADLINE), SERVICE_CACHE_TTL_SECONDS="0.2")
+    yield url
+    stop_host(proc)
+
+
+@pytest.fixture(scope="module")
+def alice(host):
+    r = requests.post(f"{host}/login", json={"username": "alice", "password": USERS["alice"]}, timeout=30)
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _publish(host: str, headers: dict, name: str, **extra) -> requests.Response:
+    return requests.post(f"{host}/services/{name}/1.0", json={"code": CODE, "runtimeType": "Python", **IO, **extra},
+                         headers=headers, timeout=60)
+
+
+def _consume(host: str, headers: dict, name: str) -> requests.Response:
+    return requests.post(f"{host}/api/{name}/1.0", json={"x": 21}, headers=headers, timeout=60)
+
+
+def _unavailable(r: requests.Response, took: float) -> None:
+    assert r.status_code == 503, (r.status_code, r.text)
+    assert int(r.headers["Retry-After"]) >= 1
+    assert took < DEADLINE + SLACK, took
+    assert not any(s in r.text for s in SECRETS), r.text
+
+
+def _calls(host: str, headers: dict, sid: str, name: str) -> dict[str, requests.Response]:
+    """One of each kind of call that needs storage, each timed."""
+    calls = {
+        "list": lambda: requests.get(f"{host}/services", headers=headers, timeout=60),
+        "login": lambda: requests.post(f"{host}/login", json={"username": "bob", "password": USERS["bob"]},
+                                       timeout=60),
+        "session": lambda: requests.post(f"{host}/sessions", json={"runtimeType": "Python"}, headers=headers,
+                                         timeout=60),
+        "execute": lambda: requests.post(f"{host}/sessions/{sid}/execute", json={"code": "n = 1"},
+                                         headers=headers, timeout=60),
+        "snapshot": lambda: requests.post(f"{host}/sessions/{sid}/snapshot", json={}, headers=headers, timeout=60),
+        "publish": lambda: _publish(host, headers, name),
+        "snapshots": lambda: requests.get(f"{host}/snapshots", headers=headers, timeout=60),
+    }
+    out = {}
+    for what, call in calls.items():
+        start = time.monotonic()
+        r = call()
+        out[what] = r
+        _unavailable(r, time.monotonic() - start)
+    return out
+
+
+def _all_or_nothing(host: str, headers: dict, name: str) -> None:
+    """A publish interrupted by the fault is either whole (it answers) or absent."""
+    r = requests.get(f"{host}/services/{name}/1.0", headers=headers, timeout=60)
+    if r.status_code == 200:
+        c = _consume(host, headers, name)
+        assert c.status_code == 200 and c.json()["outputParameters"]["y"] == 42, c.text
+    else:
+        assert r.status_code == 404, r.text
+
+
+def test_stalled_storage_answers_503_in_time_and_the_next_calls_succeed(host, storage, alice):
+    sid = new_session(host, alice)
+    before = "before" + uuid.uuid4().hex[:6]
+    assert _publish(host, alice, before).status_code == 201
+    storage.signal(signal.SIGSTOP)
+    try:
+        during = "during" + uuid.uuid4().hex[:6]
+        _calls(host, alice, sid, during)
+        start = time.monotonic()
+        status = requests.get(f"{host}/status", headers=alice, timeout=60)
+        _unavailable(status, time.monotonic() - start)
+        assert status.json()["components"]["database"]["statusCode"] == "fail"
+        assert status.json()["statusCode"] == "fail"
+        assert not any(s in status.text for s in SECRETS)
+    finally:
+        storage.signal(signal.SIGCONT)
+    # The very next calls succeed: no restart, no waiting out a breaker.
+    assert requests.get(f"{host}/status", headers=alice, timeout=60).json()["statusCode"] == "pass"
+    assert _consume(host, alice, before).json()["outputParameters"]["y"] == 42
+    assert execute(host, alice, sid, "n = 2\nprint(n)")["consoleOutput"].strip() == "2"
+    time.sleep(1)  # what storage took in while stopped is carried out now
+    _all_or_nothing(host, alice, during)
+
+
+def test_stopped_storage_answers_503_at_once_and_the_same_folder_serves_again(host, storage, alice):
+    sid = new_session(host, alice)
+    execute(host, alice, sid, "kept = 'yes'")
+    before = "before" + uuid.uuid4().hex[:6]
+    assert _publish(host, alice, before).status_code == 201
+    storage.stop()
+    try:
+        _calls(host, alice, sid, "during" + uuid.uuid4().hex[:6])
+        status = requests.get(f"{host}/status", headers=alice, timeout=60)
+        assert status.status_code == 503 and status.json()["statusCode"] == "fail"
+    finally:
+        storage.start()
+    listed = requests.get(f"{host}/services", headers=alice, timeout=60)
+    assert listed.status_code == 200 and before in {s["name"] for s in listed.json()}
+    assert _consume(host, alice, before).json()["outputParameters"]["y"] == 42
+    assert execute(host, alice, sid, "print(kept)")["consoleOutput"].strip() == "yes"
+
+
+@pytest.mark.parametrize("cut", ["answers", "requests"])
+def test_writes_whose_connection_is_cut_are_retried_to_exactly_one_result(host, storage, alice, cut):
+    """A cut answer means storage did the write and the SDK's retry meets it ("already exists",
+    "changed since", "not found"): each must count as done, not as someone else's write."""
+    arm = storage.cut_answers if cut == "answers" else storage.cut_requests
+
+    def once(call):
+        arm(1)
+        try:
+            return call()
+        finally:
+            assert storage.calm() >= 1, "nothing was cut: the test did not test"
+
+    sid = once(lambda: new_session(host, alice))
+    assert once(lambda: execute(host, alice, sid, "v = 41\nv += 1"))["success"]
+    assert execute(host, alice, sid, "print(v)")["consoleOutput"].strip() == "42"
+    snaps_before = len(requests.get(f"{host}/snapshots", headers=alice, timeout=60).json())
+    snap = once(lambda: snapshot(host, alice, sid))
+    snaps = requests.get(f"{host}/snapshots", headers=alice, timeout=60).json()
+    assert len(snaps) == snaps_before + 1 and snap in {s["id"] for s in snaps}
+    assert requests.get(f"{host}/snapshots/{snap}", headers=alice, timeout=60).status_code == 200
+
+    name = "cut" + uuid.uuid4().hex[:6]
+    r = once(lambda: _publish(host, alice, name, snapshotId=snap))
+    assert r.status_code == 201, r.text
+    assert _consume(host, alice, name).json()["outputParameters"]["y"] == 42
+    r = once(lambda: requests.patch(f"{host}/services/{name}/1.0", json={"description": "changed"},
+                                    headers=alice, timeout=60))
+    assert r.status_code == 200, r.text
+    assert requests.get(f"{host}/services/{name}/1.0", headers=alice, timeout=60).json()[0]["description"] == "changed"
+    r = once(lambda: requests.delete(f"{host}/services/{name}/1.0", headers=alice, timeout=60))
+    assert r.status_code == 200, r.text
+    assert requests.get(f"{host}/services/{name}/1.0", headers=alice, timeout=60).status_code == 404
+    r = once(lambda: requests.delete(f"{host}/snapshots/{snap}", headers=alice, timeout=60))
+    assert r.status_code == 200, r.text
+    r = once(lambda: requests.post(f"{host}/login", json={"username": "bob", "password": USERS["bob"]}, timeout=60))
+    assert r.status_code == 200, r.text
+
+
+def test_a_publish_whose_writes_keep_being_cut_is_503_and_whole_or_absent(host, storage, alice):
+    for cut in (storage.cut_answers, storage.cut_requests):
+        name = "cut" + uuid.uuid4().hex[:6]
+        cut(100)
+        try:
+            r = _publish(host, alice, name)
+        finally:
+            storage.calm()
+        assert r.status_code == 503, r.text
+        assert not any(s in r.text for s in SECRETS)
+        _all_or_nothing(host, alice, name)
