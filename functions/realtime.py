@@ -31,4 +31,6 @@ def publish_realtime_web_service_by_name_version(req: func.HttpRequest, user) ->
            body="realtime", returns="string", errors=(400, 401, 403, 404, 415))
 def patch_realtime_web_service_by_name_version(req: func.HttpRequest, user) -> func.HttpResponse:
     form, model = read_form(req, "model", file_required=False)
-    return json_response(services.patch_realtime(user, route(req, "name"), route(req, "version"), form, model))
+    version, etag = services.patch_realtime(user, route(req, "name"), route(req, "version"), form, model,
+                                            req.headers.get("if-match"))
+    return json_response(version, headers={"ETag": etag})

@@ -38,16 +38,19 @@ def publish_web_service_version(req: func.HttpRequest, user) -> func.HttpRespons
            summary="Change a version: absent or null fields are kept, empty ones cleared",
            body="PublishWebServiceRequest", returns="string", errors=(400, 401, 403, 404))
 def patch_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
-    return json_response(services.patch(user, route(req, "name"), route(req, "version"), read_json(req)))
+    version, etag = services.patch(user, route(req, "name"), route(req, "version"), read_json(req),
+                                   req.headers.get("if-match"))
+    return json_response(version, headers={"ETag": etag})
 
 
 @operation(bp, "GET", "services/{name}/{version}", "getWebServiceVersion", tag=TAG, summary="One version",
            returns="[WebService]", errors=(401, 404))
 def get_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
-    return json_response(services.describe(user, route(req, "name"), route(req, "version")))
+    described, etag = services.describe(user, route(req, "name"), route(req, "version"))
+    return json_response(described, headers={"ETag": etag})
 
 
 @operation(bp, "DELETE", "services/{name}/{version}", "deleteWebServiceVersion", tag=TAG,
            summary="Delete a version", returns="string", errors=(401, 403, 404))
 def delete_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
-    return json_response(services.delete(user, route(req, "name"), route(req, "version")))
+    return json_response(services.delete(user, route(req, "name"), route(req, "version"), req.headers.get("if-match")))

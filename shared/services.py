@@ -2,6 +2,7 @@
 snapshot it was published from, so deleting the snapshot never breaks it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -99,8 +100,9 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
     return version
 
 
-def patch(user: Principal, name: str, version: str, body: dict) -> str:
-    row = _own(user, name, version)
+def patch(user: Principal, name: str, version: str, body: dict, if_match: str | None = None) -> tuple[str, str]:
+    """The version and its new ETag. :raises PreconditionFailed: `if_match` names another state."""
+    row = _own(user, name, version, if_match)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") == "Realtime":
         raise BadRequest(f"service '{name}' version '{version}' is a realtime service: change it with "
@@ -126,11 +128,12 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
         row.update(stored, snapshotId=snapshot_id)
     elif snapshot_id == "":  # sent empty: the service no longer has a workspace
         row.update(stateBlob="", stateSha256="", stateMac="", snapshotId="")
-    return _replace(row, old, stored)
+    return _replace(row, old, stored, if_match)
 
 
-def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str], model: bytes | None) -> str:
-    row = _own(user, name, version)
+def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str], model: bytes | None,
+                   if_match: str | None = None) -> tuple[str, str]:
+    row = _own(user, name, version, if_match)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") != "Realtime":
         raise BadRequest(f"service '{name}' version '{version}' is a standard Python service: change it with "
@@ -143,22 +146,44 @@ def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str
         definition = realtime.definition(info)
         stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
         row.update(stored, realtimeModel=definition, codeBy=_code_by(row, user))
-    return _replace(row, old, stored)
+    return _replace(row, old, stored, if_match)
 
 
-def _replace(row: dict, old: dict, stored: dict[str, Any]) -> str:
+def _replace(row: dict, old: dict, stored: dict[str, Any], if_match: str | None) -> tuple[str, str]:
     """Write the changed version; its old stored copy goes once nothing points at it."""
     try:
-        _rows.replace(row)
+        written = _rows.replace(row)
     except (PreconditionFailed, NotFound) as exc:
         workspaces.discard(stored)  # not kept: deleted or changed meanwhile
         if isinstance(exc, NotFound):
             raise NotFound(f"service '{row['PartitionKey']}' version '{row['RowKey']}' was deleted meanwhile") from None
-        raise Conflict("the service was changed by another request at the same time; try again") from None
+        raise _changed_meanwhile(if_match) from None
     if old.get("stateBlob") != row.get("stateBlob"):
         workspaces.discard(old)
     forget(row["PartitionKey"], row["RowKey"])
-    return row["RowKey"]
+    return row["RowKey"], etag(written)
+
+
+def etag(row: dict) -> str:
+    """The version's entity tag (RFC 9110, strong): it changes with every write of the version."""
+    return '"' + hashlib.sha256(str(row["etag"]).encode()).hexdigest()[:32] + '"'
+
+
+def _check_if_match(row: dict, if_match: str | None) -> None:
+    """:raises PreconditionFailed: the caller's If-Match names none of the version's current state."""
+    if if_match is None or if_match.strip() == "*":
+        return
+    tags = [t.strip() for t in if_match.split(",")]
+    if etag(row) not in tags:  # strong comparison: a weak W/"..." tag never matches (RFC 9110 13.1.1)
+        raise PreconditionFailed(f"service '{row['PartitionKey']}' version '{row['RowKey']}' changed since the "
+                                 "ETag in If-Match: GET it again, then retry with its new ETag")
+
+
+def _changed_meanwhile(if_match: str | None) -> Exception:
+    if if_match is not None:
+        return PreconditionFailed("the service was changed by another request at the same time: GET it again, "
+                                  "then retry with its new ETag")
+    return Conflict("the service was changed by another request at the same time; try again")
 
 
 _REALTIME_IO = {"inputParameterDefinitions": json.dumps([{"name": realtime.INPUT, "type": "data.frame"}]),
@@ -175,12 +200,12 @@ def _realtime_form(form: dict[str, str]) -> dict[str, str]:
     return {k: form[k] for k in ("description", "operationId") if k in form}
 
 
-def delete(user: Principal, name: str, version: str) -> str:
-    row = _own(user, name, version)
+def delete(user: Principal, name: str, version: str, if_match: str | None = None) -> str:
+    row = _own(user, name, version, if_match)
     try:
         _rows.delete(row)
     except PreconditionFailed:
-        raise Conflict("the service was changed by another request at the same time; try again") from None
+        raise _changed_meanwhile(if_match) from None
     forget(name, version)
     workspaces.discard(row)
     return "Success"
@@ -212,9 +237,10 @@ def list_all(user: Principal, name: str | None = None) -> list[dict]:
     return [view(user, r, claims.get(r["PartitionKey"].lower())) for r in rows if visible(user, r)]
 
 
-def describe(user: Principal, name: str, version: str) -> list[dict]:
+def describe(user: Principal, name: str, version: str) -> tuple[list[dict], str]:
+    """The version (as ML Server answers it, in a list) and its ETag."""
     row = get(name, version, user)
-    return [view(user, row, _claim(row["PartitionKey"]))]
+    return [view(user, row, _claim(row["PartitionKey"]))], etag(row)
 
 
 def view(user: Principal, row: dict, claim: dict | None = None) -> dict:
@@ -239,9 +265,16 @@ def _writer(user: Principal) -> None:
         raise Forbidden("the Reader role may list and consume services, not publish, change or delete them")
 
 
-def _own(user: Principal, name: str, version: str) -> dict:
+def _own(user: Principal, name: str, version: str, if_match: str | None = None) -> dict:
     """The version, when the caller may change it: an Owner, the name's holder, or its publisher
-    while the name still lets them publish (a co-publisher removed keeps no rights)."""
+    while the name still lets them publish (a co-publisher removed keeps no rights).
+    :raises PreconditionFailed: (checked after the rights) `if_match` names another state."""
+    row = _own_row(user, name, version)
+    _check_if_match(row, if_match)
+    return row
+
+
+def _own_row(user: Principal, name: str, version: str) -> dict:
     _writer(user)
     row = get(name, version, user)
     if user.owner:

@@ -210,6 +210,17 @@ def test_patch_changes_model_and_fields_and_kinds_do_not_mix(base_url, alice, bo
     assert p.status_code == 200, p.text
     svc = requests.get(f"{base_url}/services/{name}/v1", headers=alice).json()[0]
     assert svc["description"] == "new words"
+    # If-Match holds for realtime versions too: a stale tag is refused, the current one applies
+    stale = p.headers["ETag"]
+    assert requests.patch(url, data={"description": "newer"}, files={"model": ("model", onnx_bytes())},
+                          headers=alice).status_code == 200
+    p = requests.patch(url, data={"description": "lost"}, files={"model": ("", b"")},
+                       headers={**alice, "If-Match": stale})
+    assert p.status_code == 412, p.text
+    current = requests.get(f"{base_url}/services/{name}/v1", headers=alice).headers["ETag"]
+    p = requests.patch(url, data={"description": "new words"}, files={"model": ("model", pickle.dumps(regression))},
+                       headers={**alice, "If-Match": current})
+    assert p.status_code == 200, p.text
     out = consume(base_url, alice, name, columns(X.iloc[:1])).json()
     assert "variable" in out["outputParameters"]["outputData"]
 

@@ -234,3 +234,41 @@ def test_a_publish_that_fails_claims_no_name(base_url, alice, bob, extra, status
     assert r.status_code == status and fragment in r.json()["message"], r.text
     assert requests.get(f"{base_url}/services/{name}", headers=alice).json() == []
     assert _publish(base_url, bob, name, "v1").status_code == 201
+
+
+def test_etags_make_concurrent_changes_visible_and_if_match_refuses_stale_ones(base_url, alice):
+    name = publish(base_url, alice, "y = 1", outputs=[{"name": "y", "type": "numeric"}])
+    url = f"{base_url}/services/{name}/v1"
+    first = requests.get(url, headers=alice).headers["ETag"]
+    assert first.startswith('"') and first.endswith('"')
+    assert requests.get(url, headers=alice).headers["ETag"] == first  # unchanged: the same tag
+    # Two clients read the same state; the first change wins, the second learns it was stale.
+    r = requests.patch(url, json={"description": "one"}, headers={**alice, "If-Match": first})
+    assert r.status_code == 200, r.text
+    second = r.headers["ETag"]
+    assert second != first and requests.get(url, headers=alice).headers["ETag"] == second
+    r = requests.patch(url, json={"description": "two"}, headers={**alice, "If-Match": first})
+    assert r.status_code == 412 and "ETag" in r.json()["message"], r.text
+    assert requests.get(url, headers=alice).json()[0]["description"] == "one"
+    # Weak tags never match (RFC 9110's strong comparison); a list matches if one tag does.
+    r = requests.patch(url, json={"description": "w"}, headers={**alice, "If-Match": f"W/{second}"})
+    assert r.status_code == 412
+    r = requests.patch(url, json={"description": "three"}, headers={**alice, "If-Match": f'{first}, {second}'})
+    assert r.status_code == 200
+    third = r.headers["ETag"]
+    # Realtime and standard versions share the rule; * matches any state; DELETE honours it too.
+    assert requests.delete(url, headers={**alice, "If-Match": second}).status_code == 412
+    assert requests.get(url, headers=alice).status_code == 200
+    assert requests.patch(url, json={"description": "four"}, headers={**alice, "If-Match": "*"}).status_code == 200
+    assert requests.delete(url, headers={**alice, "If-Match": third}).status_code == 412
+    current = requests.get(url, headers=alice).headers["ETag"]
+    assert requests.delete(url, headers={**alice, "If-Match": current}).status_code == 200
+    assert requests.get(url, headers=alice).status_code == 404
+
+
+def test_without_if_match_changes_still_apply_as_before(base_url, alice):
+    name = publish(base_url, alice, "y = 1", outputs=[{"name": "y", "type": "numeric"}])
+    url = f"{base_url}/services/{name}/v1"
+    r = requests.patch(url, json={"description": "x"}, headers=alice)
+    assert r.status_code == 200 and r.headers["ETag"] == requests.get(url, headers=alice).headers["ETag"]
+    assert requests.delete(url, headers=alice).status_code == 200
