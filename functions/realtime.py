@@ -3,6 +3,7 @@ sent as multipart/form-data with the file 'model' and the fields 'description' a
 import azure.functions as func
 
 from shared import services
+from shared.idempotency import HEADER
 from shared.api import operation
 from shared.http import json_response, read_form, route
 
@@ -15,7 +16,8 @@ TAG = "Services Management APIs"
            body="realtime", status=201, returns="string", errors=(400, 401, 403, 409, 415))
 def publish_realtime_web_service_by_name(req: func.HttpRequest, user) -> func.HttpResponse:
     form, model = read_form(req, "model", file_required=True)
-    return json_response(services.publish_realtime(user, route(req, "name"), None, form, model), 201)
+    return json_response(services.publish_realtime(user, route(req, "name"), None, form, model,
+                                                   req.headers.get(HEADER)), 201)
 
 
 @operation(bp, "POST", "realtime-services/{name}/{version}", "publishRealtimeWebServiceByNameVersion", tag=TAG,
@@ -23,7 +25,8 @@ def publish_realtime_web_service_by_name(req: func.HttpRequest, user) -> func.Ht
            body="realtime", status=201, returns="string", errors=(400, 401, 403, 409, 415))
 def publish_realtime_web_service_by_name_version(req: func.HttpRequest, user) -> func.HttpResponse:
     form, model = read_form(req, "model", file_required=True)
-    return json_response(services.publish_realtime(user, route(req, "name"), route(req, "version"), form, model), 201)
+    return json_response(services.publish_realtime(user, route(req, "name"), route(req, "version"), form,
+                                                   model, req.headers.get(HEADER)), 201)
 
 
 @operation(bp, "PATCH", "realtime-services/{name}/{version}", "patchRealtimeWebServiceByNameVersion", tag=TAG,

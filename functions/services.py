@@ -1,6 +1,7 @@
 import azure.functions as func
 
 from shared import services
+from shared.idempotency import HEADER
 from shared.api import operation
 from shared.http import json_response, read_json, route
 
@@ -24,14 +25,16 @@ def get_all_web_service_versions_by_name(req: func.HttpRequest, user) -> func.Ht
            summary="Publish a development version (a GUID version only its author sees)",
            body="PublishWebServiceRequest", status=201, returns="string", errors=(400, 401, 404, 409))
 def publish_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
-    return json_response(services.publish(user, route(req, "name"), None, read_json(req)), 201)
+    return json_response(services.publish(user, route(req, "name"), None, read_json(req),
+                                          req.headers.get(HEADER)), 201)
 
 
 @operation(bp, "POST", "services/{name}/{version}", "publishWebServiceVersion", tag=TAG,
            summary="Publish a service version (409 if it exists: use PATCH)", body="PublishWebServiceRequest",
            status=201, returns="string", errors=(400, 401, 403, 404, 409))
 def publish_web_service_version(req: func.HttpRequest, user) -> func.HttpResponse:
-    return json_response(services.publish(user, route(req, "name"), route(req, "version"), read_json(req)), 201)
+    return json_response(services.publish(user, route(req, "name"), route(req, "version"), read_json(req),
+                                          req.headers.get(HEADER)), 201)
 
 
 @operation(bp, "PATCH", "services/{name}/{version}", "patchWebServiceVersion", tag=TAG,

@@ -1,6 +1,7 @@
 import azure.functions as func
 
 from shared import sessions, snapshots
+from shared.idempotency import HEADER
 from shared.api import operation
 from shared.http import bytes_response, json_response, read_bytes, read_json, read_upload, route
 
@@ -60,7 +61,8 @@ def list_session_history(req: func.HttpRequest, user) -> func.HttpResponse:
            summary="Snapshot the session's workspace and files", body="CreateSnapshotRequest", status=201,
            returns="CreateSnapshotResponse", errors=ERRS)
 def create_snapshot(req: func.HttpRequest, user) -> func.HttpResponse:
-    return json_response(snapshots.create(user, route(req, "id"), read_json(req, required=False)), 201)
+    return json_response(snapshots.create(user, route(req, "id"), read_json(req, required=False),
+                                          req.headers.get(HEADER)), 201)
 
 
 @operation(bp, "POST", "sessions/{id}/loadsnapshot/{snapshotId}", "LoadSnapshot", tag="Snapshot APIs",

@@ -57,6 +57,11 @@ class IntegrityFailed(ApiError):
     status, code = 422, "snapshot_integrity_failed"
 
 
+class KeyReused(ApiError):
+    """An Idempotency-Key sent again with another request (the IETF draft's 422)."""
+    status, code = 422, "idempotency_key_reused"
+
+
 class NotImplementedOnFunctions(ApiError):
     status, code = 501, "not_implemented"
 

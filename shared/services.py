@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from . import ids, models, realtime, snapshots, types, workspaces
+from . import idempotency, ids, models, realtime, snapshots, types, workspaces
 from .auth import Principal
 from .config import get_settings
 from .errors import BadRequest, Conflict, Forbidden, NeedsStorage, NotFound, PreconditionFailed, StorageUnavailable
@@ -28,9 +28,12 @@ def binding(name: str, version: str) -> str:
     return f"service:{name}:{version}"
 
 
-def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
+def publish(user: Principal, name: str, version: str | None, body: dict, key_header: str | None = None) -> str:
     _writer(user)
-    name, version, dev = _named(name, version)
+    key = idempotency.key(key_header, user.name, "publish", {"name": name, "version": version, "body": body})
+    name, version, dev = _named(name, version, key)
+    if _made_by(key, name, version):
+        return version
     code = _code(body.get("code"))
     values = {"runtimeType": ids.runtime(body), "code": code, "versionPublishedBy": user.name,
               "creationTime": ids.now(), "snapshotId": "", "devVersion": dev, "codeBy": _code_by({}, user)}
@@ -38,20 +41,25 @@ def publish(user: Principal, name: str, version: str | None, body: dict) -> str:
     co_publishers = _co_publishers(body)
     snapshot_id = ids.optional_str(body, "snapshotId")
     data = snapshots.content(user, snapshot_id) if snapshot_id else None
-    return _create(user, name, version, dev, values, data, snapshot_id or "", co_publishers)
+    return _create(user, name, version, dev, values, data, snapshot_id or "", co_publishers, key)
 
 
-def publish_realtime(user: Principal, name: str, version: str | None, form: dict[str, str], model: bytes) -> str:
+def publish_realtime(user: Principal, name: str, version: str | None, form: dict[str, str], model: bytes,
+                     key_header: str | None = None) -> str:
     """A realtime service: an ONNX model (or a scikit-learn one converted in the sandbox)."""
     _writer(user)
-    name, version, dev = _named(name, version)
+    key = idempotency.key(key_header, user.name, "publish-realtime",
+                          {"name": name, "version": version, "form": form, "model": model})
+    name, version, dev = _named(name, version, key)
+    if _made_by(key, name, version):
+        return version
     values = {"runtimeType": "Realtime", "code": "", "versionPublishedBy": user.name, "creationTime": ids.now(),
               "snapshotId": "", "devVersion": dev, "codeBy": _code_by({}, user)}
     values.update(_fields(_realtime_form(form)), **_REALTIME_IO)
     _may_publish(user, name)  # before the costly check of the model; checked again when claimed
     data, info = realtime.prepare(user.name, model)
     values["realtimeModel"] = realtime.definition(info)
-    return _create(user, name, version, dev, values, data, "", None)
+    return _create(user, name, version, dev, values, data, "", None, key)
 
 
 def _code_by(row: dict, user: Principal) -> str:
@@ -64,17 +72,28 @@ def code_by(row: dict) -> str:
     return row.get("codeBy") or json.dumps([row.get("versionPublishedBy", "")] if row else [])
 
 
-def _named(name: str, version: str | None) -> tuple[str, str, bool]:
+def _named(name: str, version: str | None, key: idempotency.Key | None) -> tuple[str, str, bool]:
     """The checked name and version; without a version the service is a development version
-    with a GUID, seen only by its author."""
+    with a GUID (the same for a retry with the same Idempotency-Key), seen only by its author."""
     name = ids.service_name(name)
     if version:
         return name, ids.service_name(version, "version"), False
-    return name, ids.new_id(), True
+    return name, key.id() if key else ids.new_id(), True
+
+
+def _made_by(key: idempotency.Key | None, name: str, version: str) -> bool:
+    """Whether an earlier attempt with this Idempotency-Key published this version.
+    :raises KeyReused: it did, for another request."""
+    if key is None:
+        return False
+    try:
+        return key.made(_rows.get(name, version))
+    except NotFound:
+        return False
 
 
 def _create(user: Principal, name: str, version: str, dev: bool, values: dict[str, Any], data: bytes | None,
-            snapshot_id: str, co_publishers: list[str] | None) -> str:
+            snapshot_id: str, co_publishers: list[str] | None, key: idempotency.Key | None) -> str:
     # Claimed after every check, and given back if the publish fails below. A development
     # version claims nothing (only its author sees and calls it), but obeys a name's holder.
     if dev and co_publishers is not None:
@@ -85,11 +104,21 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
         if co_publishers is not None:
             claim = _set_co_publishers(user, name, claim, co_publishers)
         if data is not None:
-            stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
+            stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data,
+                                      key.blob_id(data) if key else None)
             values.update(stored, snapshotId=snapshot_id)
-        created = _rows.create(name, version, values)
+        if key:
+            values.update(key.fields())
+        try:
+            created = _rows.create(name, version, values)
+        except Conflict:
+            if not _made_by(key, name, version):
+                raise
+            created = _rows.get(name, version)  # a concurrent attempt with the same key committed first
         if claim is not None and get_settings().service_names == "owned":
             _still_allowed(user, name, created)
+        if key:
+            workspaces.sweep(f"services/{name}/{version}/{key.blob_stem()}-", created)
     except Exception as exc:
         workspaces.abandon(exc, stored)
         if claimed and not isinstance(exc, StorageUnavailable):  # the version may be written

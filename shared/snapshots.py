@@ -1,9 +1,9 @@
 """Snapshots: a sealed copy of a session's workspace, private to its creator."""
 from __future__ import annotations
 
-from . import ids, sessions, workspaces
+from . import idempotency, ids, sessions, workspaces
 from .auth import Principal
-from .errors import ApiError, BadRequest
+from .errors import ApiError, BadRequest, Conflict, NotFound
 from .storage.entities import Entities
 
 _rows = Entities("snapshots", what="snapshot")
@@ -13,17 +13,38 @@ def _binding(owner: str, snapshot_id: str) -> str:
     return f"snapshot:{owner}:{snapshot_id}"
 
 
-def create(user: Principal, sid: str, body: dict) -> dict:
+def create(user: Principal, sid: str, body: dict, key_header: str | None = None) -> dict:
+    """With an Idempotency-Key, a retry answers with the snapshot its earlier attempt made."""
     name = ids.optional_str(body, "name", max_units=1024) or ""
+    key = idempotency.key(key_header, user.name, "snapshot", {"session": sid, "body": body})
+    snapshot_id = key.id() if key else ids.new_id()
+    if key and _made_by(user, key, snapshot_id):
+        return {"snapshotId": snapshot_id}
     data = sessions.state(user, sid)
-    snapshot_id = ids.new_id()
-    stored = workspaces.store(f"snapshots/{snapshot_id}", _binding(user.name, snapshot_id), data)
+    stored = workspaces.store(f"snapshots/{snapshot_id}", _binding(user.name, snapshot_id), data,
+                              key.blob_id(data) if key else None)
     try:
-        _rows.create(user.name, snapshot_id, {"name": name, "creationTime": ids.now(), **stored})
+        try:
+            _rows.create(user.name, snapshot_id, {"name": name, "creationTime": ids.now(), **stored,
+                                                  **(key.fields() if key else {})})
+        except Conflict:
+            if not (key and _made_by(user, key, snapshot_id)):
+                raise
+            stored = get(user, snapshot_id)  # a concurrent attempt with the same key committed first
     except ApiError as exc:
         workspaces.abandon(exc, stored)
         raise
+    if key:
+        workspaces.sweep(f"snapshots/{snapshot_id}/{key.blob_stem()}-", stored)
     return {"snapshotId": snapshot_id}
+
+
+def _made_by(user: Principal, key: idempotency.Key, snapshot_id: str) -> bool:
+    """:raises KeyReused: the key made this snapshot for another request."""
+    try:
+        return key.made(_rows.get(user.name, snapshot_id))
+    except NotFound:
+        return False
 
 
 def get(user: Principal, snapshot_id: str) -> dict:

@@ -35,9 +35,10 @@ def empty_zip() -> bytes:
     return buf.getvalue()
 
 
-def store(prefix: str, binding: str, data: bytes) -> dict[str, str | int]:
-    """Write the bytes under a new name; returns the fields the owning entity must carry."""
-    name = f"{prefix}/{uuid.uuid4().hex}.zip"
+def store(prefix: str, binding: str, data: bytes, blob_id: str | None = None) -> dict[str, str | int]:
+    """Write the bytes under a new name (or `blob_id`, the same for the same bytes); returns the
+    fields the owning entity must carry."""
+    name = f"{prefix}/{blob_id or uuid.uuid4().hex}.zip"
     blobs.put(name, data)
     return {"stateBlob": name, "contentSize": len(data), **seal.seal(binding, data)}
 
@@ -367,6 +368,17 @@ def _manifest(binding: str, record: dict) -> dict[str, dict]:
     entries = json.loads(data)["entries"]
     _remember(key, entries, len(data))
     return entries
+
+
+def sweep(prefix: str, keep: dict) -> None:
+    """Delete the blobs under `prefix` other than `keep`'s: what earlier attempts of one
+    idempotent request wrote and did not commit. A failure here leaves them for a later retry."""
+    try:
+        for name in blobs.names(prefix):
+            if name != keep.get("stateBlob"):
+                blobs.delete(name)
+    except ApiError:
+        pass
 
 
 def abandon(exc: BaseException, record: dict | None = None, written: list[str] | None = None) -> None:

@@ -1,9 +1,13 @@
-"""A loopback TCP proxy that cuts connections on demand: what a flaky network between the app and
-Azure Storage does to a request in flight."""
+"""Storage that fails: Azurite on a folder of its own that can be paused, stopped and started
+again, behind loopback TCP proxies that cut connections on demand (what a flaky network between
+the app and Azure Storage does to a request in flight)."""
 from __future__ import annotations
 
+import os
 import socket
 import threading
+
+from devhost.__main__ import azurite_connection_string, free_port, start_azurite, stop
 
 _WRITES = (b"PUT ", b"POST ", b"DELETE ", b"PATCH ", b"MERGE ")
 
@@ -117,3 +121,41 @@ def _recv(s: socket.socket) -> bytes:
         return s.recv(1 << 16)
     except OSError:
         return b""
+
+
+class FlakyStorage:
+    """Azurite on a folder of its own, reached through cutting proxies."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        self.blob_port, self.table_port = free_port(), free_port()
+        self.procs = start_azurite(self.blob_port, self.table_port, location=folder)
+        self.proxies = [CuttingProxy(self.blob_port), CuttingProxy(self.table_port)]
+
+    @property
+    def connection_string(self) -> str:
+        return azurite_connection_string(self.proxies[0].port, self.proxies[1].port)
+
+    def signal(self, sig: int) -> None:
+        for p in self.procs:
+            os.killpg(p.pid, sig)  # azurite-blob is a node script: its whole group
+
+    def stop(self) -> None:
+        stop(self.procs)
+
+    def start(self) -> None:
+        self.procs = start_azurite(self.blob_port, self.table_port, location=self.folder)
+
+    def cut_answers(self, n: int) -> None:
+        for p in self.proxies:
+            p.cut_answers(n)
+
+    def cut_requests(self, n: int) -> None:
+        for p in self.proxies:
+            p.cut_requests(n)
+
+    def calm(self) -> int:
+        cut = sum(p.cut for p in self.proxies)
+        for p in self.proxies:
+            p.calm()
+        return cut

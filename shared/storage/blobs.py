@@ -38,3 +38,8 @@ def delete(name: str) -> None:
             container().delete_blob(name)
         except ResourceNotFoundError:
             pass
+
+
+def names(prefix: str) -> list[str]:
+    with translated("blob list"):
+        return list(container().list_blob_names(name_starts_with=prefix))

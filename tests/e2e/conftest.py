@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,9 @@ import requests
 
 from devhost.__main__ import free_port, port_open
 from tests.constants import ADMIN_PASSWORD, USERS
+from tests.faults import FlakyStorage
+
+STORAGE_DEADLINE = 2.0  # flaky_host's STORAGE_TIMEOUT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +80,30 @@ def bob(base_url) -> dict[str, str]:
 def rita(base_url) -> dict[str, str]:
     """A Reader."""
     return _login(base_url, "rita", USERS["rita"])
+
+
+@pytest.fixture(scope="module")
+def flaky_storage(tmp_path_factory):
+    """Per module: storage its tests may pause, stop or cut."""
+    s = FlakyStorage(tmp_path_factory.mktemp("azurite"))
+    yield s
+    s.signal(signal.SIGCONT)
+    s.stop()
+    for p in s.proxies:
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def flaky_host(flaky_storage):
+    """A host on flaky_storage, with a storage deadline of STORAGE_DEADLINE seconds."""
+    proc, url = start_host(STORAGE_CONNECTION_STRING=flaky_storage.connection_string,
+                           STORAGE_TIMEOUT_SECONDS=str(STORAGE_DEADLINE), SERVICE_CACHE_TTL_SECONDS="0.2")
+    yield url
+    stop_host(proc)
+
+
+@pytest.fixture(scope="module")
+def flaky_alice(flaky_host):
+    r = requests.post(f"{flaky_host}/login", json={"username": "alice", "password": USERS["alice"]}, timeout=30)
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}

@@ -3,7 +3,6 @@ within its deadline, names nothing of the account, and the next calls after stor
 succeed without a restart; nothing visible points at data that was not written."""
 from __future__ import annotations
 
-import os
 import signal
 import time
 import uuid
@@ -11,15 +10,13 @@ import uuid
 import pytest
 import requests
 
-from devhost.__main__ import azurite_connection_string, free_port, start_azurite, stop
 from tests.constants import USERS
-from tests.e2e.conftest import start_host, stop_host
+from tests.e2e.conftest import STORAGE_DEADLINE
 from tests.e2e.helpers import execute, new_session, snapshot
-from tests.faults import CuttingProxy
 
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
 
-DEADLINE = 2.0
+DEADLINE = STORAGE_DEADLINE
 SLACK = 1.5  # the host's own work around the storage call, on a busy machine
 SECRETS = ("devstoreaccount1", "AccountKey", "Eby8vdM02", "127.0.0.1", "http://")
 CODE = "y = x * 2"
@@ -27,67 +24,19 @@ IO = {"inputParameterDefinitions": [{"name": "x", "type": "numeric"}],
       "outputParameterDefinitions": [{"name": "y", "type": "numeric"}]}
 
 
-class Storage:
-    """Azurite on a folder of its own, reached through cutting proxies."""
-
-    def __init__(self, folder) -> None:
-        self.folder = folder
-        self.blob_port, self.table_port = free_port(), free_port()
-        self.procs = start_azurite(self.blob_port, self.table_port, location=folder)
-        self.proxies = [CuttingProxy(self.blob_port), CuttingProxy(self.table_port)]
-
-    @property
-    def connection_string(self) -> str:
-        return azurite_connection_string(self.proxies[0].port, self.proxies[1].port)
-
-    def signal(self, sig: int) -> None:
-        for p in self.procs:
-            os.killpg(p.pid, sig)  # azurite-blob is a node script: its whole group
-
-    def stop(self) -> None:
-        stop(self.procs)
-
-    def start(self) -> None:
-        self.procs = start_azurite(self.blob_port, self.table_port, location=self.folder)
-
-    def cut_answers(self, n: int) -> None:
-        for p in self.proxies:
-            p.cut_answers(n)
-
-    def cut_requests(self, n: int) -> None:
-        for p in self.proxies:
-            p.cut_requests(n)
-
-    def calm(self) -> int:
-        cut = sum(p.cut for p in self.proxies)
-        for p in self.proxies:
-            p.calm()
-        return cut
+@pytest.fixture
+def host(flaky_host):
+    return flaky_host
 
 
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory):
-    s = Storage(tmp_path_factory.mktemp("azurite"))
-    yield s
-    s.signal(signal.SIGCONT)
-    s.stop()
-    for p in s.proxies:
-        p.close()
+@pytest.fixture
+def storage(flaky_storage):
+    return flaky_storage
 
 
-@pytest.fixture(scope="module")
-def host(storage):
-    proc, url = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
-                           STORAGE_TIMEOUT_SECONDS=str(DEADLINE), SERVICE_CACHE_TTL_SECONDS="0.2")
-    yield url
-    stop_host(proc)
-
-
-@pytest.fixture(scope="module")
-def alice(host):
-    r = requests.post(f"{host}/login", json={"username": "alice", "password": USERS["alice"]}, timeout=30)
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+@pytest.fixture
+def alice(flaky_alice):
+    return flaky_alice
 
 
 def _publish(host: str, headers: dict, name: str, **extra) -> requests.Response:
