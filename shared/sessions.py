@@ -37,11 +37,11 @@ def _may_use(user: Principal) -> None:
 def create(user: Principal, body: dict) -> dict:
     _may_use(user)
     runtime = ids.runtime(body)
-    name = ids.optional_str(body, "name", max_units=1024) or ""
+    name = ids.optional_str(body, "name", max_length=ids.TITLE_MAX) or ""
     sid = ids.new_id()
     values: dict[str, Any] = {"name": name, "runtimeType": runtime, "creationTime": ids.now(),
                               "consoleOutput": "", "executions": 0}
-    snapshot_id = ids.optional_str(body, "snapshotId", max_units=64)
+    snapshot_id = ids.optional_str(body, "snapshotId", max_length=64)
     stored: dict[str, Any] = {}
     if snapshot_id:
         data = snapshots.content(user, snapshot_id)

@@ -14,7 +14,7 @@ def _binding(owner: str, snapshot_id: str) -> str:
 
 
 def create(user: Principal, sid: str, body: dict) -> dict:
-    name = ids.optional_str(body, "name", max_units=1024) or ""
+    name = ids.optional_str(body, "name", max_length=ids.TITLE_MAX) or ""
     data = sessions.state(user, sid)
     snapshot_id = ids.new_id()
     stored = workspaces.store(f"snapshots/{snapshot_id}", _binding(user.name, snapshot_id), data)

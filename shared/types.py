@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import ids
 from .errors import BadRequest
 
 # ML Server's enum, plus "string", the alias its own Python walkthrough used.
@@ -30,13 +31,14 @@ def check_definitions(defs: Any, what: str) -> list[dict[str, str]]:
         return []
     if not isinstance(defs, list):
         raise BadRequest(f"'{what}' must be a list of {{name, type}} objects")
+    if len(defs) > ids.MAX_PARAMETERS:
+        raise BadRequest(f"'{what}' declares more than {ids.MAX_PARAMETERS} parameters")
     out, seen = [], set()
     for d in defs:
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("type"), str):
             raise BadRequest(f"each entry of '{what}' must be an object with string 'name' and 'type'")
         name, typ = d["name"], d["type"]
-        if not name.isidentifier():
-            raise BadRequest(f"'{what}': parameter name '{name[:64]}' is not a valid Python identifier")
+        ids.identifier(name, f"'{what}': the parameter name")
         if typ not in TYPES:
             raise BadRequest(f"'{what}': parameter '{name}' has type '{typ[:32]}'; use one of {', '.join(TYPES)}")
         if name in seen:

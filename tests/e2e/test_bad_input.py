@@ -48,3 +48,16 @@ def test_json_bodies_a_page_on_another_site_could_send_without_a_preflight_are_r
     body = f'{{"username": "admin", "password": "{ADMIN_PASSWORD}"}}'.encode()
     r = requests.post(f"{base_url}/login", data=body, headers=headers)
     assert r.status_code == 415 and "application/json" in r.json()["message"]
+
+
+def test_code_is_counted_in_characters_of_any_kind_and_white_space_alone_is_no_code(base_url, alice):
+    """Lengths are counted as the swagger's maxLength counts them; the longest code of
+    4-byte characters still fits a Table property."""
+    body = {"runtimeType": "Python"}
+    for blank in (" \n\t", "\x1f\u3000"):
+        r = requests.post(f"{base_url}/services/blank/v1", json={**body, "code": blank}, headers=alice)
+        assert r.status_code == 400 and "'code' is required" in r.json()["message"]
+    r = requests.post(f"{base_url}/services/long/v1", json={**body, "code": "y" * 16001}, headers=alice)
+    assert r.status_code == 400 and "longer than 16000 characters" in r.json()["message"]
+    name = publish(base_url, alice, "#" + "\U0001F600" * 15999)
+    assert requests.get(f"{base_url}/services/{name}/v1", headers=alice).json()[0]["code"].count("\U0001F600") == 15999
