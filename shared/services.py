@@ -104,12 +104,12 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
     row = _own(user, name, version)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") == "Realtime":
-        raise BadRequest(f"service '{name}' version '{version}' is a realtime service: change it with "
-                         f"PATCH /realtime-services/{name}/{version}")
+        raise Conflict(f"service '{name}' version '{version}' is a realtime service: change it with "
+                       f"PATCH /realtime-services/{name}/{version}")
     co_publishers = _co_publishers(body)
     if co_publishers is not None:
         if row.get("devVersion"):
-            raise BadRequest("'coPublishers' applies to a service name: set it on a named version")
+            raise Conflict("'coPublishers' applies to a service name: set it on a named version")
         _set_co_publishers(user, name, _check_name(user, name)[0], co_publishers)
     old = dict(row)
     row.update(_fields(body, partial=True))
@@ -120,7 +120,7 @@ def patch(user: Principal, name: str, version: str, body: dict) -> str:
     if body.get("runtimeType") is not None:
         ids.runtime(body)
     stored: dict[str, Any] = {}
-    snapshot_id = body.get("snapshotId")
+    snapshot_id = ids.optional_str(body, "snapshotId", max_length=64)
     if snapshot_id:
         data = snapshots.content(user, snapshot_id)
         stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
@@ -134,8 +134,8 @@ def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str
     row = _own(user, name, version)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") != "Realtime":
-        raise BadRequest(f"service '{name}' version '{version}' is a standard Python service: change it with "
-                         f"PATCH /services/{name}/{version}")
+        raise Conflict(f"service '{name}' version '{version}' is a standard Python service: change it with "
+                       f"PATCH /services/{name}/{version}")
     old = dict(row)
     row.update(_fields(_realtime_form(form), partial=True))
     stored: dict[str, Any] = {}
@@ -204,10 +204,7 @@ def visible(user: Principal, row: dict) -> bool:
 
 def list_all(user: Principal, name: str | None = None) -> list[dict]:
     if name is not None:
-        try:
-            ids.service_name(name)
-        except BadRequest:
-            return []
+        ids.service_name(name)
     rows = sorted(_rows.list(name), key=lambda r: (r["PartitionKey"], r.get("creationTime", "")))
     claims = {c["RowKey"]: c for c in _names.list(_NAMES)} if rows else {}
     return [view(user, r, claims.get(r["PartitionKey"].lower())) for r in rows if visible(user, r)]
@@ -431,7 +428,8 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
             if ids.utf16_units(out[key]) > _MAX_JSON_UNITS:
                 raise BadRequest(f"'{key}' is too long: at most {_MAX_JSON_UNITS} characters as JSON")
     if sent("outputFileNames"):
-        files = body.get("outputFileNames") or []
+        files = body.get("outputFileNames")
+        files = [] if files is None else files
         if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
             raise BadRequest("'outputFileNames' must be a list of file names")
         if len(files) > ids.MAX_OUTPUT_FILES:

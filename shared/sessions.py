@@ -78,7 +78,10 @@ def close(user: Principal, sid: str) -> str:
     row = get(user, sid)
     pool.sessions.retire(row["RowKey"])
     _forget_lock(row["RowKey"])
-    _rows.delete(row)
+    try:
+        _rows.delete(row)
+    except PreconditionFailed:  # a call saved the session since it was read: its blobs are not these
+        raise Conflict("another call changed this session at the same time; try again") from None
     workspaces.discard(row, _binding(user.name, row["RowKey"]))
     for entry in _history.list(row["RowKey"]):
         _history.delete(entry)
@@ -115,14 +118,16 @@ def execute(user: Principal, sid: str, body: dict) -> dict:
     code = body.get("code")
     if not isinstance(code, str):
         raise BadRequest("'code' is required and must be a string")
-    inputs = body.get("inputParameters") or []
+    inputs = body.get("inputParameters")
+    inputs = [] if inputs is None else inputs
     if not isinstance(inputs, list) or not all(
             isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"].isidentifier() for p in inputs):
         raise BadRequest("'inputParameters' must be a list of {name, value} objects with identifier names")
     for p in inputs:
         if "value" not in p:
             raise BadRequest(f"input parameter '{p['name'][:64]}' has no 'value' (send null for None)")
-    outputs = body.get("outputParameters") or []
+    outputs = body.get("outputParameters")
+    outputs = [] if outputs is None else outputs
     if not isinstance(outputs, list) or not all(isinstance(n, str) for n in outputs):
         raise BadRequest("'outputParameters' must be a list of names")
     message = {"op": "execute", "code": code, "inputs": inputs, "outputs": outputs}

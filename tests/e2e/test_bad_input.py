@@ -50,6 +50,39 @@ def test_json_bodies_a_page_on_another_site_could_send_without_a_preflight_are_r
     assert r.status_code == 415 and "application/json" in r.json()["message"]
 
 
+def test_a_name_that_cannot_exist_is_400_when_listing_its_versions(base_url, alice):
+    r = requests.get(f"{base_url}/services/{quote('a b')}", headers=alice)
+    assert r.status_code == 400 and "service name 'a b' is not allowed" in r.json()["message"]
+    assert requests.get(f"{base_url}/services/nosuchname", headers=alice).json() == []
+
+
+@pytest.mark.parametrize("field, value", [("outputFileNames", {}), ("outputFileNames", ""),
+                                          ("inputParameterDefinitions", {}), ("snapshotId", [])])
+def test_a_service_field_of_another_type_is_400_not_taken_as_empty(base_url, alice, field, value):
+    name = publish(base_url, alice, "y = 1")
+    r = requests.patch(f"{base_url}/services/{name}/v1", json={field: value}, headers=alice)
+    assert r.status_code == 400 and field in r.json()["message"], r.text
+
+
+@pytest.mark.parametrize("field, value", [("inputParameters", {}), ("inputParameters", ""),
+                                          ("outputParameters", {}), ("outputParameters", 0)])
+def test_an_execute_list_of_another_type_is_400_not_taken_as_empty(base_url, alice, field, value):
+    sid = new_session(base_url, alice)
+    r = requests.post(f"{base_url}/sessions/{sid}/execute", json={"code": "", field: value}, headers=alice)
+    assert r.status_code == 400 and field in r.json()["message"], r.text
+
+
+def test_an_upload_takes_the_file_and_nothing_else(base_url, alice):
+    sid = new_session(base_url, alice)
+    r = requests.post(f"{base_url}/sessions/{sid}/files", files={"file": ("a.txt", b"1")}, data={"note": "x"},
+                      headers=alice)
+    assert r.status_code == 400 and "'note'" in r.json()["message"]
+    r = requests.post(f"{base_url}/sessions/{sid}/files", files={"file": ("a.txt", b"1"), "more": ("b.txt", b"2")},
+                      headers=alice)
+    assert r.status_code == 400 and "'more'" in r.json()["message"]
+    assert requests.get(f"{base_url}/sessions/{sid}/files", headers=alice).json() == []
+
+
 def test_code_is_counted_in_characters_of_any_kind_and_white_space_alone_is_no_code(base_url, alice):
     """Lengths are counted as the swagger's maxLength counts them; the longest code of
     4-byte characters still fits a Table property."""
