@@ -32,11 +32,15 @@ MAX_CO_PUBLISHERS = 50
 # Searched: some character that is not white space (str.isspace), spelled out rather than \S,
 # which JavaScript and JSON Schema validators read differently (U+001C-U+001F, U+0085, U+FEFF).
 NOT_BLANK = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# The Idempotency-Key header of a publish or a snapshot: visible ASCII
+IDEMPOTENCY_KEY = r"[!-~]+"
+IDEMPOTENCY_KEY_MAX = 200
 
 _UUID = re.compile(UUID)
 _NAME = re.compile(NAME)
 _IDENTIFIER = re.compile(IDENTIFIER)
 _NOT_BLANK = re.compile(NOT_BLANK)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY)
 
 
 def new_id() -> str:
@@ -79,6 +83,14 @@ def identifier(value: object, what: str) -> str:
         shown = value[:64] if isinstance(value, str) else value
         raise BadRequest(f"{what} '{shown}' is not allowed: use an ASCII Python identifier of at most "
                          f"{IDENTIFIER_MAX} characters (letters, digits and '_', not starting with a digit)")
+    return value
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header, when sent."""
+    if value is not None and (len(value) > IDEMPOTENCY_KEY_MAX or not _IDEMPOTENCY_KEY.fullmatch(value)):
+        raise BadRequest(f"the Idempotency-Key header must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters "
+                         "(no spaces)")
     return value
 
 

@@ -13,15 +13,20 @@ from .errors import BadRequest
 TYPES = ("numeric", "integer", "logical", "character", "string", "vector", "matrix", "data.frame")
 _SCALARS = (int, float, str, bool, type(None))
 
+# What check_input takes, as the service's swagger says it. Two things JSON Schema cannot say:
+# a matrix's rows, and a data.frame's columns, are of equal length.
+_LARGEST = 1.7976931348623157e308
 JSON_SCHEMA = {
-    "numeric": {"type": "number"},
-    "integer": {"type": "integer"},
+    "numeric": {"type": "number", "minimum": -_LARGEST, "maximum": _LARGEST},
+    "integer": {"type": "integer", "minimum": -2**63, "maximum": 2**63 - 1},
     "logical": {"type": "boolean"},
     "character": {"type": "string"},
     "string": {"type": "string"},
-    "vector": {"type": "array", "items": {}},
-    "matrix": {"type": "array", "items": {"type": "array", "items": {}}},
-    "data.frame": {"type": "object"},
+    "vector": {"type": "array", "items": {"type": ["number", "string", "boolean", "null"]}},
+    "matrix": {"type": "array", "items": {"type": "array", "items": {"type": ["number", "boolean", "null"]}}},
+    # {column: [values]} or [{column: value}]
+    "data.frame": {"type": ["object", "array"], "additionalProperties": {"type": "array"},
+                   "items": {"type": "object"}},
 }
 
 

@@ -50,6 +50,20 @@ def test_json_bodies_a_page_on_another_site_could_send_without_a_preflight_are_r
     assert r.status_code == 415 and "application/json" in r.json()["message"]
 
 
+def test_a_malformed_idempotency_key_is_400_naming_the_header(base_url, alice):
+    body = {"code": "y = 1", "runtimeType": "Python"}
+    for key in ("a b", "x" * 201, "", "é"):
+        r = requests.post(f"{base_url}/services/idem{len(key)}/v1", json=body,
+                          headers={**alice, "Idempotency-Key": key.encode("utf-8").decode("latin-1")})
+        assert r.status_code == 400 and "Idempotency-Key" in r.json()["message"], (key, r.text)
+    sid = new_session(base_url, alice)
+    r = requests.post(f"{base_url}/sessions/{sid}/snapshot", json={}, headers={**alice, "Idempotency-Key": "a b"})
+    assert r.status_code == 400
+    name = publish(base_url, alice, "y = 1")
+    assert requests.post(f"{base_url}/services/{name}/v2", json=body,
+                         headers={**alice, "Idempotency-Key": "K-" + "x" * 198}).status_code == 201
+
+
 def test_a_name_that_cannot_exist_is_400_when_listing_its_versions(base_url, alice):
     r = requests.get(f"{base_url}/services/{quote('a b')}", headers=alice)
     assert r.status_code == 400 and "service name 'a b' is not allowed" in r.json()["message"]
