@@ -26,8 +26,8 @@ _MODEL = _onnx_model()
 @schemathesis.hook
 def filter_case(context, case):
     # A stateful link may carry "" from a response field (a service without a snapshot has
-    # snapshotId ""): an empty path segment addresses another URL, which Azure's routing answers
-    # with a bare 404 before o16n runs.
+    # snapshotId ""): an empty path segment addresses another URL, which Azure's routing gives
+    # another function (GET /snapshots/ is the list) or answers with a bare 404 before o16n runs.
     return all(value != "" for value in (case.path_parameters or {}).values())
 
 
