@@ -72,7 +72,8 @@ def schemathesis_run(document_url: str, token: str, config_dir: Path, settings: 
     command = [str(Path(sys.executable).with_name("st")), "--config-file", str(config), "run", document_url,
                "--checks", "all", "--exclude-checks", _EXCLUDED_CHECKS, "--max-examples", str(EXAMPLES),
                "--seed", str(SEED), "--header", f"Authorization: Bearer {token}", "--phases", phases, "--no-color"]
-    return subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+    # run from config_dir: hypothesis keeps what it collects (.hypothesis/) in the working directory
+    return subprocess.run(command, cwd=config_dir, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=600)
 
 
