@@ -10,7 +10,8 @@ bp = func.Blueprint()
 
 
 @operation(bp, "POST", "api/{name}/{version}", "consumeWebService", tag="Consume",
-           summary="Consume a service (each service's own swagger describes it)", core=False)
+           summary="Consume a service (each service's own swagger describes it)", body="InputParameters",
+           errors=(404, 422), core=False)
 async def consume_web_service(req: func.HttpRequest, user) -> func.HttpResponse:
     # async: a warm service is answered on the event loop, without a hop to a thread; a large
     # body is parsed and checked in a thread, so it cannot hold the loop
@@ -29,7 +30,7 @@ def _consume_large(req: func.HttpRequest, user) -> func.HttpResponse:
 
 
 @operation(bp, "GET", "api/{name}/{version}/swagger.json", "GetWebServiceSwagger", tag="Services Management APIs",
-           summary="The service's Swagger 2.0 document", returns="SwaggerJsonResponse", errors=(400, 401, 404))
+           summary="The service's Swagger 2.0 document", returns="SwaggerJsonResponse", errors=(404,))
 def get_web_service_swagger(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(swagger.service_document(user, route(req, "name"), route(req, "version")))
 

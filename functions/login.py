@@ -9,19 +9,19 @@ TAG = "User"
 
 
 @operation(bp, "POST", "login", "login", tag=TAG, summary="Log in; returns a bearer access token and a refresh token",
-           body="LoginRequest", returns="AccessTokenResponse", authenticated=False, errors=(400, 401, 429))
+           body="LoginRequest", returns="AccessTokenResponse", authenticated=False, errors=(401, 429))
 def login(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.login(read_json(req), client_address(req)))
 
 
 @operation(bp, "POST", "login/refreshToken", "renewToken", tag=TAG,
            summary="Renew: a new token pair; the old pair stops working", body="RenewTokenRequest",
-           returns="AccessTokenResponse", authenticated=False)
+           returns="AccessTokenResponse", authenticated=False, errors=(401,))
 def renew_token(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.renew(read_json(req)))
 
 
 @operation(bp, "DELETE", "login/refreshToken", "revokeRefreshToken", tag=TAG, summary="Revoke a refresh token",
-           query=("refreshToken",), returns="AccessTokenResponse", authenticated=False)
+           query=("refreshToken",), returns="AccessTokenResponse", authenticated=False, errors=(400, 401))
 def revoke_refresh_token(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.revoke(req.params.get("refreshToken")))

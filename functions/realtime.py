@@ -13,7 +13,7 @@ TAG = "Services Management APIs"
 
 @operation(bp, "POST", "realtime-services/{name}", "publishRealtimeWebServiceByName", tag=TAG,
            summary="Publish a realtime development version (a GUID version only its author sees)",
-           body="realtime", status=201, returns="string", errors=(400, 401, 403, 409, 415))
+           body="realtime", status=201, returns="string", headers=("Idempotency-Key",), errors=(409, 422))
 def publish_realtime_web_service_by_name(req: func.HttpRequest, user) -> func.HttpResponse:
     form, model = read_form(req, "model", file_required=True)
     return json_response(services.publish_realtime(user, route(req, "name"), None, form, model,
@@ -22,7 +22,7 @@ def publish_realtime_web_service_by_name(req: func.HttpRequest, user) -> func.Ht
 
 @operation(bp, "POST", "realtime-services/{name}/{version}", "publishRealtimeWebServiceByNameVersion", tag=TAG,
            summary="Publish a realtime service version (409 if it exists: use PATCH)",
-           body="realtime", status=201, returns="string", errors=(400, 401, 403, 409, 415))
+           body="realtime", status=201, returns="string", headers=("Idempotency-Key",), errors=(409, 422))
 def publish_realtime_web_service_by_name_version(req: func.HttpRequest, user) -> func.HttpResponse:
     form, model = read_form(req, "model", file_required=True)
     return json_response(services.publish_realtime(user, route(req, "name"), route(req, "version"), form,
@@ -31,7 +31,7 @@ def publish_realtime_web_service_by_name_version(req: func.HttpRequest, user) ->
 
 @operation(bp, "PATCH", "realtime-services/{name}/{version}", "patchRealtimeWebServiceByNameVersion", tag=TAG,
            summary="Change a realtime version: a new 'model', 'description' or 'operationId'",
-           body="realtime", returns="string", errors=(400, 401, 403, 404, 415))
+           body="realtime", returns="string", headers=("If-Match",), etag=True, errors=(404, 409))
 def patch_realtime_web_service_by_name_version(req: func.HttpRequest, user) -> func.HttpResponse:
     form, model = read_form(req, "model", file_required=False)
     version, etag = services.patch_realtime(user, route(req, "name"), route(req, "version"), form, model,

@@ -12,7 +12,7 @@ def _unidentified() -> func.HttpResponse:
 
 
 @operation(bp, "GET", "status", "status", tag="Status", summary="Health of the server and what it depends on",
-           returns="StatusResponse", errors=(401, 503), outage=_unidentified)
+           returns="StatusResponse", outage=_unidentified)
 def status(req: func.HttpRequest, user) -> func.HttpResponse:
     document = core.status()
     if document["statusCode"] == "fail":

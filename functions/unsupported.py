@@ -31,7 +31,7 @@ def _register(method: str, route: str, operation_id: str, tag: str, why: str) ->
 
     handler.__name__ = re.sub(r"(?<!^)(?=[A-Z])", "_", operation_id).lower()
     operation(bp, method, route, operation_id, tag=tag, summary=f"501: {why.split(';')[0]}",
-              errors=(401, 501))(handler)
+              errors=(501,))(handler)
 
 
 for _row in UNSUPPORTED:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from . import accounts, entra, throttle
+from . import accounts, entra, ids, throttle
 from .config import ROLES, get_settings
 from .errors import BadRequest, Forbidden, NeedsStorage, NotFound, PreconditionFailed, Unauthorized, Unavailable
 
@@ -52,7 +52,7 @@ def login(body: dict, address: str) -> dict:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not username:
         raise BadRequest("send 'username' and 'password' as strings")
-    if len(username) > 256 or len(password) > 1024:
+    if len(username) > ids.USER_NAME_MAX or len(password) > ids.PASSWORD_MAX:
         raise BadRequest("'username' or 'password' is too long")
     attempt = throttle.begin(username, address)
     account = accounts.check_password(username, password)

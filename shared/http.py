@@ -308,8 +308,12 @@ def read_form(req: func.HttpRequest, file_field: str, *, file_required: bool) ->
 
 
 def read_upload(req: func.HttpRequest, field: str) -> tuple[str, bytes]:
-    """The one file of a multipart/form-data request, by form field name."""
-    part = _multipart(req, field)[0].get(field)
+    """The one file of a multipart/form-data request, by form field name; nothing else is taken."""
+    files, form = _multipart(req, field)
+    extra = sorted((set(files) | set(form)) - {field})
+    if extra:
+        raise BadRequest(f"the form carries the field '{extra[0][:64]}'; only the file '{field}' is read")
+    part = files.get(field)
     if part is None:
         raise BadRequest(f"the multipart form has no file in the field '{field}'")
     return part.filename or "", part.read()

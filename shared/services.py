@@ -19,8 +19,9 @@ _rows = Entities("services", what="service")
 # Who may publish under a name: one row per name (lower case, so 'az' cannot shadow 'Az').
 _names = Entities("servicenames", what="service name")
 _NAMES = "names"
-MAX_CO_PUBLISHERS = 50
-MAX_CODE_CHARS = 30000  # a Table property holds 64 KiB
+# What a Table property of JSON can hold (64 KiB): declared lists always fit (at most
+# ids.MAX_PARAMETERS or ids.MAX_OUTPUT_FILES names of at most 128 ASCII characters)
+_MAX_JSON_UNITS = 30000
 _LISTS = ("inputParameterDefinitions", "outputParameterDefinitions", "outputFileNames")
 
 
@@ -134,12 +135,12 @@ def patch(user: Principal, name: str, version: str, body: dict, if_match: str | 
     row = _own(user, name, version, if_match)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") == "Realtime":
-        raise BadRequest(f"service '{name}' version '{version}' is a realtime service: change it with "
-                         f"PATCH /realtime-services/{name}/{version}")
+        raise Conflict(f"service '{name}' version '{version}' is a realtime service: change it with "
+                       f"PATCH /realtime-services/{name}/{version}")
     co_publishers = _co_publishers(body)
     if co_publishers is not None:
         if row.get("devVersion"):
-            raise BadRequest("'coPublishers' applies to a service name: set it on a named version")
+            raise Conflict("'coPublishers' applies to a service name: set it on a named version")
         _set_co_publishers(user, name, _check_name(user, name)[0], co_publishers)
     old = dict(row)
     row.update(_fields(body, partial=True))
@@ -150,7 +151,7 @@ def patch(user: Principal, name: str, version: str, body: dict, if_match: str | 
     if body.get("runtimeType") is not None:
         ids.runtime(body)
     stored: dict[str, Any] = {}
-    snapshot_id = body.get("snapshotId")
+    snapshot_id = ids.optional_str(body, "snapshotId", max_length=64)
     if snapshot_id:
         data = snapshots.content(user, snapshot_id)
         stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
@@ -165,8 +166,8 @@ def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str
     row = _own(user, name, version, if_match)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") != "Realtime":
-        raise BadRequest(f"service '{name}' version '{version}' is a standard Python service: change it with "
-                         f"PATCH /services/{name}/{version}")
+        raise Conflict(f"service '{name}' version '{version}' is a standard Python service: change it with "
+                       f"PATCH /services/{name}/{version}")
     old = dict(row)
     row.update(_fields(_realtime_form(form), partial=True))
     stored: dict[str, Any] = {}
@@ -257,10 +258,7 @@ def visible(user: Principal, row: dict) -> bool:
 
 def list_all(user: Principal, name: str | None = None) -> list[dict]:
     if name is not None:
-        try:
-            ids.service_name(name)
-        except BadRequest:
-            return []
+        ids.service_name(name)
     rows = sorted(_rows.list(name), key=lambda r: (r["PartitionKey"], r.get("creationTime", "")))
     claims = {c["RowKey"]: c for c in _names.list(_NAMES)} if rows else {}
     return [view(user, r, claims.get(r["PartitionKey"].lower())) for r in rows if visible(user, r)]
@@ -424,7 +422,8 @@ def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: li
         raise Forbidden(f"only {claim['owner']}, who holds the service name '{name}', or an Owner may change "
                         "its co-publishers")
     try:
-        return _names.replace({**claim, "coPublishers": json.dumps(names)})
+        # not escaped: 50 names of 256 characters of any kind fit a Table property (64 KiB)
+        return _names.replace({**claim, "coPublishers": json.dumps(names, ensure_ascii=False)})
     except PreconditionFailed:
         raise Conflict("the service name was changed by another request at the same time; try again") from None
 
@@ -444,9 +443,9 @@ def _co_publishers(body: dict) -> list[str] | None:
     value = body.get("coPublishers")
     if value is None:
         return None
-    if (not isinstance(value, list) or len(value) > MAX_CO_PUBLISHERS
-            or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)):
-        raise BadRequest(f"'coPublishers' must be a list of at most {MAX_CO_PUBLISHERS} user names")
+    if (not isinstance(value, list) or len(value) > ids.MAX_CO_PUBLISHERS
+            or not all(isinstance(v, str) and 0 < len(v) <= ids.USER_NAME_MAX for v in value)):
+        raise BadRequest(f"'coPublishers' must be a list of at most {ids.MAX_CO_PUBLISHERS} user names")
     return sorted(set(value))
 
 
@@ -459,10 +458,10 @@ def _listed(claim: dict) -> list[str]:
 
 
 def _code(code: object) -> str:
-    if not isinstance(code, str) or not code.strip():
+    if not isinstance(code, str) or not ids.not_blank(code):
         raise BadRequest("'code' is required as a non-empty string: the Python code run for each request")
-    if ids.utf16_units(code) > MAX_CODE_CHARS:
-        raise BadRequest(f"'code' is longer than {MAX_CODE_CHARS} characters; move the bulk of it into the "
+    if len(code) > ids.TEXT_MAX:
+        raise BadRequest(f"'code' is longer than {ids.TEXT_MAX} characters; move the bulk of it into the "
                          "snapshot (a function or module in the workspace) and call it from 'code'")
     return code
 
@@ -480,25 +479,26 @@ def _fields(body: dict, *, partial: bool = False) -> dict[str, Any]:
             value = body.get(key)
             if value is not None and not isinstance(value, str):
                 raise BadRequest(f"'{key}' must be a string")
-            if value and ids.utf16_units(value) > MAX_CODE_CHARS:
-                raise BadRequest(f"'{key}' is longer than {MAX_CODE_CHARS} characters")
+            if value and len(value) > ids.TEXT_MAX:
+                raise BadRequest(f"'{key}' is longer than {ids.TEXT_MAX} characters")
             out[key] = value or ""
-    if "operationId" in out and out["operationId"] and not out["operationId"].isidentifier():
-        raise BadRequest("'operationId' must be a valid identifier")
+    if out.get("operationId"):
+        ids.identifier(out["operationId"], "the operationId")
     for key in ("inputParameterDefinitions", "outputParameterDefinitions"):
         if sent(key):
             out[key] = json.dumps(types.check_definitions(body.get(key), key))
-            if ids.utf16_units(out[key]) > MAX_CODE_CHARS:
-                raise BadRequest(f"'{key}' is too long: at most {MAX_CODE_CHARS} characters as JSON")
+            if ids.utf16_units(out[key]) > _MAX_JSON_UNITS:
+                raise BadRequest(f"'{key}' is too long: at most {_MAX_JSON_UNITS} characters as JSON")
     if sent("outputFileNames"):
-        files = body.get("outputFileNames") or []
+        files = body.get("outputFileNames")
+        files = [] if files is None else files
         if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
             raise BadRequest("'outputFileNames' must be a list of file names")
+        if len(files) > ids.MAX_OUTPUT_FILES:
+            raise BadRequest(f"'outputFileNames' is too long: at most {ids.MAX_OUTPUT_FILES} file names")
         for f in files:
             ids.service_name(f, "output file name")
         out["outputFileNames"] = json.dumps(files)
-        if ids.utf16_units(out["outputFileNames"]) > MAX_CODE_CHARS:
-            raise BadRequest(f"'outputFileNames' is too long: at most {MAX_CODE_CHARS} characters as JSON")
     return out
 
 

@@ -37,11 +37,11 @@ def _may_use(user: Principal) -> None:
 def create(user: Principal, body: dict) -> dict:
     _may_use(user)
     runtime = ids.runtime(body)
-    name = ids.optional_str(body, "name", max_units=1024) or ""
+    name = ids.optional_str(body, "name", max_length=ids.TITLE_MAX) or ""
     sid = ids.new_id()
     values: dict[str, Any] = {"name": name, "runtimeType": runtime, "creationTime": ids.now(),
                               "consoleOutput": "", "executions": 0}
-    snapshot_id = ids.optional_str(body, "snapshotId", max_units=64)
+    snapshot_id = ids.optional_str(body, "snapshotId", max_length=64)
     stored: dict[str, Any] = {}
     if snapshot_id:
         data = snapshots.content(user, snapshot_id)
@@ -78,7 +78,10 @@ def close(user: Principal, sid: str) -> str:
     row = get(user, sid)
     pool.sessions.retire(row["RowKey"])
     _forget_lock(row["RowKey"])
-    _rows.delete(row)
+    try:
+        _rows.delete(row)
+    except PreconditionFailed:  # a call saved the session since it was read: its blobs are not these
+        raise Conflict("another call changed this session at the same time; try again") from None
     workspaces.discard(row, _binding(user.name, row["RowKey"]))
     for entry in _history.list(row["RowKey"]):
         _history.delete(entry)
@@ -115,14 +118,16 @@ def execute(user: Principal, sid: str, body: dict) -> dict:
     code = body.get("code")
     if not isinstance(code, str):
         raise BadRequest("'code' is required and must be a string")
-    inputs = body.get("inputParameters") or []
+    inputs = body.get("inputParameters")
+    inputs = [] if inputs is None else inputs
     if not isinstance(inputs, list) or not all(
             isinstance(p, dict) and isinstance(p.get("name"), str) and p["name"].isidentifier() for p in inputs):
         raise BadRequest("'inputParameters' must be a list of {name, value} objects with identifier names")
     for p in inputs:
         if "value" not in p:
             raise BadRequest(f"input parameter '{p['name'][:64]}' has no 'value' (send null for None)")
-    outputs = body.get("outputParameters") or []
+    outputs = body.get("outputParameters")
+    outputs = [] if outputs is None else outputs
     if not isinstance(outputs, list) or not all(isinstance(n, str) for n in outputs):
         raise BadRequest("'outputParameters' must be a list of names")
     message = {"op": "execute", "code": code, "inputs": inputs, "outputs": outputs}

@@ -15,7 +15,7 @@ def _binding(owner: str, snapshot_id: str) -> str:
 
 def create(user: Principal, sid: str, body: dict, key_header: str | None = None) -> dict:
     """With an Idempotency-Key, a retry answers with the snapshot its earlier attempt made."""
-    name = ids.optional_str(body, "name", max_units=1024) or ""
+    name = ids.optional_str(body, "name", max_length=ids.TITLE_MAX) or ""
     key = idempotency.key(key_header, user.name, "snapshot", {"session": sid, "body": body})
     snapshot_id = key.id() if key else ids.new_id()
     if key and _made_by(user, key, snapshot_id):

@@ -1,17 +1,130 @@
-"""Swagger 2.0 documents: the core API, and the one generated for each published service."""
+"""Swagger 2.0 documents: the core API, and the one generated for each published service. Both
+are generated from the declared operations (shared.api), so every status an operation answers,
+and the shape of everything it takes, is in the document."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from . import models, services, types
+from . import ids, models, services, types
 from .auth import Principal
 
-def _params(defs: list[dict]) -> dict:
-    return {"type": "object", "properties": {
-        d["name"]: {**types.JSON_SCHEMA[d["type"]], "description": d["type"]} for d in defs}}
+if TYPE_CHECKING:
+    from .api import Operation
+
+_REASONS = {
+    400: "Bad request: the message names what is wrong",
+    401: "Missing, invalid or expired token",
+    403: "Not allowed: the role does not allow it, or the name or resource belongs to another user",
+    404: "Not found (also what another user's session, snapshot or development version is)",
+    409: "Already exists, changed by another request at the same time, or busy: try again",
+    412: "If-Match names an ETag that is no longer the version's",
+    413: "Too large: the request body, or what it would store",
+    415: "The body is not of the media type the operation takes",
+    422: "A stored workspace does not match its seal: it was not loaded",
+    429: "Too many failed logins: wait Retry-After seconds",
+    501: "Not on Azure Functions",
+    503: "Storage or a worker is not answering: try again after Retry-After seconds",
+}
+_RETRY_AFTER = {"type": "integer", "description": "seconds to wait before trying again"}
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"type": "string", "x-required": True}},
+    409: {"Retry-After": _RETRY_AFTER},  # when the session or its worker is busy
+    429: {"Retry-After": {**_RETRY_AFTER, "x-required": True}},
+    503: {"Retry-After": {**_RETRY_AFTER, "x-required": True}},
+}
+# Path parameters by name: what the server checks them against
+_PATH = {"name": models.NAME, "version": models.NAME, "id": models.UUID, "snapshotId": models.UUID,
+         "objectName": models.OBJECT_NAME, "fileName": models.NAME}
+HEADERS = {
+    "If-Match": {"name": "If-Match", "in": "header", "required": False, "type": "string",
+                 "description": "the version's ETag as last read (GET or PATCH): the request is refused with 412 "
+                                "when the version changed since"},
+    "Idempotency-Key": {"name": "Idempotency-Key", "in": "header", "required": False, "type": "string",
+                        "pattern": f"^(?:{ids.IDEMPOTENCY_KEY})$", "maxLength": ids.IDEMPOTENCY_KEY_MAX,
+                        "description": "a key of the client's choosing: a request retried with the same key makes "
+                                       "one resource, and answers what the first one did"},
+}
+_AUTH = {"securityDefinitions": {"Bearer": {"type": "apiKey", "name": "Authorization", "in": "header"}}}
+
+
+def _path_parameter(name: str) -> dict:
+    schema = _PATH[name]
+    return {"name": name, "in": "path", "required": True,
+            **{k: schema[k] for k in ("type", "pattern", "maxLength", "description") if k in schema}}
+
+
+def operation_entry(op: Operation, *, body_schema: dict | None = None, path: str | None = None,
+                    operation_id: str | None = None, tags: list[str] | None = None) -> dict:
+    """The swagger operation object of `op`; a service's document gives its own consume body,
+    literal path and operationId."""
+    params = [_path_parameter(p) for p in re.findall(r"\{(\w+)\}", path if path is not None else op.route)]
+    params += [{"name": q, "in": "query", "required": True, "type": "string", "minLength": 1} for q in op.query]
+    params += [HEADERS[h] for h in op.headers]
+    entry: dict = {"tags": tags or [op.tag], "operationId": operation_id or op.operation_id, "summary": op.summary}
+    if op.body == "octet":
+        entry["consumes"] = ["application/octet-stream"]
+        params.append({"name": "serializedObject", "in": "body", "required": True,
+                       "description": "the object serialized with dill",
+                       "schema": {"type": "string", "format": "binary"}})
+    elif op.body == "multipart":
+        entry["consumes"] = ["multipart/form-data"]
+        params.append({"name": "file", "in": "formData", "required": True, "type": "file",
+                       "description": f"the file; its name (of the part) as a session file name: {ids.NAME}"})
+    elif op.body == "realtime":
+        entry["consumes"] = ["multipart/form-data"]
+        params += [
+            {"name": "model", "in": "formData", "required": op.method == "POST", "type": "file",
+             "description": "an ONNX model (also behind revoscalepy's 4-byte mark b'blob'), or a pickled "
+                            "scikit-learn model, converted to ONNX in the sandbox"},
+            {"name": "description", "in": "formData", "required": False, "type": "string",
+             "maxLength": ids.TEXT_MAX},
+            {"name": "operationId", "in": "formData", "required": False, **models.matching(
+                ids.IDENTIFIER, ids.IDENTIFIER_MAX, empty=True)}]
+    elif op.body:
+        params.append({"name": op.body[0].lower() + op.body[1:], "in": "body", "required": op.body_required,
+                       "schema": body_schema or {"$ref": f"#/definitions/{op.body}"}})
+    entry["parameters"] = params
+    ok: dict = {"description": "Success"}
+    if op.returns:
+        ok["schema"] = _schema(op.returns)
+    headers = {}
+    if op.etag:
+        headers["ETag"] = {"type": "string", "description": "send it back as If-Match to change or delete "
+                                                             "this version only if nobody changed it since"}
+    if op.returns == "file":
+        # errors are JSON all the same
+        entry["produces"] = [op.produces, "application/json"]
+        headers["Content-Disposition"] = {"type": "string"}
+    if headers:
+        ok["headers"] = headers
+    entry["responses"] = {str(op.status): ok}
+    for code in op.error_statuses:
+        entry["responses"][str(code)] = {"description": _REASONS[code], "schema": {"$ref": "#/definitions/Error"},
+                                         **({"headers": _ERROR_HEADERS[code]} if code in _ERROR_HEADERS else {})}
+    if op.authenticated:
+        entry["security"] = [{"Bearer": []}]
+    return entry
+
+
+def _params(defs: list[dict], *, inputs: bool) -> dict:
+    """A service's inputs (all required, nothing else taken) or outputs (null for NaN or none)."""
+    props = {}
+    for d in defs:
+        schema = {**types.JSON_SCHEMA[d["type"]], "description": d["type"]}
+        props[d["name"]] = schema if inputs else {**schema, "x-nullable": True}
+    out: dict = {"type": "object", "properties": props}
+    if inputs:
+        out["additionalProperties"] = False
+        if defs:
+            out["required"] = [d["name"] for d in defs]
+    return out
 
 
 def service_document(user: Principal, name: str, version: str) -> dict:
+    from .api import OPERATIONS
+
+    ops = {op.operation_id: op for op in OPERATIONS}
     ws = services.view(user, services.get(name, version, user))
     name, version = ws["name"], ws["version"]
     result = {"type": "object", "properties": {
@@ -19,37 +132,30 @@ def service_document(user: Principal, name: str, version: str) -> dict:
         "changedFiles": {"type": "array", "items": {"type": "string"}},
         "outputParameters": {"$ref": "#/definitions/OutputParameters"}}}
     if ws["outputFileNames"]:
-        result["properties"]["outputFiles"] = {"type": "object",
-                                               "additionalProperties": {"type": "string", "format": "byte"}}
-    default_error = {"description": "Error", "schema": {"$ref": "#/definitions/Error"}}
+        result["properties"]["outputFiles"] = {
+            "type": "object", "additionalProperties": {"type": "string", "format": "byte", "x-nullable": True}}
+    consume = operation_entry(ops["consumeWebService"], path=f"/api/{name}/{version}", tags=[name],
+                              operation_id=ws["operationId"],
+                              body_schema={"$ref": "#/definitions/InputParameters"})
+    consume["summary"] = f"Consume {name} {version}"
+    # an empty body is no inputs: refused only when the service declares some
+    consume["parameters"][0].update(name="WebServiceParameters", required=bool(ws["inputParameterDefinitions"]))
+    consume["responses"]["200"] = {"description": "OK", "schema": {"$ref": "#/definitions/WebServiceResult"}}
     return {
         "swagger": "2.0",
         "info": {"title": name, "description": ws["description"], "version": version},
         "schemes": ["http", "https"],
         "consumes": ["application/json"],
         "produces": ["application/json"],
-        "securityDefinitions": {"Bearer": {"type": "apiKey", "name": "Authorization", "in": "header"}},
+        **_AUTH,
         "tags": [{"name": name, "description": ws["description"]}, {"name": "User", "description": "Log in"}],
         "paths": {
-            "/login": {"post": {
-                "tags": ["User"], "operationId": "login", "summary": "Log in and get a bearer token",
-                "parameters": [{"name": "loginRequest", "in": "body", "required": True,
-                                "schema": {"$ref": "#/definitions/LoginRequest"}}],
-                "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/AccessTokenResponse"}},
-                              "default": default_error}}},
-            f"/api/{name}/{version}": {"post": {
-                "tags": [name], "operationId": ws["operationId"], "summary": f"Consume {name} {version}",
-                "security": [{"Bearer": []}],
-                "parameters": [{"name": "WebServiceParameters", "in": "body", "required": True,
-                                "schema": {"$ref": "#/definitions/InputParameters"}}],
-                "responses": {"200": {"description": "OK", "schema": {"$ref": "#/definitions/WebServiceResult"}},
-                              "400": {"description": "Bad input", "schema": {"$ref": "#/definitions/Error"}},
-                              "500": {"description": "Internal error", "schema": {"$ref": "#/definitions/Error"}},
-                              "default": default_error}}},
+            "/login": {"post": operation_entry(ops["login"])},
+            f"/api/{name}/{version}": {"post": consume},
         },
         "definitions": {
-            "InputParameters": _params(ws["inputParameterDefinitions"]),
-            "OutputParameters": _params(ws["outputParameterDefinitions"]),
+            "InputParameters": _params(ws["inputParameterDefinitions"], inputs=True),
+            "OutputParameters": _params(ws["outputParameterDefinitions"], inputs=False),
             "WebServiceResult": result,
             **{m: models.DEFINITIONS[m] for m in ("LoginRequest", "AccessTokenResponse", "Error")},
         },
@@ -63,42 +169,8 @@ def core_document() -> dict:
 
     paths: dict[str, dict] = {}
     for op in OPERATIONS:
-        if not op.core:
-            continue
-        path = "/" + op.route
-        entry: dict = {"tags": [op.tag], "operationId": op.operation_id, "summary": op.summary,
-                       "parameters": [{"name": p, "in": "path", "required": True, "type": "string"}
-                                      for p in re.findall(r"\{(\w+)\}", op.route)]}
-        entry["parameters"] += [{"name": q, "in": "query", "required": True, "type": "string"} for q in op.query]
-        if op.body == "octet":
-            entry["consumes"] = ["application/octet-stream"]
-            entry["parameters"].append({"name": "serializedObject", "in": "body", "required": True,
-                                        "schema": {"type": "string", "format": "binary"}})
-        elif op.body == "multipart":
-            entry["consumes"] = ["multipart/form-data"]
-            entry["parameters"].append({"name": "file", "in": "formData", "required": True, "type": "file"})
-        elif op.body == "realtime":
-            entry["consumes"] = ["multipart/form-data"]
-            entry["parameters"] += [
-                {"name": "model", "in": "formData", "required": op.method == "POST", "type": "file",
-                 "description": "an ONNX model (also behind revoscalepy's 4-byte mark b'blob'), or a pickled "
-                                "scikit-learn model, converted to ONNX in the sandbox"},
-                {"name": "description", "in": "formData", "required": False, "type": "string"},
-                {"name": "operationId", "in": "formData", "required": False, "type": "string"}]
-        elif op.body:
-            entry["parameters"].append({"name": op.body[0].lower() + op.body[1:], "in": "body", "required": True,
-                                        "schema": {"$ref": f"#/definitions/{op.body}"}})
-        ok: dict = {"description": "Success"}
-        if op.returns:
-            ok["schema"] = _schema(op.returns)
-        if op.returns == "file":
-            entry["produces"] = ["application/octet-stream"]
-        entry["responses"] = {str(op.status): ok, **{
-            str(code): {"description": _REASONS[code], "schema": {"$ref": "#/definitions/Error"}}
-            for code in op.errors}}
-        if op.authenticated:
-            entry["security"] = [{"Bearer": []}]
-        paths.setdefault(path, {})[op.method.lower()] = entry
+        if op.core:
+            paths.setdefault("/" + op.route, {})[op.method.lower()] = operation_entry(op)
     return {
         "swagger": "2.0",
         "info": {"title": "o16n", "version": "9.3.0",
@@ -106,17 +178,10 @@ def core_document() -> dict:
         "schemes": ["http", "https"],
         "consumes": ["application/json"],
         "produces": ["application/json"],
-        "securityDefinitions": {"Bearer": {"type": "apiKey", "name": "Authorization", "in": "header"}},
+        **_AUTH,
         "paths": paths,
         "definitions": models.DEFINITIONS,
     }
-
-
-_REASONS = {400: "Bad request", 401: "Missing, invalid or expired token", 403: "Not allowed: owned by another user, or the role does not allow it",
-            404: "Not found", 409: "Already exists, or changed at the same time",
-            415: "The body is not of the media type the operation takes",
-            429: "Too many failed logins: wait Retry-After seconds", 501: "Not on Azure Functions",
-            503: "Storage (or another part) is not answering: try again after Retry-After seconds"}
 
 
 def _schema(returns: str) -> dict:

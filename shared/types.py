@@ -6,21 +6,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import ids
 from .errors import BadRequest
 
 # ML Server's enum, plus "string", the alias its own Python walkthrough used.
 TYPES = ("numeric", "integer", "logical", "character", "string", "vector", "matrix", "data.frame")
 _SCALARS = (int, float, str, bool, type(None))
 
+# What check_input takes, as the service's swagger says it. Two things JSON Schema cannot say:
+# a matrix's rows, and a data.frame's columns, are of equal length.
+_LARGEST = 1.7976931348623157e308
 JSON_SCHEMA = {
-    "numeric": {"type": "number"},
-    "integer": {"type": "integer"},
+    "numeric": {"type": "number", "minimum": -_LARGEST, "maximum": _LARGEST},
+    "integer": {"type": "integer", "minimum": -2**63, "maximum": 2**63 - 1},
     "logical": {"type": "boolean"},
     "character": {"type": "string"},
     "string": {"type": "string"},
-    "vector": {"type": "array", "items": {}},
-    "matrix": {"type": "array", "items": {"type": "array", "items": {}}},
-    "data.frame": {"type": "object"},
+    "vector": {"type": "array", "items": {"type": ["number", "string", "boolean", "null"]}},
+    "matrix": {"type": "array", "items": {"type": "array", "items": {"type": ["number", "boolean", "null"]}}},
+    # {column: [values]} or [{column: value}]
+    "data.frame": {"type": ["object", "array"], "additionalProperties": {"type": "array"},
+                   "items": {"type": "object"}},
 }
 
 
@@ -30,13 +36,14 @@ def check_definitions(defs: Any, what: str) -> list[dict[str, str]]:
         return []
     if not isinstance(defs, list):
         raise BadRequest(f"'{what}' must be a list of {{name, type}} objects")
+    if len(defs) > ids.MAX_PARAMETERS:
+        raise BadRequest(f"'{what}' declares more than {ids.MAX_PARAMETERS} parameters")
     out, seen = [], set()
     for d in defs:
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("type"), str):
             raise BadRequest(f"each entry of '{what}' must be an object with string 'name' and 'type'")
         name, typ = d["name"], d["type"]
-        if not name.isidentifier():
-            raise BadRequest(f"'{what}': parameter name '{name[:64]}' is not a valid Python identifier")
+        ids.identifier(name, f"'{what}': the parameter name")
         if typ not in TYPES:
             raise BadRequest(f"'{what}': parameter '{name}' has type '{typ[:32]}'; use one of {', '.join(TYPES)}")
         if name in seen:

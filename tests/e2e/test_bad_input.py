@@ -48,3 +48,63 @@ def test_json_bodies_a_page_on_another_site_could_send_without_a_preflight_are_r
     body = f'{{"username": "admin", "password": "{ADMIN_PASSWORD}"}}'.encode()
     r = requests.post(f"{base_url}/login", data=body, headers=headers)
     assert r.status_code == 415 and "application/json" in r.json()["message"]
+
+
+def test_a_malformed_idempotency_key_is_400_naming_the_header(base_url, alice):
+    body = {"code": "y = 1", "runtimeType": "Python"}
+    for key in ("a b", "x" * 201, "", "é"):
+        r = requests.post(f"{base_url}/services/idem{len(key)}/v1", json=body,
+                          headers={**alice, "Idempotency-Key": key.encode("utf-8").decode("latin-1")})
+        assert r.status_code == 400 and "Idempotency-Key" in r.json()["message"], (key, r.text)
+    sid = new_session(base_url, alice)
+    r = requests.post(f"{base_url}/sessions/{sid}/snapshot", json={}, headers={**alice, "Idempotency-Key": "a b"})
+    assert r.status_code == 400
+    name = publish(base_url, alice, "y = 1")
+    assert requests.post(f"{base_url}/services/{name}/v2", json=body,
+                         headers={**alice, "Idempotency-Key": "K-" + "x" * 198}).status_code == 201
+
+
+def test_a_name_that_cannot_exist_is_400_when_listing_its_versions(base_url, alice):
+    r = requests.get(f"{base_url}/services/{quote('a b')}", headers=alice)
+    assert r.status_code == 400 and "service name 'a b' is not allowed" in r.json()["message"]
+    assert requests.get(f"{base_url}/services/nosuchname", headers=alice).json() == []
+
+
+@pytest.mark.parametrize("field, value", [("outputFileNames", {}), ("outputFileNames", ""),
+                                          ("inputParameterDefinitions", {}), ("snapshotId", [])])
+def test_a_service_field_of_another_type_is_400_not_taken_as_empty(base_url, alice, field, value):
+    name = publish(base_url, alice, "y = 1")
+    r = requests.patch(f"{base_url}/services/{name}/v1", json={field: value}, headers=alice)
+    assert r.status_code == 400 and field in r.json()["message"], r.text
+
+
+@pytest.mark.parametrize("field, value", [("inputParameters", {}), ("inputParameters", ""),
+                                          ("outputParameters", {}), ("outputParameters", 0)])
+def test_an_execute_list_of_another_type_is_400_not_taken_as_empty(base_url, alice, field, value):
+    sid = new_session(base_url, alice)
+    r = requests.post(f"{base_url}/sessions/{sid}/execute", json={"code": "", field: value}, headers=alice)
+    assert r.status_code == 400 and field in r.json()["message"], r.text
+
+
+def test_an_upload_takes_the_file_and_nothing_else(base_url, alice):
+    sid = new_session(base_url, alice)
+    r = requests.post(f"{base_url}/sessions/{sid}/files", files={"file": ("a.txt", b"1")}, data={"note": "x"},
+                      headers=alice)
+    assert r.status_code == 400 and "'note'" in r.json()["message"]
+    r = requests.post(f"{base_url}/sessions/{sid}/files", files={"file": ("a.txt", b"1"), "more": ("b.txt", b"2")},
+                      headers=alice)
+    assert r.status_code == 400 and "'more'" in r.json()["message"]
+    assert requests.get(f"{base_url}/sessions/{sid}/files", headers=alice).json() == []
+
+
+def test_code_is_counted_in_characters_of_any_kind_and_white_space_alone_is_no_code(base_url, alice):
+    """Lengths are counted as the swagger's maxLength counts them; the longest code of
+    4-byte characters still fits a Table property."""
+    body = {"runtimeType": "Python"}
+    for blank in (" \n\t", "\x1f\u3000"):
+        r = requests.post(f"{base_url}/services/blank/v1", json={**body, "code": blank}, headers=alice)
+        assert r.status_code == 400 and "'code' is required" in r.json()["message"]
+    r = requests.post(f"{base_url}/services/long/v1", json={**body, "code": "y" * 16001}, headers=alice)
+    assert r.status_code == 400 and "longer than 16000 characters" in r.json()["message"]
+    name = publish(base_url, alice, "#" + "\U0001F600" * 15999)
+    assert requests.get(f"{base_url}/services/{name}/v1", headers=alice).json()[0]["code"].count("\U0001F600") == 15999

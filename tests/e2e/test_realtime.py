@@ -226,13 +226,13 @@ def test_patch_changes_model_and_fields_and_kinds_do_not_mix(base_url, alice, bo
 
     assert requests.patch(url, files={"model": ("model", onnx_bytes())}, headers=bob).status_code == 403
     standard = requests.patch(f"{base_url}/services/{name}/v1", json={"code": "x = 1"}, headers=alice)
-    assert standard.status_code == 400 and "/realtime-services/" in standard.json()["message"]
+    assert standard.status_code == 409 and "/realtime-services/" in standard.json()["message"]
     code_svc = "svc" + uuid.uuid4().hex[:8]
     assert requests.post(f"{base_url}/services/{code_svc}/v1", json={"code": "x = 1", "runtimeType": "Python"},
                          headers=alice).status_code == 201
     wrong = requests.patch(f"{base_url}/realtime-services/{code_svc}/v1", files={"model": ("model", onnx_bytes())},
                            headers=alice)
-    assert wrong.status_code == 400 and "standard Python service" in wrong.json()["message"]
+    assert wrong.status_code == 409 and "standard Python service" in wrong.json()["message"]
 
 
 def test_publish_rules_are_those_of_any_service(base_url, alice, bob, rita):

@@ -15,7 +15,10 @@ def test_check_definitions_accepts_every_ml_server_type_and_the_string_alias():
 
 @pytest.mark.parametrize("defs, fragment", [
     ([{"name": "x", "type": "float"}], "type 'float'"),
-    ([{"name": "not valid", "type": "numeric"}], "not a valid Python identifier"),
+    ([{"name": "not valid", "type": "numeric"}], "'not valid' is not allowed: use an ASCII Python identifier"),
+    ([{"name": "données", "type": "numeric"}], "use an ASCII Python identifier"),
+    ([{"name": "x" * 129, "type": "numeric"}], "at most 128 characters"),
+    ([{"name": f"p{i}", "type": "numeric"} for i in range(101)], "more than 100 parameters"),
     ([{"name": "x", "type": "numeric"}, {"name": "x", "type": "vector"}], "declared twice"),
     ({"name": "x"}, "must be a list"),
     ([{"name": "x"}], "string 'name' and 'type'"),
