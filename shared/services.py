@@ -11,7 +11,8 @@ from typing import Any
 from . import idempotency, ids, models, realtime, snapshots, types, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import BadRequest, Conflict, Forbidden, NeedsStorage, NotFound, PreconditionFailed, StorageUnavailable
+from .errors import (ApiError, BadRequest, Conflict, Forbidden, KeyReused, NeedsStorage, NotFound, PreconditionFailed,
+                     StorageUnavailable)
 from .sandbox import pool
 from .storage.entities import Entities
 
@@ -100,6 +101,7 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
     if dev and co_publishers is not None:
         raise BadRequest("'coPublishers' applies to a service name: publish a named version to set it")
     claim, claimed = _check_name(user, name, create=not dev)
+    before = claim
     stored: dict[str, Any] = {}
     try:
         if co_publishers is not None:
@@ -121,9 +123,16 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
         if key:
             workspaces.sweep(f"services/{name}/{version}/{key.blob_stem()}-", created)
     except Exception as exc:
-        workspaces.abandon(exc, stored)
-        if claimed and not isinstance(exc, StorageUnavailable):  # the version may be written
-            _give_back(claim)
+        if key is None:
+            workspaces.abandon(exc, stored)
+        elif isinstance(exc, KeyReused):  # the key's version is committed: nothing else of it is kept
+            workspaces.sweep(f"services/{name}/{version}/{key.blob_stem()}-", _rows.get(name, version))
+        # else: another attempt with this key may still commit the same blob; the one that does sweeps
+        if not isinstance(exc, StorageUnavailable):  # else the version may be written
+            if claimed:
+                _give_back(claim)
+            elif claim is not before:
+                _restore(before, claim)
         if isinstance(exc, Conflict):
             raise Conflict(f"service '{name}' version '{version}' already exists; use PATCH to change it") from None
         raise
@@ -131,17 +140,16 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
 
 
 def patch(user: Principal, name: str, version: str, body: dict, if_match: str | None = None) -> tuple[str, str]:
-    """The version and its new ETag. :raises PreconditionFailed: `if_match` names another state."""
-    row = _own(user, name, version, if_match)
+    """The version and its new ETag. :raises PreconditionFailed: `if_match` names another state
+    (checked once the request is known to be valid, as RFC 9110 13.2.1 orders it)."""
+    row = _own(user, name, version)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") == "Realtime":
         raise Conflict(f"service '{name}' version '{version}' is a realtime service: change it with "
                        f"PATCH /realtime-services/{name}/{version}")
     co_publishers = _co_publishers(body)
-    if co_publishers is not None:
-        if row.get("devVersion"):
-            raise Conflict("'coPublishers' applies to a service name: set it on a named version")
-        _set_co_publishers(user, name, _check_name(user, name)[0], co_publishers)
+    if co_publishers is not None and row.get("devVersion"):
+        raise Conflict("'coPublishers' applies to a service name: set it on a named version")
     old = dict(row)
     row.update(_fields(body, partial=True))
     if any(body.get(k) is not None for k in ("code", "initCode", "snapshotId")):
@@ -152,18 +160,29 @@ def patch(user: Principal, name: str, version: str, body: dict, if_match: str | 
         ids.runtime(body)
     stored: dict[str, Any] = {}
     snapshot_id = ids.optional_str(body, "snapshotId", max_length=64)
-    if snapshot_id:
-        data = snapshots.content(user, snapshot_id)
-        stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
-        row.update(stored, snapshotId=snapshot_id)
-    elif snapshot_id == "":  # sent empty: the service no longer has a workspace
-        row.update(stateBlob="", stateSha256="", stateMac="", snapshotId="")
-    return _replace(row, old, stored, if_match)
+    data = snapshots.content(user, snapshot_id) if snapshot_id else None
+    # Everything is checked: now the precondition (RFC 9110 13.2.1), then the writes.
+    _check_if_match(old, if_match)
+    claim = changed = None
+    if co_publishers is not None:
+        claim = _check_name(user, name)[0]
+        changed = _set_co_publishers(user, name, claim, co_publishers)
+    try:
+        if data is not None:
+            stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
+            row.update(stored, snapshotId=snapshot_id)
+        elif snapshot_id == "":  # sent empty: the service no longer has a workspace
+            row.update(stateBlob="", stateSha256="", stateMac="", snapshotId="")
+        return _replace(row, old, stored, if_match)
+    except ApiError as exc:
+        if changed is not None and not isinstance(exc, StorageUnavailable):
+            _restore(claim, changed)
+        raise
 
 
 def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str], model: bytes | None,
                    if_match: str | None = None) -> tuple[str, str]:
-    row = _own(user, name, version, if_match)
+    row = _own(user, name, version)
     name, version = row["PartitionKey"], row["RowKey"]
     if row.get("runtimeType") != "Realtime":
         raise Conflict(f"service '{name}' version '{version}' is a standard Python service: change it with "
@@ -173,9 +192,11 @@ def patch_realtime(user: Principal, name: str, version: str, form: dict[str, str
     stored: dict[str, Any] = {}
     if model is not None:
         data, info = realtime.prepare(user.name, model)
-        definition = realtime.definition(info)
+        row.update(realtimeModel=realtime.definition(info), codeBy=_code_by(row, user))
+    _check_if_match(old, if_match)
+    if model is not None:
         stored = workspaces.store(f"services/{name}/{version}", binding(name, version), data)
-        row.update(stored, realtimeModel=definition, codeBy=_code_by(row, user))
+        row.update(stored)
     return _replace(row, old, stored, if_match)
 
 
@@ -429,13 +450,23 @@ def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: li
 
 
 def _give_back(claim: dict | None) -> None:
-    """Undo a claim this request made, unless something changed it since. A claim is otherwise
-    kept, also when every version is deleted: releasing it races with a publish in flight."""
-    if claim is None:
+    """Undo a claim this request made, unless something changed it since or a version exists
+    under the name (a concurrent publish of the same name that relied on this claim: without
+    it, anyone could take the name and its versions). A claim is otherwise kept, also when every
+    version is deleted: releasing it races with a publish in flight."""
+    if claim is None or any(True for _ in _rows.list(claim["RowKey"])):
         return
     try:
         _names.delete(claim)
     except (NotFound, PreconditionFailed):
+        pass
+
+
+def _restore(before: dict, after: dict) -> None:
+    """Put back the co-publishers a failed request changed (unless changed again since)."""
+    try:
+        _names.replace({**after, "coPublishers": before.get("coPublishers", "[]")})
+    except ApiError:
         pass
 
 
@@ -535,4 +566,4 @@ def cached(name: str, version: str, *, cached_only: bool = False) -> dict:
 def forget(name: str, version: str) -> None:
     with _cache_lock:
         _cache.pop((name, version), None)
-    pool.services.retire((name, version))
+    pool.services.retire((name, version), when_idle=True)

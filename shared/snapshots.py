@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import idempotency, ids, sessions, workspaces
 from .auth import Principal
-from .errors import ApiError, BadRequest, Conflict, NotFound
+from .errors import ApiError, BadRequest, Conflict, KeyReused, NotFound
 from .storage.entities import Entities
 
 _rows = Entities("snapshots", what="snapshot")
@@ -32,7 +32,11 @@ def create(user: Principal, sid: str, body: dict, key_header: str | None = None)
                 raise
             stored = get(user, snapshot_id)  # a concurrent attempt with the same key committed first
     except ApiError as exc:
-        workspaces.abandon(exc, stored)
+        if key is None:
+            workspaces.abandon(exc, stored)
+        elif isinstance(exc, KeyReused):  # the key's snapshot is committed: nothing else of it is kept
+            workspaces.sweep(f"snapshots/{snapshot_id}/{key.blob_stem()}-", get(user, snapshot_id))
+        # else: another attempt with this key may still commit the same blob; the one that does sweeps
         raise
     if key:
         workspaces.sweep(f"snapshots/{snapshot_id}/{key.blob_stem()}-", stored)

@@ -870,7 +870,7 @@ class WarmPool:
             if failed is not None and failed[0] == tag and time.monotonic() - failed[1] < _FAILURE_SECONDS:
                 raise copy.copy(failed[2])  # the same load failing again would hold a thread for nothing
             if replica == 0 and remember_failure:
-                self.retire(key)  # nothing there holds this tag alive (warm() looked first)
+                self.retire(key, when_idle=True)  # nothing there holds this tag alive (warm() looked first)
             else:
                 self._drop(slot)
             worker = spares.take(group)
@@ -919,12 +919,16 @@ class WarmPool:
         for w in evicted:
             w.close_when_idle()
 
-    def retire(self, key: Any) -> None:
-        """Every worker of `key`."""
+    def retire(self, key: Any, *, when_idle: bool = False) -> None:
+        """Every worker of `key`: no new call reaches them; `when_idle`, the calls they are in
+        still answer (a service changed meanwhile: those calls began before the change)."""
         with self._lock:
             workers = [self._workers.pop(k) for k in [k for k in self._workers if k[0] == key]]
         for worker in workers:
-            worker.close()
+            if when_idle:
+                worker.close_when_idle()
+            else:
+                worker.close()
 
     def retire_worker(self, key: Any, worker: Worker) -> None:
         """That one worker of `key` (it failed a call); its siblings go on serving theirs."""

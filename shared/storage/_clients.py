@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from ..config import get_settings
 from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, PreconditionFailed, StorageUnavailable
 
-_lock = threading.Lock()
+# azure-core logs each request's URL (account, table, blob and service names) at INFO, the level
+# the Functions host runs at: storage is reported here, through the errors it raises.
+logging.getLogger("azure").setLevel(logging.WARNING)
 _TOO_LARGE = {"EntityTooLarge", "PropertyValueTooLarge", "RequestBodyTooLarge"}
 _ready: set[str] = set()
 
@@ -30,6 +33,8 @@ _count_lock = threading.Lock()
 #: in an API request: whether one of its storage calls failed for want of an answer (None outside)
 _failed: contextvars.ContextVar[bool | None] = contextvars.ContextVar("storage_failed", default=None)
 _DEADLINE = "o16n_deadline"
+#: attempts the last storage call of this thread made (the SDK's retries included)
+_attempts: contextvars.ContextVar[int] = contextvars.ContextVar("storage_attempts", default=0)
 
 
 @contextlib.contextmanager
@@ -57,6 +62,8 @@ def _attempt(request) -> None:  # noqa: ANN001 - azure-core's PipelineRequest
         raise ServiceRequestError("the storage call's deadline passed")
     request.context.options["connection_timeout"] = left
     request.context.options["read_timeout"] = left
+    attempts = request.context["o16n_attempts"] = request.context.get("o16n_attempts", 0) + 1
+    _attempts.set(attempts)
     with _count_lock:
         requests_sent += 1
 
@@ -65,6 +72,12 @@ def _attempt(request) -> None:  # noqa: ANN001 - azure-core's PipelineRequest
 #: is safe here: a table is created "if not exists", and an entity insert recognises its own
 #: first attempt (entities.WRITE_ID).
 RETRY_POSTS = {"retry_on_methods": frozenset({"POST", "PUT", "DELETE", "GET", "HEAD"})}
+
+
+def retried() -> bool:
+    """Whether the last storage call was sent more than once: then a refusal may answer a retry
+    whose first attempt was carried out."""
+    return _attempts.get() > 1
 
 
 def _kwargs() -> dict:
@@ -94,8 +107,8 @@ def _table_service() -> TableServiceClient:
 def table(suffix: str) -> TableClient:
     name = f"{get_settings().storage_prefix}{suffix}"
     client = _table_service().get_table_client(name)
-    if name not in _ready:
-        with _lock, translated("table"):
+    if name not in _ready:  # not under a lock: creating twice is harmless, queueing behind a stall is not
+        with translated("table"):
             _table_service().create_table_if_not_exists(name, **RETRY_POSTS)
             _ready.add(name)
     return client
@@ -105,7 +118,7 @@ def container() -> ContainerClient:
     name = f"{get_settings().storage_prefix.lower()}-data"
     client = _blob_service().get_container_client(name)
     if name not in _ready:
-        with _lock, translated("container"):
+        with translated("container"):
             try:
                 client.create_container()
             except ResourceExistsError:
@@ -141,6 +154,12 @@ def translated(what: str) -> Iterator[None]:
         raise _unavailable() from None
     except AzureError:
         raise _unavailable() from None
+
+
+def uncertain(what: str) -> StorageUnavailable:
+    """A write sent more than once, refused, and not found in storage as sent: it may have been
+    carried out and overwritten since. Nothing it would have referenced may be deleted."""
+    return StorageUnavailable(f"storage lost the answer to a write of the {what}; try again")
 
 
 def _unavailable() -> StorageUnavailable:

@@ -15,7 +15,7 @@ from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
 from ..errors import Conflict, NotFound, PreconditionFailed
-from ._clients import RETRY_POSTS, table, translated
+from ._clients import RETRY_POSTS, retried, table, translated, uncertain
 
 WRITE_ID = "writeId"
 
@@ -74,12 +74,16 @@ class Entities:
 
     def _own_write(self, written: dict[str, Any], refusal: type[Exception]) -> dict[str, Any]:
         """After an insert or update was refused: the stored entity if it is this very write
-        (an SDK retry met its own first attempt), else the refusal."""
+        (an SDK retry met its own first attempt), else the refusal, unless the write was sent
+        more than once: then it may have happened and been overwritten since (uncertain)."""
+        sent_again = retried()
         try:
             stored = self.get(written["PartitionKey"], written["RowKey"])
         except NotFound:
             stored = {}
         if stored.get(WRITE_ID) != written[WRITE_ID]:
+            if sent_again:
+                raise uncertain(self._what)
             raise refusal(f"{self._what} was changed by another request" if refusal is PreconditionFailed
                           else f"{self._what} already exists")
         return stored
