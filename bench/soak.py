@@ -716,7 +716,8 @@ def _wait(proc: subprocess.Popen, seconds: float) -> bool:
 def _print(r: dict) -> None:
     print(f"\nsoak: {r['users']} users, {r['load_seconds']} s of load ({r['wall_seconds']} s in all), "
           f"{r['requests']} requests ({r['requests_per_second']}/s), {r['errors']} unexpected answers")
-    print(f"{'kind':<16}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  statuses")
+    if r["kinds"]:
+        print(f"{'kind':<16}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  statuses")
     for kind, k in r["kinds"].items():
         print(f"{kind:<16}{k['requests']:>9}{k['errors']:>8}{_f(k['p50_ms']):>9}{_f(k['p99_ms']):>9}"
               f"{_f(k['max_ms']):>9}  " + " ".join(f"{s}:{n}" for s, n in k["statuses"].items()))
@@ -735,7 +736,7 @@ def _print(r: dict) -> None:
         print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
         for f in c["found"][:10]:
             print(f"       {f}")
-    print("soak passed" if r["ok"] else "soak FAILED")
+    print("soak interrupted: no figures written" if r["interrupted"] else "soak passed" if r["ok"] else "soak FAILED")
 
 
 def _f(v: float | None) -> str:
