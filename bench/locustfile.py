@@ -248,8 +248,8 @@ class Author(SoakUser):
         if not s["session"] or s["n_uncertain"]:
             return
         self.seq += 1
-        a = self.call("snapshot", "POST", f"/sessions/{s['session']}/snapshot", body={"name": f"{self.name}-s{self.seq}"},
-                      expect=(201,))
+        a = self.call("snapshot", "POST", f"/sessions/{s['session']}/snapshot",
+                      body={"name": f"{self.name}-s{self.seq}"}, expect=(201,))
         if a.status == 201 and self.check("snapshot", isinstance(a.data, dict) and "snapshotId" in a.data,
                                           "no snapshotId", a):
             s["snapshots"].append({"id": a.data["snapshotId"], "n": s["n"]})

@@ -423,6 +423,8 @@ class Sampler:
         self.cpu: dict[int, tuple[str, int]] = {}  # pid -> (what it was, CPU ticks it used)
         self.folders: dict[str, list] = {}  # a worker's folder -> [its pid, first and last seen]
         self.status: list[dict] = []
+        self.rest: dict | None = None  # the sample at rest, and /status's pools then
+        self.rest_pools: dict = {}
         self.host_start = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
@@ -474,7 +476,8 @@ class Sampler:
             workers += children.get(t, [])
         for pid in templates:
             self.remember(pid, "template")
-        s = {"t": time.monotonic(), "phase": self.soak.phase, "host": self.memory(host)[0], "n_templates": len(templates),
+        s = {"t": time.monotonic(), "phase": self.soak.phase, "host": self.memory(host)[0],
+             "n_templates": len(templates),
              "templates": sum(self.memory(p)[0] for p in templates),
              "services": 0, "n_services": 0, "services_pss": 0, "others": 0, "n_others": 0,
              "azurite": sum(_rss(p.pid) for p in self.soak.azurite)}
@@ -611,10 +614,11 @@ class Sampler:
             found.append(f"/status counted {pools[0]['services']} service and {pools[0]['sessions']} session workers")
         if peak["tree"] > tree_bound:
             found.append(f"host and workers {peak['tree'] / MB:.0f} MB > {tree_bound / MB:.0f} MB")
-        rest, at_rest = getattr(self, "rest", None), getattr(self, "rest_pools", {})
+        rest, at_rest = self.rest, self.rest_pools
         if rest is not None:
             if rest["n_services"] > service_count or (services_bound and rest["services_pss"] > services_bound):
-                found.append(f"at rest: {rest['n_services']} warm service workers holding {rest['services_pss'] / MB:.0f} MB "
+                found.append(f"at rest: {rest['n_services']} warm service workers holding "
+                             f"{rest['services_pss'] / MB:.0f} MB "
                              f"(MAX_WARM_SERVICES x MAX_WORKERS_PER_SERVICE {service_count}, WARM_SERVICES_MB "
                              f"{st.warm_services_mb})")
             if rest["n_others"] > st.spare_workers:
