@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 12800
 
-.PHONY: run test bench deps clean
+.PHONY: run test bench soak deps clean
 
 run: deps
 	PORT=$(PORT) $(PY) -m devhost run
@@ -16,6 +16,19 @@ test: deps
 # and writes bench/results.json.
 bench: deps
 	$(PY) bench/consume.py --json bench/results.json $(BENCH_ARGS)
+
+# Many concurrent clients against the app served as `make run` serves it (its own port and
+# Azurite), then checks answers, lost updates, memory bounds and leftovers; prints the table and
+# writes bench/soak.json. Locust lives in .venv-soak: `make test` and CI never install it.
+# SOAK_ARGS='--users 50 --seconds 600' for a longer run.
+SOAK_VENV := .venv-soak
+soak: deps $(SOAK_VENV)/.installed
+	$(PY) bench/soak.py --locust $(SOAK_VENV)/bin/locust --json bench/soak.json $(SOAK_ARGS)
+
+$(SOAK_VENV)/.installed: bench/soak-requirements.txt
+	test -x $(SOAK_VENV)/bin/python || $(PYTHON) -m venv $(SOAK_VENV)
+	$(SOAK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/soak-requirements.txt
+	touch $@
 
 deps: $(VENV)/.installed node_modules/.installed
 
@@ -29,4 +42,4 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .azurite .pytest_cache
+	rm -rf $(VENV) $(SOAK_VENV) node_modules .azurite .pytest_cache
