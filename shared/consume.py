@@ -18,8 +18,10 @@ log = logging.getLogger("o16n.consume")
 
 
 def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True,
-            deadline: float | None = None) -> dict:
-    """One call; its load, the call and any retry share one EXECUTION_TIMEOUT_SECONDS budget."""
+            deadline: float | None = None, handovers: int = 0) -> dict:
+    """One call; its load, the call and any retry share one EXECUTION_TIMEOUT_SECONDS budget.
+    A call that never reached its worker (retired meanwhile: the service was changed) goes to
+    the next one, a few times."""
     deadline = deadline or time.monotonic() + get_settings().execution_timeout_seconds
     svc, key, message = _checked(user, name, version, body, cached_only=False)
 
@@ -42,11 +44,14 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
     except ServiceLoadFailed as exc:
         return _failed(svc, exc.message)
     except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
-        answer = _worker_failed(svc, key, exc, retry, worker)
+        answer = _worker_failed(svc, key, exc, retry or handovers < _HANDOVERS, worker)
         if answer is None:
-            return consume(user, name, version, body, retry=False, deadline=deadline)
+            return consume(user, name, version, body, retry=False, deadline=deadline, handovers=handovers + 1)
         return answer
     return _answer(svc, key, reply, worker)
+
+
+_HANDOVERS = 4
 
 
 def _starter(svc: dict, key: tuple[str, str], left: Callable[[], float]) -> Callable[[pool.Worker], None]:

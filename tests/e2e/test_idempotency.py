@@ -154,3 +154,37 @@ def test_blobs_of_an_attempt_that_never_committed_are_removed_by_the_retry_that_
     again = requests.post(f"{host}/sessions/{sid}/snapshot", json={}, headers={**alice, **key})
     assert again.status_code == 201, again.text
     assert len(_blobs(storage, f"snapshots/{again.json()['snapshotId']}/")) == 1
+
+
+def test_one_key_sent_at_once_with_different_requests_keeps_the_committed_one_whole(flaky_host, flaky_alice):
+    """The requests differ (so all but one answer 422) but store the same bytes under the same
+    name: a refused one must not delete what the committed one points at."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    host, alice = flaky_host, flaky_alice
+    snap = _snapshot_of(host, alice)
+    name, key = "race" + uuid.uuid4().hex[:6], _key()
+
+    def publish(i: int) -> requests.Response:
+        return requests.post(f"{host}/services/{name}/1.0", headers={**alice, **key}, timeout=60,
+                             json={"code": "y = x + bias", "runtimeType": "Python", "snapshotId": snap,
+                                   "description": f"attempt {i}", **IO})
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(r.status_code for r in pool.map(publish, range(8)))
+    assert codes.count(201) >= 1 and set(codes) <= {201, 422}, codes
+    r = requests.post(f"{host}/api/{name}/1.0", json={"x": 1}, headers=alice, timeout=60)
+    assert r.status_code == 200 and r.json()["outputParameters"]["y"] == 42, r.text
+
+    sid = new_session(host, alice)
+    execute(host, alice, sid, "z = 5")
+    key = _key()
+
+    def snapshot(i: int) -> requests.Response:
+        return requests.post(f"{host}/sessions/{sid}/snapshot", json={"name": f"n{i}"}, headers={**alice, **key})
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(snapshot, range(8)))
+    made = {r.json()["snapshotId"] for r in replies if r.status_code == 201}
+    assert len(made) == 1 and {r.status_code for r in replies} <= {201, 422}
+    assert requests.get(f"{host}/snapshots/{made.pop()}", headers=alice, timeout=60).status_code == 200

@@ -1,4 +1,7 @@
 """Publishing and consuming services over HTTP: types, patch, delete."""
+import time
+import uuid
+
 import pytest
 import requests
 
@@ -272,3 +275,58 @@ def test_without_if_match_changes_still_apply_as_before(base_url, alice):
     r = requests.patch(url, json={"description": "x"}, headers=alice)
     assert r.status_code == 200 and r.headers["ETag"] == requests.get(url, headers=alice).headers["ETag"]
     assert requests.delete(url, headers=alice).status_code == 200
+
+
+def test_publishes_of_a_new_name_at_once_leave_the_name_with_its_holder(base_url, alice, bob):
+    """The publish that claimed the name but lost the race for the version must not give the
+    claim back: the version the other publish made relies on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"code": "y = 1", "runtimeType": "Python", "outputParameterDefinitions": [{"name": "y", "type": "numeric"}]}
+    for _ in range(4):
+        name = "race" + uuid.uuid4().hex[:8]
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(lambda _: requests.post(f"{base_url}/services/{name}/v1", json=body,
+                                                            headers=alice).status_code, range(8)))
+        assert codes.count(201) == 1 and set(codes) <= {201, 409}, codes
+        taken = requests.post(f"{base_url}/services/{name}/v2", json=body, headers=bob)
+        assert taken.status_code == 403, (codes, taken.text)
+
+
+def test_a_refused_patch_or_publish_changes_no_co_publishers(base_url, alice, bob):
+    name = publish(base_url, alice, "y = 1", outputs=[{"name": "y", "type": "numeric"}])
+    body = {"code": "y = 1", "runtimeType": "Python"}
+    bad = requests.patch(f"{base_url}/services/{name}/v1", json={"coPublishers": ["bob"], "operationId": "1 bad"},
+                         headers=alice)
+    assert bad.status_code == 400, bad.text
+    exists = requests.post(f"{base_url}/services/{name}/v1", json={**body, "coPublishers": ["bob"]}, headers=alice)
+    assert exists.status_code == 409, exists.text
+    assert requests.post(f"{base_url}/services/{name}/v2", json=body, headers=bob).status_code == 403
+
+
+def test_a_patch_lets_the_calls_already_running_answer(base_url, alice):
+    import threading
+
+    name = publish(base_url, alice, "import time\ntime.sleep(0.05)\ny = x * 2",
+                   inputs=[{"name": "x", "type": "numeric"}], outputs=[{"name": "y", "type": "numeric"}])
+    failures, stop = [], threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            r = requests.post(f"{base_url}/api/{name}/v1", json={"x": 2}, headers=alice)
+            if r.status_code != 200 or not r.json()["success"]:
+                failures.append(r.text)
+
+    threads = [threading.Thread(target=consume) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(12):
+            assert requests.patch(f"{base_url}/services/{name}/v1", json={"description": f"d{i}"},
+                                  headers=alice).status_code == 200
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []

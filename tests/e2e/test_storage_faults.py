@@ -184,3 +184,33 @@ def test_a_publish_whose_writes_keep_being_cut_is_503_and_whole_or_absent(host, 
         assert r.status_code == 503, r.text
         assert not any(s in r.text for s in SECRETS)
         _all_or_nothing(host, alice, name)
+
+
+def test_requests_during_a_stall_do_not_queue_behind_each_other(storage):
+    """A fresh instance creates its tables on first use: that must not be done under one lock
+    that every request waits for, one deadline after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.e2e.conftest import start_host, stop_host
+
+    proc, url = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
+                           STORAGE_TIMEOUT_SECONDS=str(DEADLINE), STORAGE_PREFIX="q" + uuid.uuid4().hex[:8])
+    try:
+        r = requests.post(f"{url}/login", json={"username": "alice", "password": USERS["alice"]}, timeout=30)
+        alice = {"Authorization": f"Bearer {r.json()['access_token']}"}  # trusted for TOKEN_STATE_TTL_SECONDS
+
+        def timed(_: int) -> tuple[int, float]:
+            start = time.monotonic()
+            r = requests.get(f"{url}/snapshots", headers=alice, timeout=60)  # a table this host has not made
+            return r.status_code, time.monotonic() - start
+
+        storage.signal(signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                answers = list(pool.map(timed, range(6)))
+        finally:
+            storage.signal(signal.SIGCONT)
+        assert all(code == 503 for code, _ in answers), answers
+        assert max(took for _, took in answers) < DEADLINE + SLACK + 1, answers
+    finally:
+        stop_host(proc)
