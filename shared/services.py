@@ -130,7 +130,7 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
         # else: another attempt with this key may still commit the same blob; the one that does sweeps
         if not isinstance(exc, StorageUnavailable):  # else the version may be written
             if claimed:
-                _give_back(claim)
+                _give_back(claim, name)
             elif claim is not before:
                 _restore(before, claim)
         if isinstance(exc, Conflict):
@@ -449,12 +449,12 @@ def _set_co_publishers(user: Principal, name: str, claim: dict | None, names: li
         raise Conflict("the service name was changed by another request at the same time; try again") from None
 
 
-def _give_back(claim: dict | None) -> None:
+def _give_back(claim: dict | None, name: str) -> None:
     """Undo a claim this request made, unless something changed it since or a version exists
     under the name (a concurrent publish of the same name that relied on this claim: without
     it, anyone could take the name and its versions). A claim is otherwise kept, also when every
     version is deleted: releasing it races with a publish in flight."""
-    if claim is None or any(True for _ in _rows.list(claim["RowKey"])):
+    if claim is None or any(True for _ in _rows.list(name)):  # versions are kept under the name as spelled
         return
     try:
         _names.delete(claim)

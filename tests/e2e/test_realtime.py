@@ -214,7 +214,7 @@ def test_patch_changes_model_and_fields_and_kinds_do_not_mix(base_url, alice, bo
     stale = p.headers["ETag"]
     assert requests.patch(url, data={"description": "newer"}, files={"model": ("model", onnx_bytes())},
                           headers=alice).status_code == 200
-    p = requests.patch(url, data={"description": "lost"}, files={"model": ("", b"")},
+    p = requests.patch(url, data={"description": "lost"}, files={"model": ("model", onnx_bytes())},
                        headers={**alice, "If-Match": stale})
     assert p.status_code == 412, p.text
     current = requests.get(f"{base_url}/services/{name}/v1", headers=alice).headers["ETag"]

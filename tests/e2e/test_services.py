@@ -284,7 +284,7 @@ def test_publishes_of_a_new_name_at_once_leave_the_name_with_its_holder(base_url
 
     body = {"code": "y = 1", "runtimeType": "Python", "outputParameterDefinitions": [{"name": "y", "type": "numeric"}]}
     for _ in range(4):
-        name = "race" + uuid.uuid4().hex[:8]
+        name = "Race" + uuid.uuid4().hex[:8]  # a claim is kept in lower case, versions as spelled
         with ThreadPoolExecutor(8) as pool:
             codes = sorted(pool.map(lambda _: requests.post(f"{base_url}/services/{name}/v1", json=body,
                                                             headers=alice).status_code, range(8)))
