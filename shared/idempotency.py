@@ -31,12 +31,13 @@ class Key:
         """The new entity's id (a GUID, as the API gives)."""
         return str(uuid.uuid5(_NAMESPACE, self.token))
 
-    def blob_stem(self) -> str:
-        """Where this key's blobs are named: every attempt writes under it."""
-        return self.token[:32]
-
     def blob_id(self, data: bytes) -> str:
-        return f"{self.blob_stem()}-{xxhash.xxh3_128_hexdigest(data)}"
+        """A blob's name (under its entity's folder): the same for the same bytes and key."""
+        return f"{self.token[:32]}-{xxhash.xxh3_128_hexdigest(data)}"
+
+    def blobs_under(self, folder: str) -> str:
+        """The prefix of every blob any attempt with this key wrote in `folder`."""
+        return f"{folder}/{self.token[:32]}-"
 
     def fields(self) -> dict[str, str]:
         return {"idempotencyKey": self.token, "requestHash": self.fingerprint}

@@ -121,12 +121,12 @@ def _create(user: Principal, name: str, version: str, dev: bool, values: dict[st
         if claim is not None and get_settings().service_names == "owned":
             _still_allowed(user, name, created)
         if key:
-            workspaces.sweep(f"services/{name}/{version}/{key.blob_stem()}-", created)
+            workspaces.sweep(key.blobs_under(f"services/{name}/{version}"), created)
     except Exception as exc:
         if key is None:
             workspaces.abandon(exc, stored)
         elif isinstance(exc, KeyReused):  # the key's version is committed: nothing else of it is kept
-            workspaces.sweep(f"services/{name}/{version}/{key.blob_stem()}-", _rows.get(name, version))
+            workspaces.sweep(key.blobs_under(f"services/{name}/{version}"), _rows.get(name, version))
         # else: another attempt with this key may still commit the same blob; the one that does sweeps
         if not isinstance(exc, StorageUnavailable):  # else the version may be written
             if claimed:
@@ -252,7 +252,8 @@ def _realtime_form(form: dict[str, str]) -> dict[str, str]:
 
 
 def delete(user: Principal, name: str, version: str, if_match: str | None = None) -> str:
-    row = _own(user, name, version, if_match)
+    row = _own(user, name, version)
+    _check_if_match(row, if_match)
     try:
         _rows.delete(row)
     except PreconditionFailed:
@@ -313,16 +314,9 @@ def _writer(user: Principal) -> None:
         raise Forbidden("the Reader role may list and consume services, not publish, change or delete them")
 
 
-def _own(user: Principal, name: str, version: str, if_match: str | None = None) -> dict:
+def _own(user: Principal, name: str, version: str) -> dict:
     """The version, when the caller may change it: an Owner, the name's holder, or its publisher
-    while the name still lets them publish (a co-publisher removed keeps no rights).
-    :raises PreconditionFailed: (checked after the rights) `if_match` names another state."""
-    row = _own_row(user, name, version)
-    _check_if_match(row, if_match)
-    return row
-
-
-def _own_row(user: Principal, name: str, version: str) -> dict:
+    while the name still lets them publish (a co-publisher removed keeps no rights)."""
     _writer(user)
     row = get(name, version, user)
     if user.owner:

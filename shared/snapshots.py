@@ -35,11 +35,11 @@ def create(user: Principal, sid: str, body: dict, key_header: str | None = None)
         if key is None:
             workspaces.abandon(exc, stored)
         elif isinstance(exc, KeyReused):  # the key's snapshot is committed: nothing else of it is kept
-            workspaces.sweep(f"snapshots/{snapshot_id}/{key.blob_stem()}-", get(user, snapshot_id))
+            workspaces.sweep(key.blobs_under(f"snapshots/{snapshot_id}"), get(user, snapshot_id))
         # else: another attempt with this key may still commit the same blob; the one that does sweeps
         raise
     if key:
-        workspaces.sweep(f"snapshots/{snapshot_id}/{key.blob_stem()}-", stored)
+        workspaces.sweep(key.blobs_under(f"snapshots/{snapshot_id}"), stored)
     return {"snapshotId": snapshot_id}
 
 

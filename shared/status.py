@@ -13,8 +13,11 @@ _STORAGE = "Azure Storage (Blob + Table)"
 
 def storage_down() -> dict:
     """What anyone may learn while storage is down, as no caller can be identified then."""
-    return {"statusCode": "fail", "components": {"database": {
-        "statusCode": "fail", "details": {"type": _STORAGE, "error": "storage is not answering"}}}}
+    return {"statusCode": "fail", "components": {"database": _failing("storage is not answering")}}
+
+
+def _failing(error: str) -> dict:
+    return {"statusCode": "fail", "details": {"type": _STORAGE, "error": error}}
 
 
 def status() -> dict:
@@ -23,7 +26,7 @@ def status() -> dict:
         storage = {"statusCode": "pass", "details": {"type": _STORAGE,
                                                      "requestsSent": _clients.requests_sent}}
     except ApiError as exc:
-        storage = {"statusCode": "fail", "details": {"type": _STORAGE, "error": exc.message}}
+        storage = _failing(exc.message)
     sandbox = policy.describe()
     return {
         "statusCode": "fail" if "fail" in (storage["statusCode"], sandbox["statusCode"]) else storage["statusCode"],

@@ -73,19 +73,18 @@ class Entities:
             pass
 
     def _own_write(self, written: dict[str, Any], refusal: type[Exception]) -> dict[str, Any]:
-        """After an insert or update was refused: the stored entity if it is this very write
-        (an SDK retry met its own first attempt), else the refusal, unless the write was sent
-        more than once: then it may have happened and been overwritten since (uncertain)."""
-        sent_again = retried()
+        """After an insert or update was refused. Sent once, the refusal stands. Sent again (the
+        SDK retried a lost answer): the stored entity if it is this very write, else uncertain,
+        as it may have happened and been overwritten since."""
+        if not retried():
+            raise refusal(f"{self._what} was changed by another request" if refusal is PreconditionFailed
+                          else f"{self._what} already exists")
         try:
             stored = self.get(written["PartitionKey"], written["RowKey"])
         except NotFound:
             stored = {}
         if stored.get(WRITE_ID) != written[WRITE_ID]:
-            if sent_again:
-                raise uncertain(self._what)
-            raise refusal(f"{self._what} was changed by another request" if refusal is PreconditionFailed
-                          else f"{self._what} already exists")
+            raise uncertain(self._what)
         return stored
 
 
