@@ -56,7 +56,8 @@ def login(body: dict, address: str) -> dict:
         raise BadRequest("'username' or 'password' is too long")
     attempt = throttle.begin(username, address)
     account = accounts.check_password(username, password)
-    if account is None:  # the attempt was counted as a failure before the check
+    if account is None:
+        attempt.failed()
         raise Unauthorized("invalid credentials")  # the same for an unknown name and a wrong password
     attempt.succeeded()
     family, secret, now = uuid.uuid4().hex, secrets.token_urlsafe(32), int(time.time())
