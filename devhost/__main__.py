@@ -115,11 +115,7 @@ def serve(host: str, port: int) -> None:
     from shared.sandbox import pool
     pool.spares.fill()  # so the first call does not wait for scikit-learn to import
     from shared import accounts
-    from shared.errors import ApiError
-    try:
-        accounts.sweep_once()  # tokens of removed or changed accounts stay refused from the start
-    except ApiError:
-        pass  # storage is not up yet: the first request tries again
+    accounts.sweep_soon()  # in the background: storage that stalls must not hold the start
     # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
     asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
                         max_body_bytes=get_settings().max_request_bytes + (1 << 20))

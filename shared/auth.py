@@ -54,6 +54,9 @@ def login(body: dict, address: str) -> dict:
         raise BadRequest("send 'username' and 'password' as strings")
     if len(username) > 256 or len(password) > 1024:
         raise BadRequest("'username' or 'password' is too long")
+    # A fresh instance compares the accounts before it counts an attempt or issues a token: the
+    # token's epoch needs it, and while storage stalls the login answers when that try fails.
+    accounts.sweep_once()
     attempt = throttle.begin(username, address)
     account = accounts.check_password(username, password)
     if account is None:

@@ -184,3 +184,78 @@ def test_a_publish_whose_writes_keep_being_cut_is_503_and_whole_or_absent(host, 
         assert r.status_code == 503, r.text
         assert not any(s in r.text for s in SECRETS)
         _all_or_nothing(host, alice, name)
+
+
+def test_a_host_started_while_storage_stalls_answers_every_request_within_one_deadline(storage, alice):
+    """A fresh instance has compared no account with the settings yet, and knows no table: none
+    of that may make requests wait for storage one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.e2e.conftest import start_host, stop_host
+
+    storage.signal(signal.SIGSTOP)
+    proc = None
+    try:
+        proc, fresh = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
+                                 STORAGE_TIMEOUT_SECONDS=str(DEADLINE))
+        calls = [
+            ("anonymous", 401, lambda: requests.get(f"{fresh}/sessions", timeout=60)),
+            ("anonymous", 401, lambda: requests.get(f"{fresh}/services", timeout=60)),
+            ("login", 503, lambda: requests.post(f"{fresh}/login", timeout=60,
+                                                 json={"username": "bob", "password": USERS["bob"]})),
+            ("login", 503, lambda: requests.post(f"{fresh}/login", timeout=60,
+                                                 json={"username": "alice", "password": USERS["alice"]})),
+            ("token", 503, lambda: requests.get(f"{fresh}/sessions", headers=alice, timeout=60)),
+            ("token", 503, lambda: requests.get(f"{fresh}/services", headers=alice, timeout=60)),
+            ("token", 503, lambda: requests.get(f"{fresh}/snapshots", headers=alice, timeout=60)),
+            ("status", 503, lambda: requests.get(f"{fresh}/status", headers=alice, timeout=60)),
+        ]
+
+        def timed(call):
+            start = time.monotonic()
+            r = call()
+            return r, time.monotonic() - start
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            answers = list(pool.map(timed, [call for _, _, call in calls]))
+        seen = [(what, r.status_code, round(took, 1)) for (what, _, _), (r, took) in zip(calls, answers)]
+        for (what, expected, _), (r, took) in zip(calls, answers):
+            assert r.status_code == expected, seen
+            if expected == 401:
+                assert took < SLACK, seen  # no storage needed to refuse a request without a token
+            else:
+                _unavailable(r, took)
+    finally:
+        storage.signal(signal.SIGCONT)
+        if proc is not None:
+            stop_host(proc)
+
+
+def test_a_host_started_while_storage_stalls_still_refuses_tokens_of_settings_rolled_back(storage):
+    """What the comparison of accounts protects holds when it could not run at the start: once
+    storage answers, no token of an earlier setting is taken before it has run."""
+    from tests.e2e.conftest import start_host, stop_host
+
+    prefix, old, new = "t" + uuid.uuid4().hex[:10], "carol:carol-password-1", "carol:carol-password-2"
+    common = {"STORAGE_CONNECTION_STRING": storage.connection_string, "STORAGE_TIMEOUT_SECONDS": str(DEADLINE),
+              "STORAGE_PREFIX": prefix, "LOCAL_ROLES": "", "SPARE_WORKERS": "0"}
+    procs = []
+    try:
+        procs.append(start_host(**common, LOCAL_USERS=old))
+        r = requests.post(f"{procs[-1][1]}/login", json={"username": "carol", "password": "carol-password-1"},
+                          timeout=60)
+        token = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        procs.append(start_host(**common, LOCAL_USERS=new))  # the password changed...
+        assert requests.get(f"{procs[-1][1]}/sessions", headers=token, timeout=60).status_code == 401
+        storage.signal(signal.SIGSTOP)
+        try:
+            procs.append(start_host(**common, LOCAL_USERS=old))  # ...and is rolled back while storage stalls
+            rolled_back = procs[-1][1]
+            r = requests.get(f"{rolled_back}/sessions", headers=token, timeout=60)
+            assert r.status_code == 503, r.text
+        finally:
+            storage.signal(signal.SIGCONT)
+        assert requests.get(f"{rolled_back}/sessions", headers=token, timeout=60).status_code == 401
+    finally:
+        for proc, _ in procs:
+            stop_host(proc)
