@@ -186,11 +186,13 @@ def test_a_publish_whose_writes_keep_being_cut_is_503_and_whole_or_absent(host, 
         _all_or_nothing(host, alice, name)
 
 
-def test_a_host_started_while_storage_stalls_answers_every_request_within_one_deadline(storage, alice):
+def test_a_host_started_while_storage_stalls_answers_every_request_within_one_deadline(host, storage, alice):
     """A fresh instance has compared no account with the settings yet, and knows no table: none
     of that may make requests wait for storage one after another."""
     from concurrent.futures import ThreadPoolExecutor
 
+    refresh = requests.post(f"{host}/login", json={"username": "bob", "password": USERS["bob"]},
+                            timeout=60).json()["refresh_token"]
     storage.signal(signal.SIGSTOP)
     proc = None
     try:
@@ -207,6 +209,10 @@ def test_a_host_started_while_storage_stalls_answers_every_request_within_one_de
             ("token", 503, lambda: requests.get(f"{fresh}/services", headers=alice, timeout=60)),
             ("token", 503, lambda: requests.get(f"{fresh}/snapshots", headers=alice, timeout=60)),
             ("status", 503, lambda: requests.get(f"{fresh}/status", headers=alice, timeout=60)),
+            ("renew", 503, lambda: requests.post(f"{fresh}/login/refreshToken", json={"refreshToken": refresh},
+                                                 timeout=60)),
+            ("revoke", 503, lambda: requests.delete(f"{fresh}/login/refreshToken", params={"refreshToken": refresh},
+                                                    timeout=60)),
         ]
 
         def timed(call):
