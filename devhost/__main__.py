@@ -115,17 +115,18 @@ def serve(host: str, port: int) -> None:
     from shared.sandbox import pool
     pool.spares.fill()  # so the first call does not wait for scikit-learn to import
     from shared import accounts
-    from shared.errors import ApiError
-    try:
-        accounts.sweep_once()  # tokens of removed or changed accounts stay refused from the start
-    except ApiError:
-        pass  # storage is not up yet: the first request tries again
+    accounts.sweep_soon()  # in the background: storage that stalls must not hold the start
     # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
     asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
                         max_body_bytes=get_settings().max_request_bytes + (1 << 20))
-    # proxy_headers off: uvicorn would otherwise take a client-sent X-Forwarded-For as the peer.
-    uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on",
-                proxy_headers=False)
+    try:
+        # proxy_headers off: uvicorn would otherwise take a client-sent X-Forwarded-For as the peer.
+        uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on",
+                    proxy_headers=False)
+    finally:
+        # Here, while the thread that starts workers still runs (at exit it is gone already):
+        # a spare being prepared in the background is ended with its folder before the end.
+        pool.shutdown()
 
 
 def run(port: int) -> None:
@@ -190,7 +191,7 @@ def main() -> None:
             try:
                 serve(args.host, args.port)
             except KeyboardInterrupt:
-                pass  # exits normally: the workers and templates are closed at exit
+                pass  # exits normally: serve() closed the workers and templates
         else:
             run(args.port)
     except ConfigError as exc:  # a wrong setting: its name and the fix, not a traceback

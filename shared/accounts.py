@@ -4,14 +4,16 @@ changed password ends its tokens at once.
 
 The version includes an epoch kept in Table storage, raised whenever an instance sees the
 account's credential differ from the one last seen, or sees the account gone (every instance
-compares them all at its first request). So tokens that
-were refused once stay refused when old settings come back (a rolled-back password, a
-suspended account restored)."""
+compares them all as it starts serving, and nothing reads an epoch before that is done). So
+tokens that were refused once stay refused when old settings come back (a rolled-back password,
+a suspended account restored)."""
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import hmac
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -19,8 +21,10 @@ from functools import lru_cache
 
 from . import passwords
 from .config import Settings, get_settings
-from .errors import Conflict, NeedsStorage, NotFound, PreconditionFailed, Unavailable
+from .errors import ApiError, Conflict, NeedsStorage, NotFound, PreconditionFailed, StorageUnavailable, Unavailable
 from .storage.entities import Entities
+
+log = logging.getLogger("o16n")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ def credential_version(account: Account, key: str, epoch: int) -> str:
 
 def epoch(account: Account, *, cached_only: bool = False) -> int:
     """The account's epoch, read from storage at most once per TOKEN_STATE_TTL_SECONDS.
-    :raises NeedsStorage: with `cached_only`, when it would be read now."""
+    :raises NeedsStorage: with `cached_only`, when it would be read now. :raises ApiError:
+    storage does not answer (see sweep_once)"""
     now = time.monotonic()
     with _lock:
         hit = _epochs.get(account.name)
@@ -78,24 +83,59 @@ def swept() -> bool:
     return _swept.is_set()
 
 
+def sweep_soon() -> None:
+    """sweep_once in the background, so that no request waits for it: at an instance's first
+    request of any kind, and again _SWEEP_RETRY_SECONDS after a try that failed. (Whatever reads
+    an epoch still waits for it: see `epoch`.)"""
+    global _sweep_next
+    if _swept.is_set() or time.monotonic() < _sweep_next:
+        return  # every request asks: no lock for the answer it nearly always gets
+    with _lock:
+        if time.monotonic() < _sweep_next:
+            return
+        _sweep_next = time.monotonic() + _SWEEP_RETRY_SECONDS
+    threading.Thread(target=_sweep_in_background, name="o16n-accounts", daemon=True).start()
+
+
+def _sweep_in_background() -> None:
+    try:
+        sweep_once()
+    except ApiError:
+        log.warning("the stored accounts could not be compared with the settings yet")
+
+
 def sweep_once() -> None:
     """Once per process, compare every stored account with the settings: accounts no longer
     configured are marked removed and changed credentials raise their epoch, so tokens of an
-    earlier setting stay refused if it comes back (a rollback, a slot swap).
-    :raises ApiError: storage does not answer (tried again on a later call)"""
+    earlier setting stay refused if it comes back (a rollback, a slot swap). Callers at once
+    share one try: when it fails, all of them do.
+    :raises ApiError: storage does not answer, or did not let the try under way end within
+    STORAGE_TIMEOUT_SECONDS (tried again on a later call)"""
+    global _sweep_failure
     if _swept.is_set():
         return
-    with _sweep_lock:
+    asked = time.monotonic()
+    if not _sweep_lock.acquire(timeout=get_settings().storage_timeout_seconds):
+        raise StorageUnavailable("storage is slow to answer; try again shortly")
+    try:
         if _swept.is_set():
             return
-        accounts = _all()
-        for row in _rows.list("accounts"):
-            name = row.get("name")
-            if name in accounts:
-                remember_epoch(name, _observe(name, _fingerprints(accounts[name])))
-            elif row.get("fingerprint") != _REMOVED:
-                _remove(row)
+        if _sweep_failure is not None and _sweep_failure[0] > asked:
+            raise copy.copy(_sweep_failure[1])  # the try this call waited for failed: no second wait
+        try:
+            accounts = _all()
+            for row in _rows.list("accounts"):
+                name = row.get("name")
+                if name in accounts:
+                    remember_epoch(name, _observe(name, _fingerprints(accounts[name])))
+                elif row.get("fingerprint") != _REMOVED:
+                    _remove(row)
+        except ApiError as exc:
+            _sweep_failure = (time.monotonic(), copy.copy(exc))  # a copy holds no traceback
+            raise
         _swept.set()
+    finally:
+        _sweep_lock.release()
 
 
 def mark_removed(name: str) -> None:
@@ -120,6 +160,9 @@ _REMOVED = "removed"
 _rows = Entities("accounts", what="account state")
 _swept = threading.Event()
 _sweep_lock = threading.Lock()
+_sweep_failure: tuple[float, ApiError] | None = None  # when the last try failed, and why
+_sweep_next = 0.0  # when sweep_soon may try (again)
+_SWEEP_RETRY_SECONDS = 30
 
 
 def _fingerprints(account: Account) -> tuple[str, str]:

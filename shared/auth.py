@@ -54,9 +54,14 @@ def login(body: dict, address: str) -> dict:
         raise BadRequest("send 'username' and 'password' as strings")
     if len(username) > ids.USER_NAME_MAX or len(password) > ids.PASSWORD_MAX:
         raise BadRequest("'username' or 'password' is too long")
+    # A fresh instance compares the accounts before anything else it reads or counts: the token's
+    # epoch needs that, and while storage stalls, logins at once fail with its one try instead of
+    # each queueing for the first use of a table (storage creates tables one at a time).
+    accounts.sweep_once()
     attempt = throttle.begin(username, address)
     account = accounts.check_password(username, password)
-    if account is None:  # the attempt was counted as a failure before the check
+    if account is None:
+        attempt.failed()
         raise Unauthorized("invalid credentials")  # the same for an unknown name and a wrong password
     attempt.succeeded()
     family, secret, now = uuid.uuid4().hex, secrets.token_urlsafe(32), int(time.time())
@@ -223,6 +228,7 @@ def _pair(user: str, cv: str, family: str, generation: int, secret: str, now: in
 def _refresh_row(token: object) -> tuple[str, dict, int]:
     if not isinstance(token, str) or not token:
         raise BadRequest("send the refresh token as 'refreshToken'")
+    accounts.sweep_once()  # as login does, before reading a sign-in: see there
     family, _, secret = token.partition(".")
     now = int(time.time())
     try:

@@ -10,7 +10,6 @@ import logging
 import math
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +41,7 @@ def endpoint(*, authenticated: bool = True,
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
             try:
                 with storage.request_scope():
-                    _compare_accounts()
+                    accounts.sweep_soon()
                     if not authenticated:
                         return fn(req)
                     try:
@@ -84,8 +83,7 @@ def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
     async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
         try:
             with storage.request_scope():  # threads started below copy it, and do not share back
-                if not accounts.swept() and time.monotonic() >= _accounts_retry_at:
-                    await asyncio.to_thread(_compare_accounts)
+                accounts.sweep_soon()
                 if authenticated:
                     header = req.headers.get("authorization")
                     try:
@@ -100,22 +98,6 @@ def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
             return _internal_error()
 
     return _named_as(wrapper, fn)
-
-
-_accounts_retry_at = 0.0
-
-
-def _compare_accounts() -> None:
-    """At an instance's first request of any kind, compare the stored accounts with the
-    settings (accounts.sweep_once); if storage does not answer, a request 30 s later tries again."""
-    global _accounts_retry_at
-    if accounts.swept() or time.monotonic() < _accounts_retry_at:
-        return
-    try:
-        accounts.sweep_once()
-    except ApiError:
-        _accounts_retry_at = time.monotonic() + 30
-        log.warning("the stored accounts could not be compared with the settings yet")
 
 
 def error_response(exc: ApiError) -> func.HttpResponse:

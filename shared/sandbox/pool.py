@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import copy
 import errno
 import fcntl
@@ -23,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -80,7 +81,12 @@ class WorkerBusy(Exception):
 
 class Worker:
     def __init__(self, template: Template | None = None) -> None:
-        """Forked from `template`, or else started as a fresh interpreter."""
+        """Forked from `template`, or else started as a fresh interpreter. :raises Unavailable:
+        (also once the host is stopping)"""
+        with _starting():
+            self._start(template)
+
+    def _start(self, template: Template | None) -> None:
         why = policy.refusal()
         if why:
             raise Unavailable(why, retry_after=3600)
@@ -965,13 +971,13 @@ class Spares:
     def __init__(self) -> None:
         self._ready: list[Worker] = []
         self._lock = threading.Lock()
-        self._filling = False
+        self._filling: threading.Thread | None = None
 
     def take(self, group: str | None = None) -> Worker:
         """A worker forked from `group`'s template; or else a ready spare, or else a fresh
         worker at once (waiting for a template or a spare in preparation would make light
         sessions pay for an import of scikit-learn they may never need)."""
-        template = templates.get(group, _template_start)
+        template = templates.get(group, _template_start) if not _stopping else None
         if template is not None:
             return Worker(template)
         with self._lock:
@@ -988,10 +994,10 @@ class Spares:
     def fill(self) -> None:
         """Start topping up to SPARE_WORKERS in the background (at most one filler at a time)."""
         with self._lock:
-            if self._filling or len(self._ready) >= get_settings().spare_workers:
+            if self._filling or _stopping or len(self._ready) >= get_settings().spare_workers:
                 return
-            self._filling = True
-        threading.Thread(target=self._fill, name="o16n-spares", daemon=True).start()
+            self._filling = threading.Thread(target=self._fill, name="o16n-spares", daemon=True)
+            self._filling.start()
 
     def _fill(self) -> None:
         try:
@@ -1002,26 +1008,32 @@ class Spares:
                 try:
                     worker = Worker()
                 except Unavailable as exc:
-                    log.warning("no spare workers: %s", exc.message)
+                    if not _stopping:
+                        log.warning("no spare workers: %s", exc.message)
                     return
                 try:
                     worker.call({"op": "preload", "modules": get_settings().preload_modules.split(",")},
                                 timeout=_PRELOAD_SECONDS)
                 except (WorkerTimeout, WorkerDied, WorkerBusy, Unavailable):
                     worker.kill()
-                    log.warning("a spare worker could not preload its modules; spares are off")
+                    if not _stopping:  # else shutdown() ended it
+                        log.warning("a spare worker could not preload its modules; spares are off")
                     return
                 with self._lock:
                     self._ready.append(worker)
         finally:
             with self._lock:
-                self._filling = False
+                self._filling = None
 
     def close_all(self) -> None:
         with self._lock:
             workers, self._ready = self._ready, []
         for w in workers:
             w.close()
+
+    def filler(self) -> threading.Thread | None:
+        with self._lock:
+            return self._filling
 
 
 def _template_start() -> tuple[dict[str, Any], dict[str, str], str]:
@@ -1036,9 +1048,46 @@ services = WarmPool(lambda: get_settings().max_warm_services, lambda: get_settin
 sessions = WarmPool(lambda: get_settings().max_warm_sessions)
 
 
+_stopping = False
+_under_way = 0  # workers whose folder and process are being made
+_starts = threading.Condition()
+_STOP_SECONDS = 10  # how long shutdown() waits for what is under way
+
+
+@contextlib.contextmanager
+def _starting() -> Iterator[None]:
+    global _under_way
+    with _starts:
+        if _stopping:
+            raise Unavailable("the host is stopping", retry_after=5)
+        _under_way += 1
+    try:
+        yield
+    finally:
+        with _starts:
+            _under_way -= 1
+            _starts.notify_all()
+
+
 @atexit.register
-def _close_all() -> None:
+def shutdown() -> None:
+    """End every worker and template, for good. First nothing new starts (a background thread
+    may be preparing a spare), then the workers being made are waited for, then all are ended
+    and the calls holding them given the time to remove their folders. (A template still
+    importing its modules ends by itself when it finds the host gone; it has no folder.)"""
+    global _stopping
+    deadline = time.monotonic() + _STOP_SECONDS
+    with _starts:
+        _stopping = True
+        _starts.wait_for(lambda: _under_way == 0, timeout=_STOP_SECONDS)
     spares.close_all()
     templates.stop_all()
     services.close_all()
     sessions.close_all()
+    for worker in list(_live):  # a spare being prepared, or one a call still holds
+        worker.kill()
+    filler = spares.filler()
+    if filler is not None:
+        filler.join(max(0.0, deadline - time.monotonic()))
+    while _live and time.monotonic() < deadline:  # a call that holds one releases it as it ends
+        time.sleep(0.02)

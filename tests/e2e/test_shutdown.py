@@ -12,7 +12,8 @@ import requests
 
 from devhost.__main__ import free_port, port_open
 from tests.constants import ADMIN_PASSWORD, TEST_ENV
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, start_host
+from tests.e2e.helpers import execute, new_session
 from tests.security.conftest import processes_with
 
 pytestmark = pytest.mark.e2e
@@ -79,3 +80,29 @@ def test_a_test_run_told_to_stop_stops_what_it_started(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.azurite
+def test_a_host_stopped_while_it_prepares_a_spare_leaves_no_worker_folder(azurite, tmp_path):
+    """The execute takes the spare and the host starts preparing the next one in the background;
+    a SIGTERM then must not let that one (or its folder) outlive the shutdown."""
+    left = []
+    for attempt in range(4):
+        tmp = tmp_path / str(attempt)
+        tmp.mkdir()
+        proc, url = start_host(TMPDIR=str(tmp), WORKER_TEMPLATES="0", SPARE_WORKERS="1")
+        try:
+            token = requests.post(f"{url}/login", json={"username": "admin", "password": ADMIN_PASSWORD}).json()
+            headers = {"Authorization": f"Bearer {token['access_token']}"}
+            execute(url, headers, new_session(url, headers), "x = 1")
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        deadline = time.monotonic() + 10
+        while processes_with(str(tmp)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left += [p.name for p in tmp.glob("o16n-*/host-*/w-*")] + processes_with(str(tmp))
+    assert left == []

@@ -6,12 +6,13 @@ from __future__ import annotations
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from tests.constants import USERS
-from tests.e2e.conftest import STORAGE_DEADLINE
+from tests.e2e.conftest import STORAGE_DEADLINE, start_host, stop_host
 from tests.e2e.helpers import execute, new_session, snapshot
 
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
@@ -189,10 +190,6 @@ def test_a_publish_whose_writes_keep_being_cut_is_503_and_whole_or_absent(host, 
 def test_requests_during_a_stall_do_not_queue_behind_each_other(storage):
     """A fresh instance creates its tables on first use: that must not be done under one lock
     that every request waits for, one deadline after another."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.e2e.conftest import start_host, stop_host
-
     proc, url = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
                            STORAGE_TIMEOUT_SECONDS=str(DEADLINE), STORAGE_PREFIX="q" + uuid.uuid4().hex[:8])
     try:
@@ -214,3 +211,85 @@ def test_requests_during_a_stall_do_not_queue_behind_each_other(storage):
         assert max(took for _, took in answers) < DEADLINE + SLACK + 1, answers
     finally:
         stop_host(proc)
+
+
+def test_a_host_started_while_storage_stalls_answers_every_request_within_one_deadline(host, storage, alice):
+    """A fresh instance has compared no account with the settings yet, and knows no table: none
+    of that may make requests wait for storage one after another."""
+    refresh = requests.post(f"{host}/login", json={"username": "bob", "password": USERS["bob"]},
+                            timeout=60).json()["refresh_token"]
+    storage.signal(signal.SIGSTOP)
+    proc = None
+    try:
+        proc, fresh = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
+                                 STORAGE_TIMEOUT_SECONDS=str(DEADLINE))
+        calls = [
+            ("anonymous", 401, lambda: requests.get(f"{fresh}/sessions", timeout=60)),
+            ("anonymous", 401, lambda: requests.get(f"{fresh}/services", timeout=60)),
+            ("login", 503, lambda: requests.post(f"{fresh}/login", timeout=60,
+                                                 json={"username": "bob", "password": USERS["bob"]})),
+            ("login", 503, lambda: requests.post(f"{fresh}/login", timeout=60,
+                                                 json={"username": "alice", "password": USERS["alice"]})),
+            ("token", 503, lambda: requests.get(f"{fresh}/sessions", headers=alice, timeout=60)),
+            ("token", 503, lambda: requests.get(f"{fresh}/services", headers=alice, timeout=60)),
+            ("token", 503, lambda: requests.get(f"{fresh}/snapshots", headers=alice, timeout=60)),
+            ("status", 503, lambda: requests.get(f"{fresh}/status", headers=alice, timeout=60)),
+            ("renew", 503, lambda: requests.post(f"{fresh}/login/refreshToken", json={"refreshToken": refresh},
+                                                 timeout=60)),
+            ("revoke", 503, lambda: requests.delete(f"{fresh}/login/refreshToken", params={"refreshToken": refresh},
+                                                    timeout=60)),
+        ]
+
+        def timed(call):
+            start = time.monotonic()
+            r = call()
+            return r, time.monotonic() - start
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            answers = list(pool.map(timed, [call for _, _, call in calls]))
+        seen = [(what, r.status_code, round(took, 1)) for (what, _, _), (r, took) in zip(calls, answers)]
+        for (what, expected, _), (r, took) in zip(calls, answers):
+            assert r.status_code == expected, seen
+            if expected == 401:
+                assert took < SLACK, seen  # no storage needed to refuse a request without a token
+            else:
+                _unavailable(r, took)
+    finally:
+        storage.signal(signal.SIGCONT)
+        if proc is not None:
+            stop_host(proc)
+
+
+def test_a_host_started_while_storage_stalls_still_refuses_tokens_of_settings_rolled_back(storage):
+    """What the comparison of accounts protects holds when it could not run at the start: once
+    storage answers, no token of an earlier setting is taken before it has run."""
+    prefix, old, new = "t" + uuid.uuid4().hex[:10], "carol:carol-password-1", "carol:carol-password-2"
+    common = {"STORAGE_CONNECTION_STRING": storage.connection_string, "STORAGE_TIMEOUT_SECONDS": str(DEADLINE),
+              "STORAGE_PREFIX": prefix, "LOCAL_ROLES": "", "SPARE_WORKERS": "0"}
+    procs = []
+    try:
+        procs.append(start_host(**common, LOCAL_USERS=old))
+        r = requests.post(f"{procs[-1][1]}/login", json={"username": "carol", "password": "carol-password-1"},
+                          timeout=60)
+        token = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        procs.append(start_host(**common, LOCAL_USERS=new))  # the password changed...
+        assert requests.get(f"{procs[-1][1]}/sessions", headers=token, timeout=60).status_code == 401
+        storage.signal(signal.SIGSTOP)
+        try:
+            procs.append(start_host(**common, LOCAL_USERS=old))  # ...and is rolled back while storage stalls
+            rolled_back = procs[-1][1]
+            r = requests.get(f"{rolled_back}/sessions", headers=token, timeout=60)
+            assert r.status_code == 503, r.text
+        finally:
+            storage.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while True:  # storage that was stopped may take a moment to answer within the deadline again
+            r = requests.get(f"{rolled_back}/sessions", headers=token, timeout=60)
+            assert r.status_code in (401, 503), r.text  # never taken
+            if r.status_code == 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert r.status_code == 401, r.text
+    finally:
+        for proc, _ in procs:
+            stop_host(proc)

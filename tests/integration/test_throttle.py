@@ -1,0 +1,67 @@
+"""Login throttling against real storage: what a login's place among the checks in flight
+becomes when it is settled, and when it is not."""
+import time
+import uuid
+
+import pytest
+
+from shared import throttle
+from shared.errors import NotFound, TooManyRequests
+from tests.conftest import reset_caches
+
+pytestmark = pytest.mark.azurite
+
+
+@pytest.fixture
+def limits(azurite, monkeypatch):
+    monkeypatch.setenv("LOGIN_MAX_FAILURES", "2")
+    monkeypatch.setenv("LOGIN_MAX_FAILURES_PER_ADDRESS", "3")
+    reset_caches()
+    yield
+    monkeypatch.undo()
+    reset_caches()
+
+
+def record(kind, value):
+    try:
+        return throttle._rows.get(kind, throttle._key(value))
+    except NotFound:  # nothing remembered
+        return None
+
+
+def test_checks_in_flight_and_failures_together_stay_within_the_limit(limits):
+    name, address = f"u{uuid.uuid4().hex[:8]}", f"a{uuid.uuid4().hex[:8]}"
+    first, second = throttle.begin(name, address), throttle.begin(name, address)
+    with pytest.raises(TooManyRequests, match="at once"):
+        throttle.begin(name, address)  # two checks in flight for a name allowed two failures
+    first.failed()
+    with pytest.raises(TooManyRequests, match="at once"):
+        throttle.begin(name, address)  # one failure and one check in flight
+    second.succeeded()
+    assert record("user", name) is None  # the name's count is cleared
+    assert record("address", address)["failures"] == 1  # the address's stays
+    throttle.begin(name, address).succeeded()
+    assert record("address", address)["failures"] == 1
+
+
+def test_a_place_not_given_back_lapses_and_is_never_a_failure(limits, monkeypatch):
+    monkeypatch.setattr(throttle, "_IN_FLIGHT_SECONDS", 1)
+    name, address = f"u{uuid.uuid4().hex[:8]}", f"a{uuid.uuid4().hex[:8]}"
+    throttle.begin(name, address), throttle.begin(name, address)  # their instance "stopped"
+    with pytest.raises(TooManyRequests, match="at once"):
+        throttle.begin(name, address)
+    time.sleep(2.1)
+    throttle.begin(name, address).succeeded()
+    assert record("user", name) is None
+    assert record("address", address) is None
+
+
+def test_the_failure_that_reaches_the_limit_locks(limits):
+    name, address = f"u{uuid.uuid4().hex[:8]}", f"a{uuid.uuid4().hex[:8]}"
+    throttle.begin(name, address).failed()
+    throttle.begin(name, address).failed()
+    with pytest.raises(TooManyRequests, match="too many failed logins") as refused:
+        throttle.begin(name, address)
+    assert int(refused.value.headers["Retry-After"]) > 50
+    assert record("address", address)["failures"] == 2  # the refused attempt took no place there
+    assert record("address", address)["inFlight"] == "{}"
