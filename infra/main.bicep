@@ -109,6 +109,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'Authorization=AAD' }
         { name: 'STORAGE_BLOB_ENDPOINT', value: storage.properties.primaryEndpoints.blob }
         { name: 'STORAGE_TABLE_ENDPOINT', value: storage.properties.primaryEndpoints.table }
+        { name: 'STORAGE_QUEUE_ENDPOINT', value: storage.properties.primaryEndpoints.queue }
+        // The batch function's trigger reads the queue through AzureWebJobsStorage (the identity
+        // above); the app sends to it through STORAGE_QUEUE_ENDPOINT. Both name the same queue.
+        { name: 'BATCH_QUEUE', value: 'o16n-batch' }
         { name: 'STORAGE_PREFIX', value: 'o16n' }
         { name: 'TOKEN_SIGNING_KEY', value: tokenSigningKey }
         { name: 'SNAPSHOT_SIGNING_KEY', value: snapshotSigningKey }
@@ -125,6 +129,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
 var roles = {
   blobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner (host storage, deployments)
   tableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor (metadata)
+  queueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor (batch chunks)
   metricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher (App Insights)
 }
 
@@ -145,6 +150,16 @@ resource tableRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: app.identity.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.tableDataContributor)
+  }
+}
+
+resource queueRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, app.id, roles.queueDataContributor)
+  scope: storage
+  properties: {
+    principalId: app.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.queueDataContributor)
   }
 }
 

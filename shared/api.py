@@ -25,6 +25,7 @@ class Operation:
     returns: str | None = None  # a model name, "[Model]", "string", "[string]" or "file"
     produces: str = "application/octet-stream"  # the media type of a "file"
     query: tuple[str, ...] = ()
+    optional_query: tuple[str, ...] = ()  # shared.swagger.QUERY
     headers: tuple[str, ...] = ()  # optional request headers (shared.swagger.HEADERS)
     etag: bool = False  # the success carries an ETag header
     authenticated: bool = True

@@ -3,6 +3,7 @@ local.settings.json `Values` locally)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
@@ -10,17 +11,20 @@ from . import passwords
 from .errors import ConfigError
 
 _PLACEHOLDER = "change-me"
+# a Storage queue name with room for "-poison" (queue names hold at most 63 characters)
+_QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,54}[a-z0-9]")
 #: ML Server's roles, most rights first
 ROLES = ("Owner", "Contributor", "Reader")
 
 
 @dataclass(frozen=True)
 class Settings:
-    #: Azurite or a real account; when empty, STORAGE_BLOB_ENDPOINT/STORAGE_TABLE_ENDPOINT
+    #: Azurite or a real account; when empty, STORAGE_BLOB_ENDPOINT/STORAGE_TABLE_ENDPOINT/STORAGE_QUEUE_ENDPOINT
     #: are used with the app's managed identity.
     storage_connection_string: str = ""
     storage_blob_endpoint: str = ""
     storage_table_endpoint: str = ""
+    storage_queue_endpoint: str = ""
     #: prefix of every table and container this app owns (letters and digits only)
     storage_prefix: str = "o16n"
     #: the deadline of one storage call, its retries included: past it the request answers 503
@@ -114,6 +118,21 @@ class Settings:
     #: fresh interpreter
     worker_templates: int = 2
     preload_modules: str = "numpy,pandas,sklearn.svm,sklearn.linear_model,sklearn.ensemble,sklearn.tree"
+    #: the Storage queue of batch work (its poison queue is <name>-poison); empty: <prefix>-batch.
+    #: The batch function's trigger reads this setting itself, so in Azure it must be set
+    batch_queue: str = ""
+    #: records one batch may hold, and the bytes of its request body
+    batch_max_records: int = 100_000
+    batch_max_bytes: int = 16 * 1024 * 1024
+    #: records per stored chunk: a chunk is scored, written and counted as one
+    batch_chunk_rows: int = 100
+    #: the largest parallelCount a batch may ask for (records scored at once, across instances)
+    batch_max_parallel: int = 64
+
+    @property
+    def queue_name(self) -> str:
+        """The batch queue: instances with another STORAGE_PREFIX on the same account have their own."""
+        return self.batch_queue or f"{self.storage_prefix.lower()}-batch"
 
     @property
     def outbound_port_list(self) -> list[int]:
@@ -147,8 +166,10 @@ class Settings:
             previous = getattr(self, f"{key}_previous")
             if previous and (len(previous) < 32 or _PLACEHOLDER in previous):
                 raise ConfigError(f"setting {key.upper()}_PREVIOUS must be empty or a secret of at least 32 characters")
-        if not self.storage_connection_string and not (self.storage_blob_endpoint and self.storage_table_endpoint):
-            raise ConfigError("set STORAGE_CONNECTION_STRING, or STORAGE_BLOB_ENDPOINT and STORAGE_TABLE_ENDPOINT")
+        if not self.storage_connection_string and not (self.storage_blob_endpoint and self.storage_table_endpoint
+                                                       and self.storage_queue_endpoint):
+            raise ConfigError("set STORAGE_CONNECTION_STRING, or STORAGE_BLOB_ENDPOINT, STORAGE_TABLE_ENDPOINT and "
+                              "STORAGE_QUEUE_ENDPOINT")
         if not self.storage_prefix.isalnum() or not self.storage_prefix[:1].isalpha():
             raise ConfigError("setting STORAGE_PREFIX must be letters and digits, starting with a letter")
         if self.aad_default_role not in (*ROLES, "none"):
@@ -180,6 +201,12 @@ class Settings:
                 raise ConfigError(f"setting {key.upper()} must be at least 1")
         if not 0 < self.storage_timeout_seconds <= 60:
             raise ConfigError("setting STORAGE_TIMEOUT_SECONDS must be between 0 and 60")
+        if not _QUEUE_NAME.fullmatch(self.queue_name) or "--" in self.queue_name:
+            raise ConfigError("setting BATCH_QUEUE must be 3-56 lower-case letters, digits or single hyphens, "
+                              "starting and ending with a letter or digit")
+        for key in ("batch_max_records", "batch_max_bytes", "batch_chunk_rows", "batch_max_parallel"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"setting {key.upper()} must be at least 1")
         if not 0 < self.execution_timeout_seconds <= 200:
             # Azure answers 504 after 230 s whatever the function does.
             raise ConfigError("setting EXECUTION_TIMEOUT_SECONDS must be between 0 and 200")

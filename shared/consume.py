@@ -18,10 +18,11 @@ log = logging.getLogger("o16n.consume")
 
 
 def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool = True,
-            deadline: float | None = None, handovers: int = 0) -> dict:
+            deadline: float | None = None, handovers: int = 0, deaths: int = 0) -> dict:
     """One call; its load, the call and any retry share one EXECUTION_TIMEOUT_SECONDS budget.
     A call that never reached its worker (retired meanwhile: the service was changed) goes to
-    the next one, a few times."""
+    the next one, a few times; so does one whose worker died under it, `deaths` times (batch
+    records: a worker ended from outside must not fail the record it was scoring)."""
     deadline = deadline or time.monotonic() + get_settings().execution_timeout_seconds
     svc, key, message = _checked(user, name, version, body, cached_only=False)
 
@@ -42,8 +43,12 @@ def consume(user: Principal, name: str, version: str, body: dict, *, retry: bool
             raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found") from None
         return consume(user, name, version, body, retry=False, deadline=deadline)
     except ServiceLoadFailed as exc:
-        return _failed(svc, exc.message)
+        return failed(svc, exc.message)
     except (WorkerBusy, WorkerTimeout, WorkerDied) as exc:
+        if deaths and isinstance(exc, WorkerDied):
+            _retire(key, worker)
+            return consume(user, name, version, body, retry=retry, deadline=deadline, handovers=handovers,
+                           deaths=deaths - 1)
         answer = _worker_failed(svc, key, exc, retry or handovers < _HANDOVERS, worker)
         if answer is None:
             return consume(user, name, version, body, retry=False, deadline=deadline, handovers=handovers + 1)
@@ -123,10 +128,15 @@ def _checked(user: Principal, name: str, version: str, body: dict, *,
     svc = services.cached(name, version, cached_only=cached_only)
     if not services.visible(user, svc):
         raise NotFound(f"service '{name[:128]}' version '{version[:128]}' not found")
+    return svc, (svc["PartitionKey"], svc["RowKey"]), {"op": "consume", "inputs": checked_inputs(svc, body)}
+
+
+def checked_inputs(svc: dict, body: dict) -> dict:
+    """:raises BadRequest: naming the input"""
     inputs = types.check_inputs(svc["_inputs"], body)
     if svc["_realtime"] is not None:
         inputs = realtime.check_columns(svc["_realtime"], realtime.columns_of(inputs[realtime.INPUT]))
-    return svc, (svc["PartitionKey"], svc["RowKey"]), {"op": "consume", "inputs": inputs}
+    return inputs
 
 
 def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool,
@@ -138,10 +148,10 @@ def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool,
     _retire(key, worker)
     if isinstance(exc, WorkerTimeout):
         timeout = get_settings().execution_timeout_seconds
-        return _failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
+        return failed(svc, f"the service did not answer within {timeout:g} seconds and was stopped")
     if getattr(exc, "earlier", False) and retry:
         return None
-    return _failed(svc, str(exc))
+    return failed(svc, str(exc))
 
 
 def _retire(key: tuple[str, str], worker: pool.Worker | None) -> None:
@@ -154,7 +164,7 @@ def _retire(key: tuple[str, str], worker: pool.Worker | None) -> None:
 def _answer(svc: dict, key: tuple[str, str], reply: dict, worker: pool.Worker) -> dict:
     if not reply.pop("ok", False):
         _retire(key, worker)
-        return _failed(svc, reply.get("error", "the worker failed"))
+        return failed(svc, reply.get("error", "the worker failed"))
     return reply
 
 
@@ -168,9 +178,10 @@ class ServiceLoadFailed(Exception):
         self.message = message
 
 
-def _failed(svc: dict, message: str) -> dict:
+def failed(svc: dict | None, message: str) -> dict:
+    """A WebServiceResult for a call that failed (`svc` None: the service is gone)."""
     out = {"success": False, "errorMessage": message, "consoleOutput": "", "changedFiles": [],
            "outputParameters": {}}
-    if svc["_files"]:
+    if svc and svc["_files"]:
         out["outputFiles"] = {f: None for f in svc["_files"]}
     return out

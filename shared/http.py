@@ -208,20 +208,25 @@ def read_large_json(req: func.HttpRequest, *, required: bool = True) -> dict[str
 
 def read_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]:
     """The request's JSON object body; an empty body is `{}` unless required."""
-    ctype = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
     raw = req.get_body() or b""
     if not raw.strip():
         if required:
             raise BadRequest("a JSON object body is required")
         return {}
+    value = parse_json(json_body(req))
+    if not isinstance(value, dict):
+        raise BadRequest("the JSON body must be an object")
+    return value
+
+
+def json_body(req: func.HttpRequest) -> bytes:
+    """The raw body, sent as JSON. :raises UnsupportedMediaType:"""
+    ctype = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
     # Not text/plain nor a missing type: those a page on another site can send without a CORS preflight.
     if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
         raise UnsupportedMediaType(f"send the body with 'Content-Type: application/json', not "
                                    f"{ctype[:64] or 'no Content-Type'}")
-    value = parse_json(raw)
-    if not isinstance(value, dict):
-        raise BadRequest("the JSON body must be an object")
-    return value
+    return req.get_body() or b""
 
 
 def client_address(req: func.HttpRequest) -> str:

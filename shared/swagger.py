@@ -35,7 +35,17 @@ _ERROR_HEADERS = {
 }
 # Path parameters by name: what the server checks them against
 _PATH = {"name": models.NAME, "version": models.NAME, "id": models.UUID, "snapshotId": models.UUID,
-         "objectName": models.OBJECT_NAME, "fileName": models.NAME}
+         "objectName": models.OBJECT_NAME, "fileName": models.NAME, "executionId": models.UUID,
+         "index": {"type": "integer", "minimum": 0, "maximum": 999999999, "description": "the record's position "
+                   "in the batch, from 0"}}
+_PARTIAL = {"type": "boolean", "description": "the results of the records scored so far (else none until all are)"}
+# Optional query parameters by name
+QUERY = {
+    "parallelCount": {"type": "integer", "minimum": 1, "description": "records scored at once, at most "
+                      "BATCH_MAX_PARALLEL (default 10)"},
+    "showPartialResults": _PARTIAL,
+    "showPartialResult": {**_PARTIAL, "description": "the same, as ML Server's Python client spells it"},
+}
 HEADERS = {
     "If-Match": {"name": "If-Match", "in": "header", "required": False, "type": "string",
                  "description": "the version's ETag as last read (GET or PATCH): the request is refused with 412 "
@@ -51,7 +61,8 @@ _AUTH = {"securityDefinitions": {"Bearer": {"type": "apiKey", "name": "Authoriza
 def _path_parameter(name: str) -> dict:
     schema = _PATH[name]
     return {"name": name, "in": "path", "required": True,
-            **{k: schema[k] for k in ("type", "pattern", "maxLength", "description") if k in schema}}
+            **{k: schema[k] for k in ("type", "pattern", "maxLength", "minimum", "maximum", "description")
+               if k in schema}}
 
 
 def operation_entry(op: Operation, *, body_schema: dict | None = None, path: str | None = None,
@@ -60,6 +71,7 @@ def operation_entry(op: Operation, *, body_schema: dict | None = None, path: str
     literal path and operationId."""
     params = [_path_parameter(p) for p in re.findall(r"\{(\w+)\}", path if path is not None else op.route)]
     params += [{"name": q, "in": "query", "required": True, "type": "string", "minLength": 1} for q in op.query]
+    params += [{"name": q, "in": "query", "required": False, **QUERY[q]} for q in op.optional_query]
     params += [HEADERS[h] for h in op.headers]
     entry: dict = {"tags": tags or [op.tag], "operationId": operation_id or op.operation_id, "summary": op.summary}
     if op.body == "octet":
@@ -152,14 +164,44 @@ def service_document(user: Principal, name: str, version: str) -> dict:
         "paths": {
             "/login": {"post": operation_entry(ops["login"])},
             f"/api/{name}/{version}": {"post": consume},
+            **_batch_paths(ops, name, version),
         },
         "definitions": {
             "InputParameters": _params(ws["inputParameterDefinitions"], inputs=True),
             "OutputParameters": _params(ws["outputParameterDefinitions"], inputs=False),
             "WebServiceResult": result,
+            **_BATCH_DEFINITIONS,
             **{m: models.DEFINITIONS[m] for m in ("LoginRequest", "AccessTokenResponse", "Error")},
         },
     }
+
+
+def _batch_paths(ops: dict[str, Operation], name: str, version: str) -> dict:
+    """The batch operations of the service, on its literal path."""
+    paths: dict[str, dict] = {}
+    for op in ops.values():
+        if op.route.startswith("api/{name}/{version}/batch"):
+            path = "/" + op.route.replace("{name}", name).replace("{version}", version)
+            body = {"type": "array", "minItems": 1, "items": {"$ref": "#/definitions/InputParameters"}}
+            paths.setdefault(path, {})[op.method.lower()] = operation_entry(
+                op, path=path, tags=[name], body_schema=body if op.body else None)
+    return paths
+
+
+_BATCH_DEFINITIONS = {
+    "StartBatchExecutionResponse": {"type": "object", "properties": {
+        "batchExecutionId": {"type": "string"},
+        "BatchExecutionId": {"type": "string", "description": "the same, as ML Server's Python client reads it"}}},
+    "BatchWebServiceResult": {"type": "object", "properties": {
+        "state": {"type": "string", "enum": ["Pending", "InProgress", "Complete", "Failed"],
+                  "description": "Complete: every record was scored (each result says whether it succeeded); "
+                                 "Failed: some records could not be scored (their results say why)"},
+        "completedItemCount": {"type": "integer"}, "totalItemCount": {"type": "integer"},
+        "batchExecutionResults": {"type": "array", "items": {"$ref": "#/definitions/WebServiceResult"},
+                                  "description": "in input order: all of them once the batch is done; before, "
+                                                 "with showPartialResults, those scored so far up to the first "
+                                                 "that is not"}}},
+}
 
 
 def core_document() -> dict:

@@ -26,6 +26,7 @@ def reset_caches() -> None:
     get_settings.cache_clear()
     _clients._blob_service.cache_clear()
     _clients._table_service.cache_clear()
+    _clients._queue_service.cache_clear()
     _clients._ready.clear()
 
 

@@ -16,6 +16,7 @@ from azure.core.exceptions import (AzureError, HttpResponseError, ResourceExists
                                    ResourceNotFoundError, ServiceRequestError)
 from azure.data.tables import TableClient, TableServiceClient
 from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import QueueClient, QueueServiceClient
 
 from ..config import get_settings
 from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge, PreconditionFailed, StorageUnavailable
@@ -102,6 +103,27 @@ def _table_service() -> TableServiceClient:
         return TableServiceClient.from_connection_string(s.storage_connection_string, **_kwargs())
     from azure.identity import DefaultAzureCredential
     return TableServiceClient(s.storage_table_endpoint, credential=DefaultAzureCredential(), **_kwargs())
+
+
+@lru_cache(maxsize=1)
+def _queue_service() -> QueueServiceClient:
+    s = get_settings()
+    if s.storage_connection_string:
+        return QueueServiceClient.from_connection_string(s.storage_connection_string, **_kwargs())
+    from azure.identity import DefaultAzureCredential
+    return QueueServiceClient(s.storage_queue_endpoint, credential=DefaultAzureCredential(), **_kwargs())
+
+
+def queue(name: str) -> QueueClient:
+    client = _queue_service().get_queue_client(name)
+    if name not in _ready:
+        with translated("queue"):
+            try:
+                client.create_queue()
+            except ResourceExistsError:
+                pass
+            _ready.add(name)
+    return client
 
 
 def table(suffix: str) -> TableClient:

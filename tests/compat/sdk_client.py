@@ -73,6 +73,33 @@ answer = res.output("answer")
 seen["consume"] = {"type": type(answer).__name__, "value": float(answer["am_Pred"][0]), "expected": expected,
                    "console": res.console_output, "error": res.error,
                    "artifact": res.artifact("answer.csv").decode(), "missing_artifact": res.artifacts["image.png"]}
+# asynchronous batch, as ML Server's documentation drives it
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+records = cars[["hp", "wt"]].head(12).astype(float)
+batch = service.batch(records, parallel_count=3).start  # `start` is a property in this SDK
+execution_id = batch.execution_id
+deadline = time.time() + 180
+while True:
+    done = batch.results(show_partial_results=False)
+    if done.state in ("Complete", "Failed") or time.time() > deadline:
+        break
+    time.sleep(0.5)
+download_to = tempfile.mkdtemp()
+seen["batch"] = {
+    "state": done.state, "completed": done.completed_item_count, "total": done.total_item_count,
+    "values": [float(done.execution(i).output("answer")["am_Pred"][0]) for i in range(12)],
+    "expected": [float(p) for p in cars_model.predict_proba(records)[:, 1]],
+    "listed": execution_id in service.list_batch_executions(),
+    "again": service.get_batch(execution_id).results(show_partial_results=True).completed_item_count,
+    "artifacts": batch.list_artifacts(0),
+    "artifact": batch.artifact(0, "answer.csv").decode().splitlines()[0],
+    "downloaded": [p.rsplit("/", 1)[1] for p in batch.download(0, "answer.csv", destination=download_to)],
+}
+batch.cancel()
+seen["batch"]["after_cancel"] = execution_id in service.list_batch_executions()
+
 caps = service.capabilities()
 seen["capabilities"] = {k: caps[k] for k in ("name", "version", "published_by", "runtime", "description",
                                              "operation_id", "artifacts")}

@@ -46,12 +46,23 @@ def test_deploy_with_code_fn_init_fn_models_and_artifacts_then_consume(seen):
     assert c["artifact"].splitlines()[0] == "am_Pred" and c["missing_artifact"] is None
 
 
+def test_the_sdks_batch_flow(seen):
+    b = seen["batch"]
+    assert (b["state"], b["completed"], b["total"]) == ("Complete", 12, 12)
+    assert b["values"] == pytest.approx(b["expected"])
+    assert b["listed"] and b["again"] == 12
+    assert b["artifacts"] == ["answer.csv"] and b["artifact"] == "am_Pred"
+    assert b["downloaded"] == ["answer.csv"]
+    assert b["after_cancel"] is False
+
+
 def test_capabilities_and_swagger_as_the_sdk_reads_them(seen):
     assert seen["capabilities"] == {"name": "TxService", "version": "1.0", "published_by": "alice",
                                     "runtime": "Python", "description": "My first python model",
                                     "operation_id": "manualTransmission", "artifacts": ["answer.csv", "image.png"],
                                     "inputs": ["hp", "wt"]}
     assert "/api/TxService/1.0" in seen["swagger_paths"]
+    assert "/api/TxService/1.0/batch/{executionId}" in seen["swagger_paths"]
 
 
 def test_typed_inputs_and_outputs_decode_to_the_declared_python_types(seen):

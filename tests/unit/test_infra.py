@@ -34,6 +34,7 @@ def test_storage_is_reached_by_identity_only(doc):
 def test_every_setting_without_a_default_is_set(doc):
     settings = {s["name"] for s in doc["resources"]["app"]["config"]["properties"]["siteConfig"]["appSettings"]}
     assert {"TOKEN_SIGNING_KEY", "SNAPSHOT_SIGNING_KEY", "STORAGE_BLOB_ENDPOINT", "STORAGE_TABLE_ENDPOINT",
+            "STORAGE_QUEUE_ENDPOINT", "BATCH_QUEUE",
             "AzureWebJobsStorage__accountName"} <= settings
     # Flex Consumption refuses these as app settings
     assert not settings & {"FUNCTIONS_WORKER_RUNTIME", "WEBSITE_RUN_FROM_PACKAGE", "FUNCTIONS_EXTENSION_VERSION"}
