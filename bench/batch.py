@@ -21,7 +21,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from devhost.__main__ import free_port, port_open, start_azurite, stop  # noqa: E402
+from devhost.__main__ import azurite_connection_string, free_port, port_open, start_azurite, stop  # noqa: E402
 
 TRAIN = ("from sklearn.datasets import load_iris\nfrom sklearn.linear_model import LogisticRegression\n"
          "X, y = load_iris(return_X_y=True)\nmodel = LogisticRegression(max_iter=1000).fit(X, y)\n"
@@ -96,8 +96,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    ports = free_port(), free_port(), free_port()
-    azurite, conn = start_azurite(*ports, location=None)
+    blob, queue, table = free_port(), free_port(), free_port()
+    azurite = start_azurite(blob, table, queue_port=queue, location=None)
+    conn = azurite_connection_string(blob, table, queue_port=queue)
     password = secrets.token_urlsafe(12)
     env = {**os.environ, "STORAGE_CONNECTION_STRING": conn, "AzureWebJobsStorage": conn,
            "TOKEN_SIGNING_KEY": secrets.token_urlsafe(48), "SNAPSHOT_SIGNING_KEY": secrets.token_urlsafe(48),
