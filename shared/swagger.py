@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from . import ids, models, services, types
 from .auth import Principal
+from .config import get_settings
 
 if TYPE_CHECKING:
     from .api import Operation
@@ -41,8 +42,7 @@ _PATH = {"name": models.NAME, "version": models.NAME, "id": models.UUID, "snapsh
 _PARTIAL = {"type": "boolean", "description": "the results of the records scored so far (else none until all are)"}
 # Optional query parameters by name
 QUERY = {
-    "parallelCount": {"type": "integer", "minimum": 1, "description": "records scored at once, at most "
-                      "BATCH_MAX_PARALLEL (default 10)"},
+    "parallelCount": {"type": "integer", "minimum": 1, "description": "records scored at once (default 10)"},
     "showPartialResults": _PARTIAL,
     "showPartialResult": {**_PARTIAL, "description": "the same, as ML Server's Python client spells it"},
 }
@@ -65,13 +65,19 @@ def _path_parameter(name: str) -> dict:
                if k in schema}}
 
 
+def _query(name: str) -> dict:
+    if name == "parallelCount":  # its bound is a setting
+        return {**QUERY[name], "maximum": get_settings().batch_max_parallel}
+    return QUERY[name]
+
+
 def operation_entry(op: Operation, *, body_schema: dict | None = None, path: str | None = None,
                     operation_id: str | None = None, tags: list[str] | None = None) -> dict:
     """The swagger operation object of `op`; a service's document gives its own consume body,
     literal path and operationId."""
     params = [_path_parameter(p) for p in re.findall(r"\{(\w+)\}", path if path is not None else op.route)]
     params += [{"name": q, "in": "query", "required": True, "type": "string", "minLength": 1} for q in op.query]
-    params += [{"name": q, "in": "query", "required": False, **QUERY[q]} for q in op.optional_query]
+    params += [{"name": q, "in": "query", "required": False, **_query(q)} for q in op.optional_query]
     params += [HEADERS[h] for h in op.headers]
     entry: dict = {"tags": tags or [op.tag], "operationId": operation_id or op.operation_id, "summary": op.summary}
     if op.body == "octet":
