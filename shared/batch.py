@@ -18,13 +18,15 @@ import logging
 import math
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import consume, ids, services
 from .auth import Principal
 from .config import get_settings
-from .errors import ApiError, BadRequest, Conflict, IntegrityFailed, NotFound, PayloadTooLarge, Unavailable
+from .errors import (ApiError, BadRequest, Conflict, IntegrityFailed, NotFound, PayloadTooLarge, ServiceBusy,
+                     Unavailable)
 from .http import parse_json
 from .storage import blobs, queues
 from .storage.entities import Entities
@@ -38,6 +40,8 @@ _COMMITTED, _ERROR = "c-", "e-"  # row keys of committed chunks and of a chunk's
 _IO_THREADS = 8
 #: how many times a record is sent again when its worker is ended under it from outside
 _DEATHS = 2
+#: how long a record waits for a worker busy with other calls before its chunk is tried later
+_BUSY_SECONDS = 300
 
 
 # --- the API ----------------------------------------------------------------------------------
@@ -188,14 +192,21 @@ def _score_chunk(row: dict, owner: Principal, c: int) -> None:
 
 
 def _score(owner: Principal, name: str, version: str, svc: dict, record: dict) -> dict:
-    """One record's WebServiceResult. :raises Unavailable: (storage, a busy worker): the chunk is
-    tried again later"""
-    try:
-        return consume.consume(owner, name, version, record, deaths=_DEATHS)
-    except Unavailable:
-        raise
-    except ApiError as exc:  # this record's own problem (its inputs, the service gone meanwhile)
-        return consume.failed(svc, exc.message)
+    """One record's WebServiceResult; a worker busy with other calls is waited for (a lane is
+    one record at a time: it only ever waits for others). :raises Unavailable: storage, or a
+    worker busy for _BUSY_SECONDS: the chunk is tried again later"""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            return consume.consume(owner, name, version, record, deaths=_DEATHS)
+        except ServiceBusy:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        except Unavailable:
+            raise
+        except ApiError as exc:  # this record's own problem (its inputs, the service gone meanwhile)
+            return consume.failed(svc, exc.message)
 
 
 def _commit(row: dict, c: int, results: list[dict], *, failed: bool) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from . import realtime, services, types, workspaces
 from .auth import Principal
 from .config import get_settings
-from .errors import NeedsStorage, NotFound, Unavailable
+from .errors import NeedsStorage, NotFound, ServiceBusy
 from .sandbox import pool
 from .sandbox.pool import WorkerBusy, WorkerDied, WorkerTimeout
 
@@ -142,9 +142,9 @@ def checked_inputs(svc: dict, body: dict) -> dict:
 def _worker_failed(svc: dict, key: tuple[str, str], exc: Exception, retry: bool,
                    worker: pool.Worker | None) -> dict | None:
     """The answer to a call its worker failed; None when it is to be tried again on a fresh
-    worker (an earlier call broke this one). :raises Unavailable: the worker stayed busy"""
+    worker (an earlier call broke this one). :raises ServiceBusy: the worker stayed busy"""
     if isinstance(exc, WorkerBusy):
-        raise Unavailable("the service is busy with other calls; try again", retry_after=1) from None
+        raise ServiceBusy("the service is busy with other calls; try again", retry_after=1) from None
     _retire(key, worker)
     if isinstance(exc, WorkerTimeout):
         timeout = get_settings().execution_timeout_seconds

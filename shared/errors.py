@@ -73,6 +73,10 @@ class Unavailable(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class ServiceBusy(Unavailable):
+    """Every worker of the service stayed busy with other calls: nothing was run."""
+
+
 class StorageUnavailable(Unavailable):
     """Storage did not answer, or failed on its side: a write may or may not have happened, so
     what it would have referenced must not be deleted."""
