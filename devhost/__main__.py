@@ -63,26 +63,27 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def azurite_connection_string(blob_port: int, table_port: int) -> str:
+def azurite_connection_string(blob_port: int, table_port: int, *, queue_port: int) -> str:
     key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
     return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};"
             f"BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
+            f"QueueEndpoint=http://127.0.0.1:{queue_port}/devstoreaccount1;"
             f"TableEndpoint=http://127.0.0.1:{table_port}/devstoreaccount1;")
 
 
-def start_azurite(blob_port: int, table_port: int, *, location: Path | None) -> list[subprocess.Popen]:
-    """azurite-blob and azurite-table (no queue), with the flags Node 20's Azurite needs."""
+def start_azurite(blob_port: int, table_port: int, *, queue_port: int,
+                  location: Path | None) -> list[subprocess.Popen]:
+    """azurite-blob, azurite-queue and azurite-table, with the flags Node 20's Azurite needs."""
     bin_dir = ROOT / "node_modules" / ".bin"
     common = ["--silent", "--disableTelemetry", "--skipApiVersionCheck"]
     common += ["--location", str(location)] if location else ["--inMemoryPersistence"]
-    procs = [subprocess.Popen([str(bin_dir / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort",
-                               str(blob_port), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True),
-             subprocess.Popen([str(bin_dir / "azurite-table"), "--tableHost", "127.0.0.1", "--tablePort",
-                               str(table_port), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)]
+    ports = {"blob": blob_port, "queue": queue_port, "table": table_port}
+    procs = [subprocess.Popen([str(bin_dir / f"azurite-{service}"), f"--{service}Host", "127.0.0.1",
+                               f"--{service}Port", str(port), *common], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+             for service, port in ports.items()]
     deadline = time.monotonic() + 30
-    while not (port_open(blob_port) and port_open(table_port)):
+    while not all(port_open(port) for port in ports.values()):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             stop(procs)
             raise SystemExit("Azurite did not start; run 'npm ci' and check that Node 20 is installed")
@@ -132,16 +133,23 @@ def serve(host: str, port: int) -> None:
 def run(port: int) -> None:
     password = prepare_settings()
     load_settings()
-    m = re.search(r"BlobEndpoint=http://127\.0\.0\.1:(\d+)/.*TableEndpoint=http://127\.0\.0\.1:(\d+)/",
-                  os.environ.get("STORAGE_CONNECTION_STRING", ""))
-    blob_port, table_port = (int(m.group(1)), int(m.group(2))) if m else (10000, 10002)
-    if port_open(blob_port) or port_open(table_port):
-        blob_port, table_port = free_port(), free_port()
-        print(f"ports 10000/10002 are taken: Azurite runs on {blob_port}/{table_port} instead")
-    os.environ["STORAGE_CONNECTION_STRING"] = azurite_connection_string(blob_port, table_port)
+    # The ports local.settings.json names (Azurite's own 10000-10002 by default), unless taken.
+    named = dict(re.findall(r"(Blob|Queue|Table)Endpoint=http://127\.0\.0\.1:(\d+)/",
+                            os.environ.get("STORAGE_CONNECTION_STRING", "")))
+    ports = {"Blob": 10000, "Queue": 10001, "Table": 10002} | {k: int(v) for k, v in named.items()}
+    if any(port_open(p) for p in ports.values()):
+        taken = "/".join(str(p) for p in ports.values())
+        ports = {k: free_port() for k in ports}
+        print(f"ports {taken} are taken: Azurite runs on {'/'.join(str(p) for p in ports.values())} instead")
+    blob_port, queue_port, table_port = ports["Blob"], ports["Queue"], ports["Table"]
+    conn = azurite_connection_string(blob_port, table_port, queue_port=queue_port)
+    os.environ["STORAGE_CONNECTION_STRING"] = conn
+    # The host's own storage (queue triggers): this Azurite, not the sample's
+    # UseDevelopmentStorage=true, which means the fixed ports 10000-10002.
+    os.environ["AzureWebJobsStorage"] = conn
     data_dir = ROOT / ".azurite"
     data_dir.mkdir(exist_ok=True)
-    procs = start_azurite(blob_port, table_port, location=data_dir)
+    procs = start_azurite(blob_port, table_port, queue_port=queue_port, location=data_dir)
     print(f"""
 o16n is serving on http://localhost:{port}   (Azurite data in .azurite/, Ctrl-C stops both)
 
