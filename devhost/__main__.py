@@ -109,22 +109,32 @@ def serve(host: str, port: int) -> None:
 
     sys.path.insert(0, str(ROOT))
     from devhost.host import FunctionHost, route_prefix_of
+    from devhost.queues import QueueRunner
     from function_app import app
 
     from shared.config import get_settings
     get_settings()  # a bad setting stops start-up here, with its name, not on the first request
+    # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
+    asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
+                        max_body_bytes=get_settings().max_request_bytes + (1 << 20))
+    # Queue-triggered functions, checked before anything starts (a wrong one stops the start
+    # with what to fix); their sync handlers run in the HTTP functions' thread pool.
+    queues = QueueRunner(app, host_json=ROOT / "host.json", executor=asgi.executor,
+                         storage_timeout=get_settings().storage_timeout_seconds, directory=str(ROOT))
     from shared.sandbox import pool
     pool.spares.fill()  # so the first call does not wait for scikit-learn to import
     from shared import accounts
     accounts.sweep_soon()  # in the background: storage that stalls must not hold the start
-    # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
-    asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
-                        max_body_bytes=get_settings().max_request_bytes + (1 << 20))
+    asgi.on_shutdown.append(queues.stop_receiving)
+    queues.start()
     try:
         # proxy_headers off: uvicorn would otherwise take a client-sent X-Forwarded-For as the peer.
         uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on",
                     proxy_headers=False)
     finally:
+        # Invocations still running get DEVHOST_QUEUE_SHUTDOWN_SECONDS; their messages are never
+        # deleted unless they finish, and reappear when their invisibility lapses.
+        queues.stop()
         # Here, while the thread that starts workers still runs (at exit it is gone already):
         # a spare being prepared in the background is ended with its folder before the end.
         pool.shutdown()
@@ -191,6 +201,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     stop_like_ctrl_c()
+    from devhost.queues import QueueSetupError
     from shared.errors import ConfigError
 
     try:
@@ -202,7 +213,7 @@ def main() -> None:
                 pass  # exits normally: serve() closed the workers and templates
         else:
             run(args.port)
-    except ConfigError as exc:  # a wrong setting: its name and the fix, not a traceback
+    except (ConfigError, QueueSetupError) as exc:  # a wrong setting: its name and the fix, not a traceback
         raise SystemExit(f"o16n cannot start: {exc}") from None
 
 
