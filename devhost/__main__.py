@@ -104,6 +104,10 @@ def stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
+#: the queue runner of `serve`, for main's exit
+_queue_runners: list = []
+
+
 def serve(host: str, port: int) -> None:
     import uvicorn
 
@@ -126,6 +130,7 @@ def serve(host: str, port: int) -> None:
     from shared import accounts
     accounts.sweep_soon()  # in the background: storage that stalls must not hold the start
     asgi.on_shutdown.append(queues.stop_receiving)
+    _queue_runners.append(queues)
     queues.start()
     try:
         # proxy_headers off: uvicorn would otherwise take a client-sent X-Forwarded-For as the peer.
@@ -134,10 +139,12 @@ def serve(host: str, port: int) -> None:
     finally:
         # Invocations still running get DEVHOST_QUEUE_SHUTDOWN_SECONDS; their messages are never
         # deleted unless they finish, and reappear when their invisibility lapses.
-        queues.stop()
-        # Here, while the thread that starts workers still runs (at exit it is gone already):
-        # a spare being prepared in the background is ended with its folder before the end.
-        pool.shutdown()
+        try:
+            queues.stop()
+        finally:
+            # Here, while the thread that starts workers still runs (at exit it is gone already):
+            # a spare being prepared in the background is ended with its folder before the end.
+            pool.shutdown()
 
 
 def run(port: int) -> None:
@@ -215,6 +222,17 @@ def main() -> None:
             run(args.port)
     except (ConfigError, QueueSetupError) as exc:  # a wrong setting: its name and the fix, not a traceback
         raise SystemExit(f"o16n cannot start: {exc}") from None
+    _end_unfinished_queue_functions()
+
+
+def _end_unfinished_queue_functions() -> None:
+    """Everything is stopped: a sync queue function still running past the grace (its message
+    left to reappear) would hold the exit until it returns, as the interpreter joins the thread
+    pool's threads. The Functions host ends its worker process then; so does this."""
+    if any(r.unfinished() for r in _queue_runners):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

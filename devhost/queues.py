@@ -29,6 +29,7 @@ import re
 import threading
 import typing
 import uuid
+import concurrent.futures
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,7 +363,7 @@ class _Listener:
             for message in messages:
                 task = asyncio.create_task(self._process(message))
                 self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+                task.add_done_callback(self._processed)
             if not messages:
                 delay = self.backoff.next(found_since_delay)
                 found_since_delay = False
@@ -371,6 +372,11 @@ class _Listener:
             found_since_delay = True
             while len(self.in_flight) > opts.new_batch_threshold and not runner.stopping.is_set():
                 await runner.first_of(self.in_flight)
+
+    def _processed(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug here, not in the function
+            log.error("%s: handling a message failed", self.target.name, exc_info=task.exception())
 
     # -- storage calls (in the runner's I/O threads) ------------------------------------------
     def _create_queue(self) -> None:
@@ -453,12 +459,13 @@ class _Listener:
                 await target.fn(**kwargs)
             else:
                 try:
-                    pending = asyncio.get_running_loop().run_in_executor(runner.executor,
-                                                                         functools.partial(target.fn, **kwargs))
+                    running = runner.executor.submit(functools.partial(target.fn, **kwargs))
                 except RuntimeError:  # the host's pool is shut down: we are stopping
                     raise _NotRun from None
+                runner.sync_running.add(running)
+                running.add_done_callback(runner.sync_running.discard)
                 try:
-                    out = await pending
+                    out = await asyncio.wrap_future(running)
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if task is not None and not task.cancelling():
@@ -475,10 +482,11 @@ class _Listener:
             return False
 
     async def _renew(self, held: _Held) -> None:
-        """Keeps the message invisible while its function runs: at half the invisibility, sooner
-        after a failed try; stops once the message is no longer ours."""
+        """Keeps the message invisible while its function runs: at half the invisibility, and
+        after failed tries sooner and sooner (the host's linear speed-up, down to a fifth of that);
+        stops once the message is no longer ours."""
         normal = self.runner.invisibility / 2
-        interval = normal
+        interval, failures = normal, 0
         while True:
             try:
                 await asyncio.wait_for(held.done.wait(), interval)
@@ -488,14 +496,15 @@ class _Listener:
             try:
                 updated = await self.runner.io(self.queue.update_message, held.id, pop_receipt=held.pop_receipt,
                                                visibility_timeout=self.runner.invisibility)
-                held.pop_receipt, interval = updated.pop_receipt, normal
+                held.pop_receipt, interval, failures = updated.pop_receipt, normal, 0
             except Exception as exc:  # noqa: BLE001
                 if _is_gone(exc):
                     log.warning("%s: message %s was taken back from this host (%s)", self.target.name, held.id,
                                 _described(exc))
                     held.lost = True
                     return
-                interval = max(MIN_POLL_SECONDS, interval / 2)
+                failures += 1
+                interval = max(normal / 5, normal / (failures + 1))
                 log.warning("%s: renewing message %s failed (%s); trying again in %.1f s", self.target.name,
                             held.id, _described(exc), interval)
 
@@ -561,6 +570,8 @@ class QueueRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._io_pending: set[asyncio.Future[Any]] = set()
+        #: sync invocations submitted to `executor` and not yet returned
+        self.sync_running: set[concurrent.futures.Future[Any]] = set()
         self.stopping = asyncio.Event()  # set on the runner's loop (bound to it at first use)
 
     def start(self) -> None:
@@ -582,13 +593,19 @@ class QueueRunner:
 
     def stop(self) -> None:
         """Stop receiving, give running invocations the grace period, leave what is unfinished
-        to reappear. Returns when the runner's thread is done (or gives up on it)."""
+        to reappear. Returns when the runner's thread is done (or gives up on it). A sync
+        function still running goes on in its thread, its result ignored: see `unfinished`."""
         self.stop_receiving()
         if self._thread is not None:
             self._thread.join(self.grace + self.storage_timeout + 5)
         if self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
         self._io_pool.shutdown(wait=False, cancel_futures=True)
+
+    def unfinished(self) -> int:
+        """Sync invocations still running in their threads (after `stop`: past the grace). The
+        Functions host ends its worker process then; the local host's process exits without them."""
+        return sum(1 for f in list(self.sync_running) if not f.done())
 
     # -- on the runner's loop ------------------------------------------------------------------
     def _run(self) -> None:
