@@ -210,10 +210,11 @@ def main() -> None:
         name, _, path = t.partition(":")
         hosts[name] = (Path(path).resolve(), {})
 
-    blob_port, table_port = free_port(), free_port()
-    azurite = start_azurite(blob_port, table_port, location=None)
+    blob_port, table_port, queue_port = free_port(), free_port(), free_port()
+    azurite = start_azurite(blob_port, table_port, queue_port=queue_port, location=None)
     password = secrets.token_urlsafe(12)
-    env = {**os.environ, "STORAGE_CONNECTION_STRING": azurite_connection_string(blob_port, table_port),
+    conn = azurite_connection_string(blob_port, table_port, queue_port=queue_port)
+    env = {**os.environ, "STORAGE_CONNECTION_STRING": conn, "AzureWebJobsStorage": conn,
            "TOKEN_SIGNING_KEY": secrets.token_urlsafe(48), "SNAPSHOT_SIGNING_KEY": secrets.token_urlsafe(48),
            "LOCAL_ADMIN_PASSWORD": password}
     floor_port = free_port()

@@ -137,13 +137,14 @@ class Soak:
         env.pop("PORT", None)
         from shared.config import Settings
 
-        env["STORAGE_CONNECTION_STRING"] = azurite_connection_string(1, 2)  # for the check only
+        env["STORAGE_CONNECTION_STRING"] = azurite_connection_string(1, 2, queue_port=3)  # for the check only
         return env, Settings.from_env(env)
 
     def run(self) -> None:
-        blob, table = free_port(), free_port()
-        self.env["STORAGE_CONNECTION_STRING"] = azurite_connection_string(blob, table)
-        self.azurite = start_azurite(blob, table, location=self.dir / "azurite")
+        blob, table, queue = free_port(), free_port(), free_port()
+        conn = azurite_connection_string(blob, table, queue_port=queue)
+        self.env["STORAGE_CONNECTION_STRING"] = self.env["AzureWebJobsStorage"] = conn
+        self.azurite = start_azurite(blob, table, queue_port=queue, location=self.dir / "azurite")
         for p in self.azurite:
             self.sampler.remember(p.pid, "Azurite")
         port = self.args.port or free_port()

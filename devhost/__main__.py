@@ -63,26 +63,27 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def azurite_connection_string(blob_port: int, table_port: int) -> str:
+def azurite_connection_string(blob_port: int, table_port: int, *, queue_port: int) -> str:
     key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
     return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};"
             f"BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
+            f"QueueEndpoint=http://127.0.0.1:{queue_port}/devstoreaccount1;"
             f"TableEndpoint=http://127.0.0.1:{table_port}/devstoreaccount1;")
 
 
-def start_azurite(blob_port: int, table_port: int, *, location: Path | None) -> list[subprocess.Popen]:
-    """azurite-blob and azurite-table (no queue), with the flags Node 20's Azurite needs."""
+def start_azurite(blob_port: int, table_port: int, *, queue_port: int,
+                  location: Path | None) -> list[subprocess.Popen]:
+    """azurite-blob, azurite-queue and azurite-table, with the flags Node 20's Azurite needs."""
     bin_dir = ROOT / "node_modules" / ".bin"
     common = ["--silent", "--disableTelemetry", "--skipApiVersionCheck"]
     common += ["--location", str(location)] if location else ["--inMemoryPersistence"]
-    procs = [subprocess.Popen([str(bin_dir / "azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort",
-                               str(blob_port), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True),
-             subprocess.Popen([str(bin_dir / "azurite-table"), "--tableHost", "127.0.0.1", "--tablePort",
-                               str(table_port), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)]
+    ports = {"blob": blob_port, "queue": queue_port, "table": table_port}
+    procs = [subprocess.Popen([str(bin_dir / f"azurite-{service}"), f"--{service}Host", "127.0.0.1",
+                               f"--{service}Port", str(port), *common], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+             for service, port in ports.items()]
     deadline = time.monotonic() + 30
-    while not (port_open(blob_port) and port_open(table_port)):
+    while not all(port_open(port) for port in ports.values()):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
             stop(procs)
             raise SystemExit("Azurite did not start; run 'npm ci' and check that Node 20 is installed")
@@ -103,45 +104,69 @@ def stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
+#: the queue runner of `serve`, for main's exit
+_queue_runners: list = []
+
+
 def serve(host: str, port: int) -> None:
     import uvicorn
 
     sys.path.insert(0, str(ROOT))
     from devhost.host import FunctionHost, route_prefix_of
+    from devhost.queues import QueueRunner
     from function_app import app
 
     from shared.config import get_settings
     get_settings()  # a bad setting stops start-up here, with its name, not on the first request
+    # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
+    asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
+                        max_body_bytes=get_settings().max_request_bytes + (1 << 20))
+    # Queue-triggered functions, checked before anything starts (a wrong one stops the start
+    # with what to fix); their sync handlers run in the HTTP functions' thread pool.
+    queues = QueueRunner(app, host_json=ROOT / "host.json", executor=asgi.executor,
+                         storage_timeout=get_settings().storage_timeout_seconds, directory=str(ROOT))
     from shared.sandbox import pool
     pool.spares.fill()  # so the first call does not wait for scikit-learn to import
     from shared import accounts
     accounts.sweep_soon()  # in the background: storage that stalls must not hold the start
-    # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
-    asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
-                        max_body_bytes=get_settings().max_request_bytes + (1 << 20))
+    asgi.on_shutdown.append(queues.stop_receiving)
+    _queue_runners.append(queues)
+    queues.start()
     try:
         # proxy_headers off: uvicorn would otherwise take a client-sent X-Forwarded-For as the peer.
         uvicorn.run(asgi, host=host, port=port, log_level="warning", http="httptools", lifespan="on",
                     proxy_headers=False)
     finally:
-        # Here, while the thread that starts workers still runs (at exit it is gone already):
-        # a spare being prepared in the background is ended with its folder before the end.
-        pool.shutdown()
+        # Invocations still running get DEVHOST_QUEUE_SHUTDOWN_SECONDS; their messages are never
+        # deleted unless they finish, and reappear when their invisibility lapses.
+        try:
+            queues.stop()
+        finally:
+            # Here, while the thread that starts workers still runs (at exit it is gone already):
+            # a spare being prepared in the background is ended with its folder before the end.
+            pool.shutdown()
 
 
 def run(port: int) -> None:
     password = prepare_settings()
     load_settings()
-    m = re.search(r"BlobEndpoint=http://127\.0\.0\.1:(\d+)/.*TableEndpoint=http://127\.0\.0\.1:(\d+)/",
-                  os.environ.get("STORAGE_CONNECTION_STRING", ""))
-    blob_port, table_port = (int(m.group(1)), int(m.group(2))) if m else (10000, 10002)
-    if port_open(blob_port) or port_open(table_port):
-        blob_port, table_port = free_port(), free_port()
-        print(f"ports 10000/10002 are taken: Azurite runs on {blob_port}/{table_port} instead")
-    os.environ["STORAGE_CONNECTION_STRING"] = azurite_connection_string(blob_port, table_port)
+    # The ports local.settings.json names (Azurite's own 10000-10002 by default), unless taken.
+    named = dict(re.findall(r"(Blob|Queue|Table)Endpoint=http://127\.0\.0\.1:(\d+)/",
+                            os.environ.get("STORAGE_CONNECTION_STRING", "")))
+    ports = {"Blob": 10000, "Queue": 10001, "Table": 10002} | {k: int(v) for k, v in named.items()}
+    if any(port_open(p) for p in ports.values()):
+        taken = "/".join(str(p) for p in ports.values())
+        ports = {k: free_port() for k in ports}
+        print(f"ports {taken} are taken: Azurite runs on {'/'.join(str(p) for p in ports.values())} instead")
+    blob_port, queue_port, table_port = ports["Blob"], ports["Queue"], ports["Table"]
+    conn = azurite_connection_string(blob_port, table_port, queue_port=queue_port)
+    os.environ["STORAGE_CONNECTION_STRING"] = conn
+    # The host's own storage (queue triggers): this Azurite, not the sample's
+    # UseDevelopmentStorage=true, which means the fixed ports 10000-10002.
+    os.environ["AzureWebJobsStorage"] = conn
     data_dir = ROOT / ".azurite"
     data_dir.mkdir(exist_ok=True)
-    procs = start_azurite(blob_port, table_port, location=data_dir)
+    procs = start_azurite(blob_port, table_port, queue_port=queue_port, location=data_dir)
     print(f"""
 o16n is serving on http://localhost:{port}   (Azurite data in .azurite/, Ctrl-C stops both)
 
@@ -183,6 +208,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     stop_like_ctrl_c()
+    from devhost.queues import QueueSetupError
     from shared.errors import ConfigError
 
     try:
@@ -194,8 +220,19 @@ def main() -> None:
                 pass  # exits normally: serve() closed the workers and templates
         else:
             run(args.port)
-    except ConfigError as exc:  # a wrong setting: its name and the fix, not a traceback
+    except (ConfigError, QueueSetupError) as exc:  # a wrong setting: its name and the fix, not a traceback
         raise SystemExit(f"o16n cannot start: {exc}") from None
+    _end_unfinished_queue_functions()
+
+
+def _end_unfinished_queue_functions() -> None:
+    """Everything is stopped: a sync queue function still running past the grace (its message
+    left to reappear) would hold the exit until it returns, as the interpreter joins the thread
+    pool's threads. The Functions host ends its worker process then; so does this."""
+    if any(r.unfinished() for r in _queue_runners):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,8 @@ class FunctionHost:
         self._wild = wild
         self.max_body_bytes = max_body_bytes  # Azure Functions' own limit is 100 MB
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fn")
+        #: called at the lifespan's shutdown, before the thread pool is shut down
+        self.on_shutdown: list[Callable[[], None]] = []
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         first = path.lstrip("/").split("/", 1)[0].lower()
@@ -117,6 +119,8 @@ class FunctionHost:
                 if msg["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif msg["type"] == "lifespan.shutdown":
+                    for hook in self.on_shutdown:
+                        hook()
                     self.executor.shutdown(wait=False, cancel_futures=True)
                     await send({"type": "lifespan.shutdown.complete"})
                     return

@@ -1,4 +1,4 @@
-"""Test settings, and one Azurite (blob + table, in memory, free ports) per test session."""
+"""Test settings, and one Azurite (blob + queue + table, in memory, free ports) per test session."""
 from __future__ import annotations
 
 import os
@@ -35,10 +35,11 @@ def azurite():
     """Connection string of an Azurite started for this session (stopped at the end)."""
     from devhost.__main__ import azurite_connection_string, free_port, start_azurite, stop
 
-    blob_port, table_port = free_port(), free_port()
-    procs = start_azurite(blob_port, table_port, location=None)
-    conn = azurite_connection_string(blob_port, table_port)
+    blob_port, queue_port, table_port = free_port(), free_port(), free_port()
+    procs = start_azurite(blob_port, table_port, queue_port=queue_port, location=None)
+    conn = azurite_connection_string(blob_port, table_port, queue_port=queue_port)
     os.environ["STORAGE_CONNECTION_STRING"] = conn
+    os.environ["AzureWebJobsStorage"] = conn  # the host's storage (queue triggers), as `make run` sets it
     reset_caches()
     yield conn
     stop(procs)

@@ -128,23 +128,27 @@ class FlakyStorage:
 
     def __init__(self, folder) -> None:
         self.folder = folder
-        self.blob_port, self.table_port = free_port(), free_port()
-        self.procs = start_azurite(self.blob_port, self.table_port, location=folder)
-        self.proxies = [CuttingProxy(self.blob_port), CuttingProxy(self.table_port)]
+        self.blob_port, self.table_port, self.queue_port = free_port(), free_port(), free_port()
+        self.procs = self._start()
+        self.proxies = [CuttingProxy(self.blob_port), CuttingProxy(self.table_port), CuttingProxy(self.queue_port)]
 
     @property
     def connection_string(self) -> str:
-        return azurite_connection_string(self.proxies[0].port, self.proxies[1].port)
+        blob, table, queue = self.proxies
+        return azurite_connection_string(blob.port, table.port, queue_port=queue.port)
 
     def signal(self, sig: int) -> None:
         for p in self.procs:
-            os.killpg(p.pid, sig)  # azurite-blob is a node script: its whole group
+            os.killpg(p.pid, sig)  # each azurite-* is a node script: its whole group
 
     def stop(self) -> None:
         stop(self.procs)
 
     def start(self) -> None:
-        self.procs = start_azurite(self.blob_port, self.table_port, location=self.folder)
+        self.procs = self._start()
+
+    def _start(self) -> list:
+        return start_azurite(self.blob_port, self.table_port, queue_port=self.queue_port, location=self.folder)
 
     def cut_answers(self, n: int) -> None:
         for p in self.proxies:

@@ -24,6 +24,10 @@ def start_host(*, prefix: tuple[str, ...] = (), **settings: str) -> tuple[subpro
     command that runs it)."""
     port = free_port()
     env = {**os.environ, **settings}
+    # The host's own storage, which its queue triggers poll: the storage it keeps its data in,
+    # as `make run` sets it (the sample's UseDevelopmentStorage=true means fixed ports).
+    if "AzureWebJobsStorage" not in settings:
+        env["AzureWebJobsStorage"] = env["STORAGE_CONNECTION_STRING"]
     proc = subprocess.Popen([*prefix, sys.executable, "-m", "devhost", "serve", "--port", str(port)], cwd=ROOT,
                             env=env)
     deadline = time.monotonic() + 60

@@ -41,7 +41,7 @@ def test_make_run_stops_everything_it_started(tmp_path, how):
         sid = requests.post(f"{url}/sessions", json={"runtimeType": "Python"}, headers=headers).json()["sessionId"]
         r = requests.post(f"{url}/sessions/{sid}/execute", json={"code": "x = 1"}, headers=headers)
         assert r.json()["success"] is True
-        assert len(processes_with(str(app))) >= 4  # the app, two Azurites, a worker
+        assert len(processes_with(str(app))) >= 5  # the app, three Azurites (blob, queue, table), a worker
         proc.send_signal(how)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
@@ -70,7 +70,7 @@ def test_a_test_run_told_to_stop_stops_what_it_started(tmp_path):
             time.sleep(0.1)
         azurite = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                                                   text=True).stdout.split()]
-        assert len(azurite) == 2
+        assert len(azurite) == 3  # blob, queue, table
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10

@@ -84,7 +84,8 @@ def test_storage_that_does_not_answer_is_503_within_the_timeout(azurite, monkeyp
     from devhost.__main__ import azurite_connection_string, free_port
     from tests.conftest import reset_caches
 
-    monkeypatch.setenv("STORAGE_CONNECTION_STRING", azurite_connection_string(free_port(), free_port()))
+    monkeypatch.setenv("STORAGE_CONNECTION_STRING",
+                       azurite_connection_string(free_port(), free_port(), queue_port=free_port()))
     monkeypatch.setenv("STORAGE_TIMEOUT_SECONDS", "1")
     reset_caches()
     try:

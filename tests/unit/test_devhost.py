@@ -158,3 +158,152 @@ def test_routes_are_looked_up_by_first_segment_and_keep_their_order():
     assert host.match("GET", "/other/x") == (host.match("GET", "/other/x")[0], {"kind": "other"})
     assert host.match("GET", "/other/x")[0].name == "any_x"
     assert host.match("GET", "/nothing") is None
+
+
+def _queue_app(handler, *, queue_name="%WORK_QUEUE%", connection="AzureWebJobsStorage"):
+    bp = func.Blueprint()
+    bp.queue_trigger(arg_name="msg", queue_name=queue_name, connection=connection)(handler)
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    app.register_functions(bp)
+    return app
+
+
+_QUEUE_ENV = {"WORK_QUEUE": "Work-Items", "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+
+
+def _runner(app, tmp_path, environ=_QUEUE_ENV, host_json=None):
+    from devhost.queues import QueueRunner
+
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(host_json or {"version": "2.0"}))
+    return QueueRunner(app, host_json=path, environ=environ)
+
+
+def test_queue_functions_resolve_their_queue_and_connection_from_settings_as_the_host_does(tmp_path):
+    def ok(msg: func.QueueMessage, context: func.Context) -> None:
+        pass
+
+    runner = _runner(_queue_app(ok), tmp_path)
+    [f] = runner.functions
+    assert (f.name, f.queue, f.poison_queue, f.kind, f.wants_context) == ("ok", "work-items", "work-items-poison",
+                                                                          "message", True)
+    assert "UseDevelopmentStorage" not in repr(f)  # the connection string is never shown
+    # no connection name means AzureWebJobsStorage; AzureWebJobs<name> is looked up before <name>
+    assert _runner(_queue_app(ok, connection=""), tmp_path).functions[0].connection == "UseDevelopmentStorage=true"
+    env = {**_QUEUE_ENV, "AzureWebJobsJobs": "UseDevelopmentStorage=true;A=1", "Jobs": "UseDevelopmentStorage=true"}
+    assert _runner(_queue_app(ok, connection="Jobs"), tmp_path, env).functions[0].connection.endswith("A=1")
+
+
+def test_a_queue_handler_whose_parameters_do_not_match_its_trigger_fails_at_start(tmp_path):
+    from devhost.queues import QueueSetupError
+
+    def extra(msg: func.QueueMessage, options) -> None:
+        pass
+
+    def renamed(message: func.QueueMessage) -> None:
+        pass
+
+    def missing() -> None:
+        pass
+
+    with pytest.raises(QueueSetupError, match=r"extra: parameters \['options'\] are declared in Python but not in"):
+        _runner(_queue_app(extra), tmp_path)
+    with pytest.raises(QueueSetupError, match=r"renamed: parameters \['message'\] are declared in Python"):
+        _runner(_queue_app(renamed), tmp_path)
+    with pytest.raises(QueueSetupError, match=r"missing: parameter 'msg' \(the queue trigger\) is declared in the "
+                                              "function definition but not in Python"):
+        _runner(_queue_app(missing), tmp_path)
+
+
+def test_a_queue_handler_with_a_wrong_annotation_fails_at_start(tmp_path):
+    from devhost.queues import QueueSetupError
+
+    def wrong(msg: int) -> None:
+        pass
+
+    with pytest.raises(QueueSetupError, match=r'wrong: type of msg binding "queueTrigger" does not match .*int'):
+        _runner(_queue_app(wrong), tmp_path)
+
+    def text(msg: str) -> None:  # str and bytes are the worker's generic binding: the body
+        pass
+
+    assert _runner(_queue_app(text), tmp_path).functions[0].kind == "str"
+
+
+def test_a_missing_queue_setting_or_connection_fails_at_start_naming_the_setting(tmp_path):
+    from devhost.queues import QueueSetupError
+
+    def ok(msg: func.QueueMessage) -> None:
+        pass
+
+    with pytest.raises(QueueSetupError, match="names setting WORK_QUEUE, which is not set"):
+        _runner(_queue_app(ok), tmp_path, {"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    with pytest.raises(QueueSetupError, match=r"setting AzureWebJobsStorage .* is not set.*__queueServiceUri"):
+        _runner(_queue_app(ok, connection=""), tmp_path, {"WORK_QUEUE": "w1q"})
+    with pytest.raises(QueueSetupError, match=r"setting Jobs .*Jobs__queueServiceUri\) work in Azure only"):
+        _runner(_queue_app(ok, connection="Jobs"), tmp_path,
+                {"WORK_QUEUE": "w1q", "Jobs__queueServiceUri": "https://x.queue.core.windows.net"})
+    with pytest.raises(QueueSetupError, match="not a valid queue name"):
+        _runner(_queue_app(ok), tmp_path, {**_QUEUE_ENV, "WORK_QUEUE": "a--b"})
+
+
+def test_queue_options_come_from_host_json_with_the_hosts_defaults(tmp_path):
+    from devhost.queues import QueueOptions, QueueSetupError, options_of
+
+    path = tmp_path / "host.json"
+    path.write_text("{}")
+    assert options_of(path) == QueueOptions()  # batch 16, threshold 8, 1 min, 0 s, 5, base64
+    path.write_text(json.dumps({"extensions": {"Queues": {"BatchSize": 6, "maxPollingInterval": "00:01:30.5",
+                                                          "visibilityTimeout": "1.00:00:00"}}}))
+    assert options_of(path) == QueueOptions(batch_size=6, new_batch_threshold=3, max_polling_interval=90.5,
+                                            visibility_timeout=86400.0)
+    assert options_of(devhost_main.ROOT / "host.json") == QueueOptions(
+        batch_size=4, new_batch_threshold=2, max_polling_interval=2.0, visibility_timeout=5.0)
+    for bad, key in [({"batchSize": 33}, "batchSize"), ({"maxPollingInterval": "2000"}, "maxPollingInterval"),
+                     ({"maxPollingInterval": "00:00:00.05"}, "maxPollingInterval"),
+                     ({"maxDequeueCount": 0}, "maxDequeueCount"), ({"messageEncoding": "utf8"}, "messageEncoding")]:
+        path.write_text(json.dumps({"extensions": {"queues": bad}}))
+        with pytest.raises(QueueSetupError, match=key):
+            options_of(path)
+
+
+def test_queue_runner_settings_are_checked_at_start(tmp_path):
+    from devhost.queues import QueueSetupError
+
+    def ok(msg: func.QueueMessage) -> None:
+        pass
+
+    runner = _runner(_queue_app(ok), tmp_path, {**_QUEUE_ENV, "DEVHOST_QUEUE_INVISIBILITY_SECONDS": "30",
+                                                "DEVHOST_QUEUE_SHUTDOWN_SECONDS": "0.5"})
+    assert (runner.invisibility, runner.grace) == (30, 0.5)
+    assert _runner(_queue_app(ok), tmp_path).invisibility == 600  # the host's 10 minutes
+    with pytest.raises(QueueSetupError, match="DEVHOST_QUEUE_INVISIBILITY_SECONDS"):
+        _runner(_queue_app(ok), tmp_path, {**_QUEUE_ENV, "DEVHOST_QUEUE_INVISIBILITY_SECONDS": "0.5"})
+
+
+def test_an_empty_queue_is_polled_with_a_growing_randomised_backoff_reset_by_a_message():
+    from devhost.queues import _Backoff
+
+    backoff = _Backoff(0.1, 2.0)
+    delays = [backoff.next(False) for _ in range(8)]
+    assert 0.17 < delays[0] < 0.23 and all(b > a for a, b in zip(delays, delays[1:5]))
+    assert delays[-1] == 2.0  # maxPollingInterval
+    assert backoff.next(True) == 0.1 and 0.17 < backoff.next(False) < 0.23
+
+
+def test_lifespan_shutdown_calls_the_hooks_before_the_thread_pool_stops():
+    import asyncio
+
+    host = FunctionHost(_app())
+    seen = []
+    host.on_shutdown.append(lambda: seen.append(host.executor._shutdown))
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(msg):
+        pass
+
+    asyncio.run(host({"type": "lifespan"}, receive, send))
+    assert seen == [False] and host.executor._shutdown
