@@ -118,6 +118,10 @@ def serve(host: str, port: int) -> None:
 
     from shared.config import get_settings
     get_settings()  # a bad setting stops start-up here, with its name, not on the first request
+    # The batch trigger's %BATCH_QUEUE%: in Azure an app setting; here, when unset, the default
+    # the app derives from STORAGE_PREFIX (so hosts with other prefixes keep to their own queue).
+    if not os.environ.get("BATCH_QUEUE"):
+        os.environ["BATCH_QUEUE"] = get_settings().queue_name
     # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
     asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
                         max_body_bytes=get_settings().max_request_bytes + (1 << 20))
