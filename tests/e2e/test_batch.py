@@ -15,7 +15,7 @@ from azure.storage.blob import BlobServiceClient
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from tests.constants import USERS
+from tests.constants import ADMIN_PASSWORD, USERS
 from tests.e2e.conftest import start_host, stop_host
 from tests.e2e.helpers import execute, new_session, snapshot
 
@@ -37,7 +37,8 @@ class Hosts:
         self.url = urls[0]
 
     def login(self, user: str, url: str | None = None) -> dict[str, str]:
-        r = requests.post(f"{url or self.url}/login", json={"username": user, "password": USERS[user]}, timeout=30)
+        password = ADMIN_PASSWORD if user == "admin" else USERS[user]
+        r = requests.post(f"{url or self.url}/login", json={"username": user, "password": password}, timeout=30)
         assert r.status_code == 200, r.text
         return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
