@@ -78,7 +78,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 records = cars[["hp", "wt"]].head(12).astype(float)
-batch = service.batch(records, parallel_count=3).start  # `start` is a property in this SDK
+batch = service.batch(records, parallel_count=3).start()
 execution_id = batch.execution_id
 deadline = time.time() + 180
 while True:
