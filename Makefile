@@ -13,9 +13,10 @@ test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Warm scoring against the floor, side by side (needs wrk: apt-get install wrk); prints the table
-# and writes bench/results.json.
+# and writes bench/results.json. Then batch throughput with one and two hosts (bench/batch.json).
 bench: deps
 	$(PY) bench/consume.py --json bench/results.json $(BENCH_ARGS)
+	$(PY) bench/batch.py --json bench/batch.json
 
 # Many concurrent clients against the app served as `make run` serves it (its own port and
 # Azurite), then checks answers, lost updates, memory bounds and leftovers; prints the table and
