@@ -42,6 +42,9 @@ _IO_THREADS = 8
 _DEATHS = 2
 #: how long a record waits for a worker busy with other calls before its chunk is tried later
 _BUSY_SECONDS = 300
+#: how long one invocation scores a lane's chunks before handing the lane back to the queue:
+#: well within host.json's functionTimeout (10 min), a chunk and its waits included
+_LANE_SECONDS = 120
 
 
 # --- the API ----------------------------------------------------------------------------------
@@ -140,11 +143,18 @@ def run_lane(body: bytes) -> None:
         return
     committed, _ = _progress(row)
     owner = Principal(row["owner"], row.get("ownerRole") or "Contributor")
+    started, first = time.monotonic(), None
     for c in range(int(message["lane"]), _chunk_count(row), int(row["lanes"])):
         if c in committed:
             continue
+        first = c if first is None else first
         if _current(row) is None:
             return  # cancelled
+        if c != first and time.monotonic() - started > _LANE_SECONDS:
+            # The rest in another invocation: none outlives host.json's functionTimeout, and
+            # the lane goes back to the queue, where any instance may take it.
+            queues.send(get_settings().queue_name, message)
+            return
         try:
             _score_chunk(row, owner, c)
         except Exception as exc:

@@ -112,3 +112,18 @@ def test_a_message_that_names_no_batch_is_dropped(queue):
                  b'"name": "n", "version": "v", "lane": 0}'):
         batch.run_lane(body)
         batch.end_lane(body)
+
+
+def test_a_long_lane_hands_itself_back_to_the_queue(queue, monkeypatch):
+    """No invocation outlives host.json's functionTimeout: past its time, a lane goes back to the
+    queue (where any instance may take it) and carries on from its next chunk."""
+    monkeypatch.setattr(batch, "_LANE_SECONDS", 0)
+    name = publish("y = x")
+    bid = start(name, 300, 1)
+    (body,) = lanes(queue)
+    for expected in (1, 2, 3):
+        batch.run_lane(body)  # one chunk, then the lane is sent again
+        assert len(committed(bid)) == expected
+        handed_back = lanes(queue)
+        assert handed_back == ([body] if expected < 3 else [])
+    assert batch.status(alice, name, "v1", bid, partial=False)["state"] == "Complete"
