@@ -40,11 +40,12 @@ _COMMITTED, _ERROR = "c-", "e-"  # row keys of committed chunks and of a chunk's
 _IO_THREADS = 8
 #: how many times a record is sent again when its worker is ended under it from outside
 _DEATHS = 2
-#: how long a record waits for a worker busy with other calls before its chunk is tried later
-_BUSY_SECONDS = 300
-#: how long one invocation scores a lane's chunks before handing the lane back to the queue:
-#: well within host.json's functionTimeout (10 min), a chunk and its waits included
+#: how long one invocation starts new chunks of its lane before handing the lane back to the
+#: queue; past _INVOCATION_SECONDS a record stops waiting for a busy worker (its chunk is tried
+#: again later). Both well within host.json's functionTimeout (10 min): a chunk must score in
+#: the time left (BATCH_CHUNK_ROWS records of a slow service: fewer rows per chunk).
 _LANE_SECONDS = 120
+_INVOCATION_SECONDS = 420
 
 
 # --- the API ----------------------------------------------------------------------------------
@@ -136,8 +137,9 @@ def file(user: Principal, name: str, version: str, batch_id: str, index: str, fi
 
 # --- the queue's handlers -----------------------------------------------------------------
 def run_lane(body: bytes) -> None:
-    """Scores the lane's chunks not yet committed (`body`: the message, as the trigger hands it). :raises Exception: the host hands the lane
-    out again later (and, after maxDequeueCount tries, to `end_lane`)"""
+    """Scores the lane's chunks not yet committed (`body`: the message as the trigger hands it).
+    :raises Exception: the host hands the lane out again later (and, after maxDequeueCount
+    tries, to `end_lane`)"""
     message, row = _lane_batch(body)
     if row is None:
         return
@@ -156,7 +158,7 @@ def run_lane(body: bytes) -> None:
             queues.send(get_settings().queue_name, message)
             return
         try:
-            _score_chunk(row, owner, c)
+            _score_chunk(row, owner, c, started + _INVOCATION_SECONDS)
         except Exception as exc:
             _note_error(row, c, exc)
             raise
@@ -181,7 +183,7 @@ def end_lane(body: bytes) -> None:
 
 
 # --- inside ----------------------------------------------------------------------------------
-def _score_chunk(row: dict, owner: Principal, c: int) -> None:
+def _score_chunk(row: dict, owner: Principal, c: int, until: float) -> None:
     svc = _service_of(row)
     if svc is None:
         gone = consume.failed(None, f"service '{row['PartitionKey']}' was deleted before this record was scored")
@@ -198,19 +200,18 @@ def _score_chunk(row: dict, owner: Principal, c: int) -> None:
     if not isinstance(records, list) or len(records) != _rows_in(row, c):
         raise IntegrityFailed("the stored records of this chunk could not be read")
     name, version = svc["PartitionKey"], svc["RowKey"]
-    _commit(row, c, [_score(owner, name, version, svc, r) for r in records], failed=False)
+    _commit(row, c, [_score(owner, name, version, svc, r, until) for r in records], failed=False)
 
 
-def _score(owner: Principal, name: str, version: str, svc: dict, record: dict) -> dict:
+def _score(owner: Principal, name: str, version: str, svc: dict, record: dict, until: float) -> dict:
     """One record's WebServiceResult; a worker busy with other calls is waited for (a lane is
-    one record at a time: it only ever waits for others). :raises Unavailable: storage, or a
-    worker busy for _BUSY_SECONDS: the chunk is tried again later"""
-    deadline = time.monotonic() + _BUSY_SECONDS
+    one record at a time: it only ever waits for others), until `until`. :raises Unavailable:
+    storage, or a worker that stayed busy: the chunk is tried again later"""
     while True:
         try:
             return consume.consume(owner, name, version, record, deaths=_DEATHS)
         except ServiceBusy:
-            if time.monotonic() > deadline:
+            if time.monotonic() > until:
                 raise
             time.sleep(0.05)
         except Unavailable:
