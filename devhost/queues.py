@@ -29,8 +29,7 @@ import re
 import threading
 import typing
 import uuid
-import concurrent.futures
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -147,7 +146,7 @@ def resolve_queue_name(template: str, environ: Mapping[str, str], function: str)
     name = re.sub(r"%([^%]+)%", setting, template or "").lower()
     if not _QUEUE_NAME.fullmatch(name):
         raise QueueSetupError(f"{function}: {name!r} (from {template!r}) is not a valid queue name: 3 to 63 "
-                              "lower-case letters, digits and single hyphens, starting and ending with a letter or digit")
+                              "lower-case letters, digits and single hyphens, first and last a letter or digit")
     return name
 
 
@@ -571,7 +570,7 @@ class QueueRunner:
         self._thread: threading.Thread | None = None
         self._io_pending: set[asyncio.Future[Any]] = set()
         #: sync invocations submitted to `executor` and not yet returned
-        self.sync_running: set[concurrent.futures.Future[Any]] = set()
+        self.sync_running: set[Future[Any]] = set()
         self.stopping = asyncio.Event()  # set on the runner's loop (bound to it at first use)
 
     def start(self) -> None:
@@ -634,7 +633,8 @@ class QueueRunner:
             for task in left:
                 task.cancel()  # its message is left to reappear when its invisibility lapses
             if left:
-                log.warning("stopped with %d queue invocation(s) unfinished: their messages reappear later", len(left))
+                log.warning("stopped with %d queue invocation(s) unfinished: their messages reappear later",
+                            len(left))
                 await asyncio.wait(left)
         rest = asyncio.all_tasks() - {asyncio.current_task()}
         for task in rest:  # renewals of cancelled invocations

@@ -50,7 +50,8 @@ def make_app(calls: Calls, *, host: str = "-", poison_function: bool = False) ->
     def work(msg: func.QueueMessage, context: func.Context) -> None:
         body = msg.get_body().decode()
         calls.add(fn="work", body=body, host=host, id=msg.id,
-                  dequeue_count=msg.dequeue_count, inserted=msg.insertion_time, pop_receipt=msg.pop_receipt,
+                  dequeue_count=msg.dequeue_count, inserted=msg.insertion_time, expires=msg.expiration_time,
+                  next_visible=msg.time_next_visible, pop_receipt=msg.pop_receipt,
                   context=context.function_name, phase="start")
         if body.startswith("sleep:"):
             time.sleep(float(body.split(":")[1]))
@@ -127,7 +128,9 @@ def test_a_message_is_handled_once_and_deleted(queue_env):
         time.sleep(INVISIBILITY + 1)  # it would be back by now had it not been deleted
     [call] = calls.of(phase="start")
     assert call["body"] == "hello" and call["id"] == sent and call["dequeue_count"] == 1
-    assert call["inserted"] is not None and call["pop_receipt"] and call["context"] == "work"
+    assert call["inserted"] < call["next_visible"] < call["expires"] and call["pop_receipt"]
+    assert (call["next_visible"] - call["inserted"]).total_seconds() == pytest.approx(INVISIBILITY, abs=1)
+    assert call["context"] == "work"
     assert messages_in(q) == 0
 
 
