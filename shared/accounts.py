@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import passwords
+from . import passwords, storage
 from .config import Settings, get_settings
 from .errors import ApiError, Conflict, NeedsStorage, NotFound, PreconditionFailed, StorageUnavailable, Unavailable
 from .storage.entities import Entities
@@ -114,6 +114,8 @@ def sweep_once() -> None:
     global _sweep_failure
     if _swept.is_set():
         return
+    if storage.request_failed():  # this request waited for storage once already: not twice
+        raise StorageUnavailable("storage is not answering; try again shortly")
     asked = time.monotonic()
     if not _sweep_lock.acquire(timeout=get_settings().storage_timeout_seconds):
         raise StorageUnavailable("storage is slow to answer; try again shortly")

@@ -233,7 +233,9 @@ def client_address(req: func.HttpRequest) -> str:
     """The caller's address: the last entry of CLIENT_ADDRESS_HEADER, the one Azure's front end
     (or the local host) appended; entries before it are whatever the client sent. IPv6 callers
     are known by their /64."""
-    raw = req.headers.get(get_settings().client_address_header) or ""
+    # Without the configured header (a caller that reached the app around Front Door), the
+    # entry Azure's front end appended, rather than one "unknown" address shared by all of them.
+    raw = req.headers.get(get_settings().client_address_header) or req.headers.get("X-Forwarded-For") or ""
     last = raw.split(",")[-1].strip()
     if last.startswith("["):  # [v6]:port
         last = last[1:].partition("]")[0]

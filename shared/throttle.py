@@ -7,8 +7,9 @@ address's is left as it is.
 Only a wrong password is counted as a failure, after it was checked. So that parallel guesses
 get no more checks than the limit, each attempt first takes a place among the checks in flight:
 failures and checks in flight together stay within the limit, and attempts beyond it answer 429
-at once. A place that is not given back (its instance stopped, storage failed) lapses after
-_IN_FLIGHT_SECONDS and is never counted as a failure."""
+at once. A place that is not given back within _IN_FLIGHT_SECONDS (its instance stopped, or
+storage failed while its outcome was written) counts as a failure: an answer whose count was
+lost must not be a free guess."""
 from __future__ import annotations
 
 import hashlib
@@ -49,22 +50,21 @@ class Attempt:
         """The name's count is cleared (whoever has its password is its owner); the address's is
         kept, as others behind a shared address may be guessing."""
         self._settle(self.user_key, lambda row, now: _stored(dict(_FRESH), _in_flight(row, now, self.ticket), now))
-        self._settle(self.address_key, self._given_back)
+        self._settle(self.address_key, lambda row, now: self._given_back(row, now, self.address_key))
 
     def failed(self) -> None:
-        s = get_settings()
-        self._settle(self.user_key, _counting(self.ticket, s.login_max_failures))
-        self._settle(self.address_key, _counting(self.ticket, s.login_max_failures_per_address))
+        self._settle(self.user_key, _counting(self.ticket, _limit(self.user_key)))
+        self._settle(self.address_key, _counting(self.ticket, _limit(self.address_key)))
 
-    def _given_back(self, row: Row, now: float) -> Row:
+    def _given_back(self, row: Row, now: float, key: tuple[str, str]) -> Row:
         """The attempt's place given back; the counts as they are."""
         if row is None or self.ticket not in _in_flight(row, now):
             return row
-        return _stored(_state(row, now), _in_flight(row, now, self.ticket), now)
+        return _stored(_state(row, now, _limit(key)), _in_flight(row, now, self.ticket), now)
 
     def _settle(self, key: tuple[str, str], change: Callable[[Row, float], Row]) -> None:
         if not _update(key, lambda row: change(row, time.time())):
-            # Its place lapses by itself; a failure not counted is what this costs.
+            # Its place stays taken, and counts as a failure when it lapses.
             log.warning("a login attempt could not be settled (%s): others kept changing the record", key[0])
 
 
@@ -72,14 +72,13 @@ def begin(user: str, address: str) -> Attempt:
     """Take a place among the checks in flight for the name and the address.
     :raises TooManyRequests: either is locked out, or has as many checks in flight as failures
     it may still have."""
-    s = get_settings()
     attempt = Attempt(("user", _key(user)), ("address", _key(address)), secrets.token_hex(6))
     # The name first: retrying a locked name must not use up its address's budget (a shared NAT).
-    _reserve(attempt.user_key, attempt.ticket, s.login_max_failures)
+    _reserve(attempt.user_key, attempt.ticket, _limit(attempt.user_key))
     try:
-        _reserve(attempt.address_key, attempt.ticket, s.login_max_failures_per_address)
+        _reserve(attempt.address_key, attempt.ticket, _limit(attempt.address_key))
     except TooManyRequests:
-        attempt._settle(attempt.user_key, attempt._given_back)
+        attempt._settle(attempt.user_key, lambda row, now: attempt._given_back(row, now, attempt.user_key))
         raise
     return attempt
 
@@ -94,8 +93,10 @@ def _reserve(key: tuple[str, str], ticket: str, limit: int) -> None:
     def hold(row: Row) -> Row:
         nonlocal locked_for, crowded
         now = time.time()
-        state, in_flight = _state(row, now), _in_flight(row, now)
+        state, in_flight = _state(row, now, limit), _in_flight(row, now)
         locked_for = float(state["lockedUntil"]) - now
+        if locked_for > 0 and _lapsed(row, now):
+            return _stored(state, in_flight, now)  # places that lapsed made a lock: keep it
         # Past a lock that ended, one check: its failure locks again.
         crowded = len(in_flight) >= min(max(1, limit - int(state["failures"])), _MAX_IN_FLIGHT)
         if locked_for > 0 or crowded:
@@ -113,41 +114,66 @@ def _reserve(key: tuple[str, str], ticket: str, limit: int) -> None:
 
 def _counting(ticket: str, limit: int) -> Callable[[Row, float], Row]:
     """One failure, in place of the attempt's check in flight; at the limit, a lock."""
-    s = get_settings()
-
     def count(row: Row, now: float) -> Row:
-        state = _state(row, now)
+        state = _state(row, now, limit)
         state["failures"] = int(state["failures"]) + 1
         state["lastFailure"] = now
-        # A failure during a lock (its check began before the lock) does not lengthen it.
-        if state["failures"] >= limit and float(state["lockedUntil"]) <= now:
-            state["lockouts"] = int(state["lockouts"]) + 1
-            state["lockedUntil"] = now + min(s.login_lockout_max_seconds,
-                                             s.login_lockout_seconds * 2 ** (state["lockouts"] - 1))
+        _lock_at(limit, state, now)
         return _stored(state, _in_flight(row, now, ticket), now)
 
     return count
 
 
-def _state(row: Row, now: float) -> dict:
-    """The counts, forgotten after LOGIN_FAILURE_WINDOW_SECONDS without a failure or a lock."""
+def _limit(key: tuple[str, str]) -> int:
+    s = get_settings()
+    return s.login_max_failures if key[0] == "user" else s.login_max_failures_per_address
+
+
+def _lock_at(limit: int, state: dict, now: float) -> None:
+    """A lock when the failures reach the limit. A failure during a lock (its check began before
+    the lock) does not lengthen it."""
+    s = get_settings()
+    if int(state["failures"]) >= limit and float(state["lockedUntil"]) <= now:
+        state["lockouts"] = int(state["lockouts"]) + 1
+        state["lockedUntil"] = now + min(s.login_lockout_max_seconds,
+                                         s.login_lockout_seconds * 2 ** (state["lockouts"] - 1))
+
+
+def _state(row: Row, now: float, limit: int) -> dict:
+    """The counts, forgotten after LOGIN_FAILURE_WINDOW_SECONDS without a failure or a lock.
+    Places that lapsed count as failures (and lock at the limit), as if they failed now."""
     if row is None:
         return dict(_FRESH)
-    quiet_since = max(float(row.get("lastFailure", 0)), float(row.get("lockedUntil", 0)))
+    state = {k: row.get(k, v) for k, v in _FRESH.items()}
+    lapsed = _lapsed(row, now)
+    if lapsed:
+        state["failures"] = int(state["failures"]) + len(lapsed)
+        state["lastFailure"] = max(float(state["lastFailure"]), float(max(lapsed)))
+    quiet_since = max(float(state["lastFailure"]), float(state["lockedUntil"]))
     if now - quiet_since > get_settings().login_failure_window_seconds:
         return dict(_FRESH)
-    return {k: row.get(k, v) for k, v in _FRESH.items()}
+    if lapsed:
+        _lock_at(limit, state, now)
+    return state
+
+
+def _lapsed(row: Row, now: float) -> list[int]:
+    return [until for until in _held(row).values() if until <= now]
 
 
 def _in_flight(row: Row, now: float, without: str = "") -> dict[str, int]:
     """Checks in flight that have not lapsed: ticket -> when it lapses."""
+    return {t: until for t, until in _held(row).items() if t != without and until > now}
+
+
+def _held(row: Row) -> dict[str, int]:
     try:
         held = json.loads((row or {}).get("inFlight") or "{}")
     except ValueError:
         held = None
     if not isinstance(held, dict):
         return {}
-    return {t: int(until) for t, until in held.items() if t != without and until > now}
+    return {t: int(until) for t, until in held.items() if isinstance(until, (int, float))}
 
 
 def _stored(state: dict, in_flight: dict[str, int], now: float) -> Row:

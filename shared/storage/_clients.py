@@ -48,6 +48,11 @@ def request_scope() -> Iterator[None]:
         _failed.reset(token)
 
 
+def request_failed() -> bool:
+    """Whether a storage call of this API request already failed for want of an answer."""
+    return bool(_failed.get())
+
+
 def _attempt(request) -> None:  # noqa: ANN001 - azure-core's PipelineRequest
     """Before each attempt of a call (the SDK's retries included): what is left of the call's
     deadline bounds the attempt's connect and read timeouts."""

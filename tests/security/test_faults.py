@@ -80,3 +80,35 @@ def test_another_callers_idempotency_key_reaches_nothing_of_theirs(flaky_host, f
     again = requests.post(f"{host}/services/{name}", json=body, headers={**bob, **key})
     assert again.status_code in (201, 403) and again.json() != first.json()
     assert requests.get(f"{host}/services/{name}/{first.json()}", headers=bob).status_code == 404
+
+
+def test_wrong_guesses_during_a_storage_stall_get_no_more_checks_than_the_limit(flaky_host, flaky_storage):
+    """The attacker's round: parallel wrong passwords, storage paused while their failures are
+    written. Answers that storage could not count keep their places (and count as failures when
+    they lapse: tests/integration/test_throttle.py), so the guesses that get an answer stay
+    within LOGIN_MAX_FAILURES (10) for the name."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.e2e.conftest import STORAGE_DEADLINE
+
+    def guess(i: int) -> int:
+        return requests.post(f"{flaky_host}/login", json={"username": "rita", "password": f"guess-{i}"},
+                             timeout=60).status_code
+
+    def stall() -> None:
+        time.sleep(0.3)
+        flaky_storage.signal(signal.SIGSTOP)
+        time.sleep(STORAGE_DEADLINE + 0.4)
+        flaky_storage.signal(signal.SIGCONT)
+
+    stalling = threading.Thread(target=stall)
+    stalling.start()
+    with ThreadPoolExecutor(10) as pool:
+        first = list(pool.map(guess, range(10)))
+    stalling.join()
+    time.sleep(1)
+    then = [guess(i) for i in range(10, 20)]
+    answered = (first + then).count(401)
+    assert answered <= 10, (first, then)
+    assert all(code in (401, 429, 503) for code in first + then), (first, then)

@@ -52,6 +52,20 @@ def test_the_callers_address_is_the_last_forwarded_entry(header, address):
     assert http.client_address(request(headers={"X-Forwarded-For": header})) == address
 
 
+def test_behind_front_door_a_caller_without_its_header_counts_by_the_forwarded_entry(monkeypatch):
+    monkeypatch.setenv("CLIENT_ADDRESS_HEADER", "X-Azure-ClientIP")
+    from tests.conftest import reset_caches
+    reset_caches()
+    try:
+        both = {"X-Azure-ClientIP": "198.51.100.9", "X-Forwarded-For": "203.0.113.7"}
+        assert http.client_address(request(headers=both)) == "198.51.100.9"
+        # reached the app around Front Door: not one "unknown" address shared by every such caller
+        assert http.client_address(request(headers={"X-Forwarded-For": "1.2.3.4, 203.0.113.7"})) == "203.0.113.7"
+    finally:
+        monkeypatch.undo()
+        reset_caches()
+
+
 def test_errors_never_carry_a_traceback():
     resp = http.error_response(BadRequest("nope"))
     body = json.loads(resp.get_body())
