@@ -19,7 +19,7 @@ def start_batch_execution(req: func.HttpRequest, user) -> func.HttpResponse:
                                      req.params.get("parallelCount")), status=202)
 
 
-@operation(bp, "GET", _ROUTE, "GetBatchExecutions", tag=TAG, summary="The caller's batches of this service",
+@operation(bp, "GET", _ROUTE, "GetBatchExecutions", tag=TAG, summary="The caller's batches of this service (an Owner's: everyone's)",
            returns="[string]", errors=(400,), core=False)
 def get_batch_executions(req: func.HttpRequest, user) -> func.HttpResponse:
     return json_response(batch.list_ids(user, route(req, "name"), route(req, "version")))

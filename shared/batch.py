@@ -17,17 +17,20 @@ import json
 import logging
 import math
 import os
+import re
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import consume, ids, services
+from .sandbox import pool
 from .auth import Principal
 from .config import get_settings
 from .errors import (ApiError, BadRequest, Conflict, IntegrityFailed, NotFound, PayloadTooLarge, ServiceBusy,
                      Unavailable)
-from .http import parse_json
+from .http import parse_large_json
 from .storage import blobs, queues
 from .storage.entities import Entities
 
@@ -38,14 +41,20 @@ _chunks = Entities("batchchunks", what="batch progress")  # partition: the batch
 _COMMITTED, _ERROR = "c-", "e-"  # row keys of committed chunks and of a chunk's last error
 #: blob reads and writes of one request at once (a batch of 100,000 records is 1,000 chunks)
 _IO_THREADS = 8
-#: how many times a record is sent again when its worker is ended under it from outside
-_DEATHS = 2
-#: how long one invocation starts new chunks of its lane before handing the lane back to the
-#: queue; past _INVOCATION_SECONDS a record stops waiting for a busy worker (its chunk is tried
-#: again later). Both well within host.json's functionTimeout (10 min): a chunk must score in
-#: the time left (BATCH_CHUNK_ROWS records of a slow service: fewer rows per chunk).
-_LANE_SECONDS = 120
-_INVOCATION_SECONDS = 420
+#: how many times a record is sent again when its worker is ended under it (from outside, as
+#: far as the host can tell: code that ends its own worker runs twice)
+_DEATHS = 1
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII: str.isdigit takes '²', which int() refuses
+#: a lane's turn: past it, after the record being scored (at most EXECUTION_TIMEOUT_SECONDS,
+#: 200 s), the lane keeps what its chunk scored so far and goes to the back of the queue. A
+#: record waits for a busy worker for _WAIT_SECONDS more at most. So no invocation outlives
+#: host.json's functionTimeout (10 min), and other batches get turns.
+_LANE_SECONDS = 30
+_WAIT_SECONDS = 60
+#: how often a lane looks whether its batch was cancelled, within a chunk
+_CANCEL_SECONDS = 2
+#: a record's result as a batch keeps it (a chunk holds BATCH_CHUNK_ROWS of them)
+_MAX_RESULT_BYTES = 1024 * 1024
 
 
 # --- the API ----------------------------------------------------------------------------------
@@ -58,7 +67,7 @@ def start(user: Principal, name: str, version: str, raw: bytes, parallel_count: 
     if len(raw) > s.batch_max_bytes:
         raise PayloadTooLarge(f"a batch's body may hold at most {s.batch_max_bytes} bytes (BATCH_MAX_BYTES); "
                               "split the records over several batches")
-    records = parse_json(raw)
+    records = parse_large_json(raw)
     if not isinstance(records, list) or not records:
         raise BadRequest("send the batch as a JSON array of input records (objects), at least one")
     if len(records) > s.batch_max_records:
@@ -145,23 +154,26 @@ def run_lane(body: bytes) -> None:
         return
     committed, _ = _progress(row)
     owner = Principal(row["owner"], row.get("ownerRole") or "Contributor")
-    started, first = time.monotonic(), None
+    turn_ends = time.monotonic() + _LANE_SECONDS
     for c in range(int(message["lane"]), _chunk_count(row), int(row["lanes"])):
         if c in committed:
             continue
-        first = c if first is None else first
         if _current(row) is None:
             return  # cancelled
-        if c != first and time.monotonic() - started > _LANE_SECONDS:
-            # The rest in another invocation: none outlives host.json's functionTimeout, and
-            # the lane goes back to the queue, where any instance may take it.
+        try:
+            _score_chunk(row, owner, c, turn_ends)
+        except _TurnOver:
+            # The rest in another invocation: none outlives host.json's functionTimeout, and the
+            # lane goes to the back of the queue, where any instance may take it (others' too).
             queues.send(get_settings().queue_name, message)
             return
-        try:
-            _score_chunk(row, owner, c, started + _INVOCATION_SECONDS)
         except Exception as exc:
             _note_error(row, c, exc)
             raise
+
+
+class _TurnOver(Exception):
+    """The lane's turn ended: what the chunk scored so far is kept for the next one."""
 
 
 def end_lane(body: bytes) -> None:
@@ -183,7 +195,8 @@ def end_lane(body: bytes) -> None:
 
 
 # --- inside ----------------------------------------------------------------------------------
-def _score_chunk(row: dict, owner: Principal, c: int, until: float) -> None:
+def _score_chunk(row: dict, owner: Principal, c: int, turn_ends: float) -> None:
+    """:raises _TurnOver: past `turn_ends`, with at least one record scored"""
     svc = _service_of(row)
     if svc is None:
         gone = consume.failed(None, f"service '{row['PartitionKey']}' was deleted before this record was scored")
@@ -199,25 +212,70 @@ def _score_chunk(row: dict, owner: Principal, c: int, until: float) -> None:
         records = None
     if not isinstance(records, list) or len(records) != _rows_in(row, c):
         raise IntegrityFailed("the stored records of this chunk could not be read")
-    name, version = svc["PartitionKey"], svc["RowKey"]
-    _commit(row, c, [_score(owner, name, version, svc, r, until) for r in records], failed=False)
+    results = _scored_so_far(row, c)
+    first, looked = len(results), time.monotonic()
+    for record in records[first:]:
+        if len(results) > first and time.monotonic() > turn_ends:
+            blobs.put(_partial_blob(row["RowKey"], c, len(results)), _dump(results))
+            raise _TurnOver()
+        if time.monotonic() - looked > _CANCEL_SECONDS:
+            if _current(row) is None:
+                return  # cancelled: the rest of the chunk is not scored
+            looked = time.monotonic()
+        results.append(_score(owner, svc, record, turn_ends + _WAIT_SECONDS))
+    _commit(row, c, results, failed=False)
 
 
-def _score(owner: Principal, name: str, version: str, svc: dict, record: dict, until: float) -> dict:
-    """One record's WebServiceResult; a worker busy with other calls is waited for (a lane is
-    one record at a time: it only ever waits for others), until `until`. :raises Unavailable:
-    storage, or a worker that stayed busy: the chunk is tried again later"""
-    while True:
-        try:
-            return consume.consume(owner, name, version, record, deaths=_DEATHS)
-        except ServiceBusy:
+def _scored_so_far(row: dict, c: int) -> list[dict]:
+    """What earlier turns of the lane scored of chunk `c`: the longest part kept."""
+    parts = blobs.names(_partial_blob(row["RowKey"], c, None))
+    if not parts:
+        return []
+    return json.loads(blobs.get(max(parts)))
+
+
+def _score(owner: Principal, svc: dict, record: dict, until: float) -> dict:
+    """One record's WebServiceResult, with the service's other callers first: on an instance,
+    batch records take as many of its workers at once as it may have, and only a worker no
+    call is using. :raises Unavailable: storage, or a worker that stayed busy past `until`: the
+    chunk is tried again later"""
+    key = (svc["PartitionKey"], svc["RowKey"])
+    with _slots_of(key):
+        while True:
+            if not pool.services.all_busy(key, svc.get("etag")):
+                try:
+                    return _capped(svc, consume.consume(owner, key[0], key[1], record, deaths=_DEATHS))
+                except ServiceBusy:
+                    pass
+                except Unavailable:
+                    raise
+                except ApiError as exc:  # this record's own problem (its inputs, the service gone meanwhile)
+                    return consume.failed(svc, exc.message)
             if time.monotonic() > until:
-                raise
-            time.sleep(0.05)
-        except Unavailable:
-            raise
-        except ApiError as exc:  # this record's own problem (its inputs, the service gone meanwhile)
-            return consume.failed(svc, exc.message)
+                raise ServiceBusy("the service stayed busy with other calls", retry_after=5)
+            time.sleep(0.02)
+
+
+def _slots_of(key: tuple[str, str]) -> threading.Semaphore:
+    with _slots_lock:
+        slots = _slots.get(key)
+        if slots is None:
+            slots = _slots[key] = threading.Semaphore(get_settings().max_workers_per_service)
+        return slots
+
+
+_slots: dict[tuple[str, str], threading.Semaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def _capped(svc: dict, result: dict) -> dict:
+    """A record's result as stored: a result past _MAX_RESULT_BYTES would make every read of its
+    chunk (status, files) that large."""
+    size = len(_dump(result))
+    if size <= _MAX_RESULT_BYTES:
+        return result
+    return consume.failed(svc, f"the record's result is {size} bytes; a batch keeps at most {_MAX_RESULT_BYTES} "
+                               "per record (consume it on its own)")
 
 
 def _commit(row: dict, c: int, results: list[dict], *, failed: bool) -> None:
@@ -233,6 +291,9 @@ def _commit(row: dict, c: int, results: list[dict], *, failed: bool) -> None:
         pass  # committed by another try of this lane
     if _current(row) is None:  # cancelled while this chunk was scored: what it wrote goes too
         _discard(row)
+        return
+    for part in blobs.names(_partial_blob(batch_id, c, None)):
+        blobs.delete(part)  # what earlier turns kept of it: in the results now
 
 
 def _note_error(row: dict, c: int, exc: Exception) -> None:
@@ -335,9 +396,9 @@ def _may_see(user: Principal, row: dict) -> bool:
 
 def _record_result(row: dict, index: str) -> dict:
     """The WebServiceResult of record `index` (0-based, as the SDK's results are)."""
-    i = int(index) if index.isdigit() and len(index) < 10 else -1
+    i = int(index) if _DIGITS.fullmatch(index) else -1
     if not 0 <= i < int(row["total"]):
-        raise NotFound(f"record '{index[:32]}' not found: the batch has {row['total']} (0 to {int(row['total']) - 1})")
+        raise NotFound(f"record '{index[:32]}' not found: the batch's records are 0 to {int(row['total']) - 1}")
     c = i // int(row["chunkRows"])
     try:
         stored = _results(row, c)
@@ -354,7 +415,7 @@ def _parallel_count(raw: str | None) -> int:
     limit = get_settings().batch_max_parallel
     if raw is None or raw == "":
         return min(10, limit)  # ML Server's default
-    if not raw.isdigit() or not 1 <= int(raw) <= limit:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= limit:
         raise BadRequest(f"parallelCount must be a whole number from 1 to {limit} (BATCH_MAX_PARALLEL)")
     return int(raw)
 
@@ -378,6 +439,12 @@ def _rows_in(row: dict, c: int) -> int:
 
 def _records_blob(batch_id: str, c: int) -> str:
     return f"batches/{batch_id}/records/{c:06d}.json"
+
+
+def _partial_blob(batch_id: str, c: int, scored: int | None) -> str:
+    """What a lane's turn scored of chunk `c` (`scored` None: the prefix of all of them)."""
+    prefix = f"batches/{batch_id}/partial/{c:06d}-"
+    return prefix if scored is None else f"{prefix}{scored:06d}.json"
 
 
 def _results_blob(batch_id: str, c: int) -> str:

@@ -3,6 +3,7 @@ place where errors become responses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ipaddress
 import json
@@ -11,7 +12,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -198,10 +199,23 @@ _parsing = threading.Lock()
 
 def read_large_json(req: func.HttpRequest, *, required: bool = True) -> dict[str, Any]:
     """read_json for a large body, in a thread. :raises Unavailable: others kept it busy for 30 s"""
+    with _one_large_body():
+        return read_json(req, required=required)
+
+
+def parse_large_json(raw: bytes) -> Any:
+    """parse_json for a large body, one at a time per instance (their parsed forms take several
+    times their size). :raises Unavailable: others kept it busy for 30 s"""
+    with _one_large_body():
+        return parse_json(raw)
+
+
+@contextlib.contextmanager
+def _one_large_body() -> Iterator[None]:
     if not _parsing.acquire(timeout=30):
         raise Unavailable("other large requests are being read on this instance; try again shortly", retry_after=2)
     try:
-        return read_json(req, required=required)
+        yield
     finally:
         _parsing.release()
 

@@ -140,6 +140,8 @@ class Worker:
         self.resident = 0
         self._blob_limit = 0
         self._queues: dict[int, asyncio.Lock] = {}  # callers waiting on an event loop, per loop
+        self._waiting = 0  # callers waiting in threads (so a batch lane can let them go first)
+        self._waiting_lock = threading.Lock()
         self._cpu_mark: tuple[float, int, float] | None = None
         _live.add(self)
         _start_watcher()
@@ -149,7 +151,14 @@ class Worker:
         """One request, one reply (bytes values travel raw). :raises WorkerBusy: (other calls
         kept it busy for _QUEUE_SECONDS) :raises WorkerTimeout: (the worker is killed) :raises
         WorkerDied: (also for a reply that breaks the protocol, or a limit breached)"""
-        if not self.lock.acquire(timeout=min(timeout, _QUEUE_SECONDS)):
+        with self._waiting_lock:
+            self._waiting += 1
+        try:
+            acquired = self.lock.acquire(timeout=min(timeout, _QUEUE_SECONDS))
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        if not acquired:
             raise WorkerBusy()
         started = time.monotonic()
         deadline = started + timeout
@@ -457,7 +466,7 @@ class Worker:
     @property
     def busy(self) -> bool:
         """In a call, or callers queue for it on an event loop."""
-        return self.lock.locked() or any(q.locked() for q in list(self._queues.values()))
+        return self.lock.locked() or self._waiting > 0 or any(q.locked() for q in list(self._queues.values()))
 
     @property
     def alive(self) -> bool:
@@ -811,6 +820,12 @@ class WarmPool:
             self._workers.move_to_end(k)
             self.counts["hits"] += 1
             return worker
+
+    def all_busy(self, key: Any, tag: Any) -> bool:
+        """Whether every live worker for `key` holding `tag` is in a call (False with none)."""
+        with self._lock:
+            found = [w for _, w in self._replicas_of(key) if w.alive and w.tag == tag]
+        return bool(found) and all(w.busy for w in found)
 
     def _replicas_of(self, key: Any) -> list[tuple[tuple[Any, int], Worker]]:
         return [((key, i), w) for i in range(max(1, self._replicas()))

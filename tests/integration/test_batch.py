@@ -114,16 +114,38 @@ def test_a_message_that_names_no_batch_is_dropped(queue):
         batch.end_lane(body)
 
 
-def test_a_long_lane_hands_itself_back_to_the_queue(queue, monkeypatch):
-    """No invocation outlives host.json's functionTimeout: past its time, a lane goes back to the
-    queue (where any instance may take it) and carries on from its next chunk."""
-    monkeypatch.setattr(batch, "_LANE_SECONDS", 0)
-    name = publish("y = x")
-    bid = start(name, 300, 1)
+def test_a_lane_whose_turn_ends_keeps_what_it_scored_and_goes_back_to_the_queue(queue, monkeypatch):
+    """No invocation outlives host.json's functionTimeout, and other batches get turns: past its
+    turn a lane keeps what its chunk scored so far and goes to the back of the queue; the next
+    turn carries on from there."""
+    name = publish("import random\ny = x + random.random() / 1e9")
+    bid = start(name, 250, 1)
     (body,) = lanes(queue)
-    for expected in (1, 2, 3):
-        batch.run_lane(body)  # one chunk, then the lane is sent again
-        assert len(committed(bid)) == expected
-        handed_back = lanes(queue)
-        assert handed_back == ([body] if expected < 3 else [])
-    assert batch.status(alice, name, "v1", bid, partial=False)["state"] == "Complete"
+    monkeypatch.setattr(batch, "_LANE_SECONDS", 0)
+    batch.run_lane(body)  # one record, then its turn is over
+    assert committed(bid) == [] and lanes(queue) == [body]
+    kept = blobs.names(f"batches/{bid}/partial/")
+    assert len(kept) == 1 and kept[0].endswith("000000-000001.json")
+    first = batch._scored_so_far({"RowKey": bid}, 0)[0]
+    monkeypatch.setattr(batch, "_LANE_SECONDS", 600)
+    batch.run_lane(body)
+    st = batch.status(alice, name, "v1", bid, partial=False)
+    assert st["state"] == "Complete" and lanes(queue) == []
+    assert st["batchExecutionResults"][0] == first  # not scored again
+    assert [round(r["outputParameters"]["y"]) for r in st["batchExecutionResults"]] == list(range(250))
+
+
+def test_a_record_whose_result_is_too_large_to_keep_fails_alone(queue):
+    name = f"batch{uuid.uuid4().hex[:8]}"
+    services.publish(alice, name, "v1", {
+        "code": "y = 'a' * int(x)", "runtimeType": "Python",
+        "inputParameterDefinitions": [{"name": "x", "type": "numeric"}],
+        "outputParameterDefinitions": [{"name": "y", "type": "character"}]})
+    raw = b'[{"x": 10}, {"x": 2000000}, {"x": 20}]'
+    bid = batch.start(alice, name, "v1", raw, "1")["batchExecutionId"]
+    (body,) = lanes(queue)
+    batch.run_lane(body)
+    small, large, other = batch.status(alice, name, "v1", bid, partial=False)["batchExecutionResults"]
+    assert small["outputParameters"]["y"] == "a" * 10 and other["outputParameters"]["y"] == "a" * 20
+    assert not large["success"] and "at most 1048576" in large["errorMessage"]
+    assert blobs.names(f"batches/{bid}/partial/") == []
