@@ -94,29 +94,27 @@ def _kwargs() -> dict:
 
 @lru_cache(maxsize=1)
 def _blob_service() -> BlobServiceClient:
-    s = get_settings()
-    if s.storage_connection_string:
-        return BlobServiceClient.from_connection_string(s.storage_connection_string, **_kwargs())
-    from azure.identity import DefaultAzureCredential
-    return BlobServiceClient(s.storage_blob_endpoint, credential=DefaultAzureCredential(), **_kwargs())
+    return _service(BlobServiceClient, get_settings().storage_blob_endpoint)
 
 
 @lru_cache(maxsize=1)
 def _table_service() -> TableServiceClient:
-    s = get_settings()
-    if s.storage_connection_string:
-        return TableServiceClient.from_connection_string(s.storage_connection_string, **_kwargs())
-    from azure.identity import DefaultAzureCredential
-    return TableServiceClient(s.storage_table_endpoint, credential=DefaultAzureCredential(), **_kwargs())
+    return _service(TableServiceClient, get_settings().storage_table_endpoint)
 
 
 @lru_cache(maxsize=1)
 def _queue_service() -> QueueServiceClient:
+    return _service(QueueServiceClient, get_settings().storage_queue_endpoint)
+
+
+def _service(cls, endpoint: str):  # noqa: ANN001, ANN202 - one of the three service client classes
+    """From the connection string (Azurite, or an account key), else the endpoint with the
+    app's managed identity."""
     s = get_settings()
     if s.storage_connection_string:
-        return QueueServiceClient.from_connection_string(s.storage_connection_string, **_kwargs())
+        return cls.from_connection_string(s.storage_connection_string, **_kwargs())
     from azure.identity import DefaultAzureCredential
-    return QueueServiceClient(s.storage_queue_endpoint, credential=DefaultAzureCredential(), **_kwargs())
+    return cls(endpoint, credential=DefaultAzureCredential(), **_kwargs())
 
 
 def queue(name: str) -> QueueClient:
