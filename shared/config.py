@@ -185,7 +185,7 @@ class Settings:
             raise ConfigError("setting LOGIN_LOCKOUT_SECONDS must be above 0 and at most LOGIN_LOCKOUT_MAX_SECONDS")
         unknown = sorted(set(self.roles()) - set(self.accounts()) - {"admin"})
         if unknown:  # a typo here would leave that user a Contributor: fail loudly instead
-            raise ConfigError(f"setting LOCAL_ROLES names '{unknown[0]}', which is not an account in LOCAL_USERS")
+            raise ConfigError("setting LOCAL_ROLES names an account that is not in LOCAL_USERS")
         if self.sandbox not in ("strict", "process"):
             raise ConfigError("setting SANDBOX must be strict or process")
         ports = _items(self.sandbox_outbound_ports)
@@ -214,21 +214,22 @@ class Settings:
     def accounts(self) -> dict[str, str]:
         """Local user name -> the password as configured (a scrypt$ hash or plain text)."""
         users = {}
-        for pair in filter(None, (p.strip() for p in self.local_users.split(";"))):
+        for n, pair in enumerate(filter(None, (p.strip() for p in self.local_users.split(";"))), 1):
             name, sep, password = pair.partition(":")
             if not sep or not name or not password:
                 raise ConfigError("setting LOCAL_USERS must look like user:password;user2:password2")
-            users[name] = _password(f"LOCAL_USERS ({name})", password)
+            users[name] = _password(f"LOCAL_USERS (its account number {n})", password)
         if self.local_admin_password:
             users["admin"] = _password("LOCAL_ADMIN_PASSWORD", self.local_admin_password)
         return users
 
     def roles(self) -> dict[str, str]:
         roles = {}
-        for pair in filter(None, (p.strip() for p in self.local_roles.split(";"))):
+        for n, pair in enumerate(filter(None, (p.strip() for p in self.local_roles.split(";"))), 1):
             name, _, role = pair.partition(":")
             if role not in ROLES:
-                raise ConfigError(f"setting LOCAL_ROLES: '{role}' is not one of {', '.join(ROLES)}")
+                raise ConfigError(f"setting LOCAL_ROLES: the role of its entry number {n} is not one of "
+                                  f"{', '.join(ROLES)}")
             roles[name] = role
         roles["admin"] = "Owner"
         return roles

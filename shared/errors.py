@@ -73,6 +73,11 @@ class Unavailable(ApiError):
         super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
+class Misconfigured(Unavailable):
+    """An app setting is missing or wrong: every request answers this until it is fixed."""
+    code = "not_configured"
+
+
 class ServiceBusy(Unavailable):
     """Every worker of the service stayed busy with other calls: nothing was run."""
 

@@ -20,8 +20,8 @@ import azure.functions as func
 
 from . import accounts, auth, storage
 from .config import get_settings
-from .errors import (ApiError, BadRequest, NeedsStorage, PayloadTooLarge, StorageUnavailable, Unavailable,
-                     UnsupportedMediaType)
+from .errors import (ApiError, BadRequest, ConfigError, Misconfigured, NeedsStorage, PayloadTooLarge,
+                     StorageUnavailable, Unavailable, UnsupportedMediaType)
 
 log = logging.getLogger("o16n")
 
@@ -41,6 +41,7 @@ def endpoint(*, authenticated: bool = True,
 
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
             try:
+                get_settings()  # a wrong setting answers before anything else (see misconfigured)
                 with storage.request_scope():
                     accounts.sweep_soon()
                     if not authenticated:
@@ -54,12 +55,28 @@ def endpoint(*, authenticated: bool = True,
                     return fn(req, user)
             except ApiError as exc:
                 return error_response(exc)
+            except ConfigError as exc:
+                return misconfigured(exc)
             except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
                 return _internal_error()
 
         return _named_as(wrapper, fn)
 
     return decorate
+
+
+def misconfigured(exc: ConfigError) -> func.HttpResponse:
+    """503 naming the setting (a ConfigError names settings, never their values), logged once.
+    Azure indexes and starts the app whatever its settings: this is how a deployment says so."""
+    global _misconfigured_logged
+    message = f"o16n is not configured: {exc}. Fix the app setting; the app reads it again at its next start"
+    if not _misconfigured_logged:
+        _misconfigured_logged = True
+        log.error(message)
+    return error_response(Misconfigured(message, retry_after=60), quiet=True)
+
+
+_misconfigured_logged = False
 
 
 def _internal_error() -> func.HttpResponse:
@@ -83,6 +100,7 @@ def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
 
     async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
         try:
+            get_settings()
             with storage.request_scope():  # threads started below copy it, and do not share back
                 accounts.sweep_soon()
                 if authenticated:
@@ -95,16 +113,19 @@ def _on_loop(fn: Callable[..., Any], authenticated: bool) -> Handler:
                 return await fn(req)
         except ApiError as exc:
             return error_response(exc)
+        except ConfigError as exc:
+            return misconfigured(exc)
         except Exception:  # noqa: BLE001 - the last line of defence: log, never leak
             return _internal_error()
 
     return _named_as(wrapper, fn)
 
 
-def error_response(exc: ApiError) -> func.HttpResponse:
+def error_response(exc: ApiError, *, quiet: bool = False) -> func.HttpResponse:
     cid = str(uuid.uuid4())
-    level = logging.WARNING if exc.status >= 500 else logging.INFO
-    log.log(level, "%s %s: %s correlationId=%s", exc.status, exc.code, exc.message, cid)
+    if not quiet:
+        level = logging.WARNING if exc.status >= 500 else logging.INFO
+        log.log(level, "%s %s: %s correlationId=%s", exc.status, exc.code, exc.message, cid)
     body = {"message": exc.message, "exceptionType": type(exc).__name__, "error": exc.code,
             "correlationId": cid}
     headers = dict(exc.headers)

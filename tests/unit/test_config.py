@@ -72,7 +72,7 @@ def test_local_roles_default_to_contributor_and_admin_is_owner():
 
 @pytest.mark.parametrize("roles", ["Rita:Reader", "rita :Reader", "nobody:Reader"])
 def test_a_role_for_a_name_that_is_no_account_stops_the_start(roles):
-    with pytest.raises(ConfigError, match="not an account"):
+    with pytest.raises(ConfigError, match="an account that is not in LOCAL_USERS"):
         Settings.from_env({**GOOD, "LOCAL_USERS": "rita:rita-password", "LOCAL_ROLES": roles})
 
 

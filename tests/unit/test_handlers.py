@@ -145,3 +145,40 @@ def test_a_body_over_the_size_cap_gets_413_before_it_is_parsed():
     big = b'{"code": "' + b"x" * get_settings().max_request_bytes + b'"}'
     resp = sessions.create_session(request("POST", "/sessions", body=big, headers=token()))
     assert resp.status_code == 413 and "larger than" in body_of(resp)["message"]
+
+
+@pytest.mark.parametrize("setting, value, named", [
+    ("TOKEN_SIGNING_KEY", "too-short-secret-value", "TOKEN_SIGNING_KEY"),
+    ("LOCAL_ADMIN_PASSWORD", "tiny-pw", "LOCAL_ADMIN_PASSWORD"),
+    ("LOCAL_ROLES", "alice:Wizard-of-oz", "LOCAL_ROLES"),
+    ("EXECUTION_TIMEOUT_SECONDS", "never", "EXECUTION_TIMEOUT_SECONDS"),
+])
+def test_a_wrong_setting_answers_every_request_503_naming_it_never_its_value(monkeypatch, caplog, setting, value,
+                                                                            named):
+    """Azure starts the app whatever its settings: every request says what to fix, once in the log."""
+    import asyncio
+    import inspect
+    import logging
+
+    from shared import http
+    from tests.conftest import reset_caches
+
+    monkeypatch.setenv(setting, value)
+    monkeypatch.setattr(http, "_misconfigured_logged", False)
+    reset_caches()
+    try:
+        with caplog.at_level(logging.INFO, logger="o16n"):
+            for handler, method, url in ((status.status, "GET", "/status"), (sessions.list_sessions, "GET", "/sessions"),
+                                         (consume.consume_web_service, "POST", "/api/a/b")):
+                resp = handler(request(method, url))
+                if inspect.isawaitable(resp):
+                    resp = asyncio.run(resp)
+                body = body_of(resp)
+                assert resp.status_code == 503 and body["error"] == "not_configured", body
+                assert named in body["message"] and value not in resp.get_body().decode()
+                assert int(resp.headers["Retry-After"]) >= 1
+        logged = [r.getMessage() for r in caplog.records if named in r.getMessage()]
+        assert len(logged) == 1 and value not in logged[0]
+    finally:
+        monkeypatch.undo()
+        reset_caches()
