@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ROOT / "local.settings.json"
 SAMPLE = ROOT / "local.settings.sample.json"
 GENERATED = ("TOKEN_SIGNING_KEY", "SNAPSHOT_SIGNING_KEY")
+_AZURE_MAX_BODY = 100 * 1024 * 1024  # Azure Functions refuses larger request bodies
 
 
 def load_settings(path: Path = SETTINGS) -> None:
@@ -124,7 +125,7 @@ def serve(host: str, port: int) -> None:
         os.environ["BATCH_QUEUE"] = get_settings().queue_name
     # The app refuses bodies over MAX_REQUEST_BYTES itself; the host stops reading a little past that.
     asgi = FunctionHost(app, route_prefix=route_prefix_of(ROOT / "host.json"),
-                        max_body_bytes=get_settings().max_request_bytes + (1 << 20))
+                        max_body_bytes=min(_AZURE_MAX_BODY, get_settings().max_request_bytes + (1 << 20)))
     # Queue-triggered functions, checked before anything starts (a wrong one stops the start
     # with what to fix); their sync handlers run in the HTTP functions' thread pool.
     queues = QueueRunner(app, host_json=ROOT / "host.json", executor=asgi.executor,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,6 +77,17 @@ def index(app: func.FunctionApp, route_prefix: str = "") -> list[Route]:
     return routes
 
 
+def route_value(raw: str) -> str:
+    """A route value as ASP.NET gives it: percent-decoded once, but an encoded '/' stays '%2F'."""
+    return unquote(re.sub(r"%(2[Ff])", r"%25\1", raw))
+
+
+def worker_threads() -> int:
+    """The sync handlers' thread pool, sized as the Python worker sizes it."""
+    configured = os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT", "")
+    return int(configured) if configured.isdigit() and int(configured) > 0 else min(32, (os.cpu_count() or 1) + 4)
+
+
 def route_prefix_of(host_json: Path) -> str:
     try:
         return json.loads(host_json.read_text())["extensions"]["http"]["routePrefix"]
@@ -87,7 +99,7 @@ class FunctionHost:
     """ASGI callable serving the indexed functions. Sync handlers run in a thread pool, as
     the Python worker runs them."""
 
-    def __init__(self, app: func.FunctionApp, *, route_prefix: str = "", threads: int = 16,
+    def __init__(self, app: func.FunctionApp, *, route_prefix: str = "", threads: int | None = None,
                  max_body_bytes: int = 100 * 1024 * 1024) -> None:
         self.routes = index(app, route_prefix)
         # Candidates by first segment, in rank order: a lookup, not a scan of every route.
@@ -99,7 +111,7 @@ class FunctionHost:
         self._by_first = {k: v + wild for k, v in self._by_first.items()}
         self._wild = wild
         self.max_body_bytes = max_body_bytes  # Azure Functions' own limit is 100 MB
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fn")
+        self.executor = ThreadPoolExecutor(max_workers=threads or worker_threads(), thread_name_prefix="fn")
         #: called at the lifespan's shutdown, before the thread pool is shut down
         self.on_shutdown: list[Callable[[], None]] = []
 
@@ -109,7 +121,7 @@ class FunctionHost:
             m = r.regex.match(path)
             # Azure answers 404, not 405, when only the method differs.
             if m and (not r.methods or method in r.methods):
-                return r, {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
+                return r, {k: route_value(v) for k, v in m.groupdict().items() if v is not None}
         return None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -141,7 +153,9 @@ class FunctionHost:
                 break
         body = b"".join(chunks)
         method = scope["method"].upper()
-        found = self.match(method, scope["path"])
+        # Matched on the path as sent (uvicorn's `path` is decoded already): values are decoded once.
+        raw_path = scope.get("raw_path")
+        found = self.match(method, raw_path.decode("latin-1") if raw_path else scope["path"])
         if found is None:
             await _send(send, 404, [(b"content-type", b"text/plain")], b"")
             return

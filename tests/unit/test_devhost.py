@@ -307,3 +307,26 @@ def test_lifespan_shutdown_calls_the_hooks_before_the_thread_pool_stops():
 
     asyncio.run(host({"type": "lifespan"}, receive, send))
     assert seen == [False] and host.executor._shutdown
+
+
+@pytest.mark.parametrize("raw, value", [(b"/things/%2541", "%41"), (b"/things/a%20b", "a b"),
+                                        (b"/things/a%2Fb", "a%2Fb"), (b"/things/a%2fb", "a%2fb"),
+                                        (b"/things/%C3%A9t%C3%A9", "\u00e9t\u00e9")])
+def test_route_values_are_decoded_once_and_an_encoded_slash_stays_as_asp_net_keeps_it(raw, value):
+    from urllib.parse import unquote
+
+    scope = {"type": "http", "method": "GET", "path": unquote(raw.decode()), "raw_path": raw, "query_string": b"",
+             "client": ("127.0.0.1", 5000), "headers": []}
+    sent, _ = _drive(FunctionHost(_app()), scope, [b""])
+    assert sent[0]["status"] == 200 and sent[1]["body"].decode() == value
+
+
+def test_the_thread_pool_is_sized_as_the_python_worker_sizes_it(monkeypatch):
+    import os
+
+    from devhost.host import worker_threads
+
+    monkeypatch.delenv("PYTHON_THREADPOOL_THREAD_COUNT", raising=False)
+    assert worker_threads() == min(32, (os.cpu_count() or 1) + 4)
+    monkeypatch.setenv("PYTHON_THREADPOOL_THREAD_COUNT", "3")
+    assert worker_threads() == 3 and FunctionHost(_app()).executor._max_workers == 3
