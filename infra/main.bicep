@@ -121,24 +121,20 @@ resource insights 'Microsoft.Insights/components@2020-02-02' = {
 // function's trigger reads BATCH_QUEUE through AzureWebJobsStorage while the app sends to it through
 // STORAGE_QUEUE_ENDPOINT, so both must be this account.
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  //checkov:skip=CKV_AZURE_35:Flex Consumption here runs without a VNet, so the platform reaches it over the public endpoint; access is by Entra ID only (shared keys off)
+  //checkov:skip=CKV_AZURE_206:LRS keeps the cost down; choose ZRS/GRS per deployment if snapshots must survive a zone or region loss
+  //checkov:skip=CKV_AZURE_43:the name is 'st' + uniqueString(): 15 lower-case letters and digits; checkov cannot evaluate it
   name: 'st${token}'
   location: location
   tags: tags
   kind: 'StorageV2'
-  sku: { name: 'Standard_LRS' } //checkov:skip=CKV_AZURE_206:LRS keeps cost down; snapshots are the only state and ZRS/GRS can be chosen per deployment
+  sku: { name: 'Standard_LRS' }
   properties: {
     allowBlobPublicAccess: false
     allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    //checkov:skip=CKV_AZURE_59:Flex Consumption without a VNet reaches storage over its public endpoint; access is by identity only (shared keys off)
-    //checkov:skip=CKV_AZURE_33:queue logging needs diagnostic settings to a workspace; not enabled to keep idle cost at zero
-    //checkov:skip=CKV2_AZURE_1:Microsoft-managed keys; customer-managed keys need a key rotation process of their own
-    //checkov:skip=CKV2_AZURE_33:no private endpoint: Flex Consumption here runs without a VNet
-    //checkov:skip=CKV2_AZURE_38:soft delete is not used: the app deletes snapshots on request and keeps no other state in blobs
-    //checkov:skip=CKV2_AZURE_40:shared key access is off (allowSharedKeyAccess false); the check does not see it
-    //checkov:skip=CKV2_AZURE_41:no SAS is ever issued (shared keys are off)
   }
 }
 
@@ -148,24 +144,20 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
 // Data Reader is not enough. It gets Storage Blob Data Contributor on the one container, not Owner
 // on the account, and no access to the data account's keys or other services.
 resource packages 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  //checkov:skip=CKV_AZURE_35:Flex Consumption here runs without a VNet, so the platform reaches it over the public endpoint; access is by Entra ID only (shared keys off)
+  //checkov:skip=CKV_AZURE_206:the package is rebuilt by `azd deploy`; LRS is enough
+  //checkov:skip=CKV_AZURE_43:the name is 'stpkg' + uniqueString(): 18 lower-case letters and digits; checkov cannot evaluate it
   name: 'stpkg${token}'
   location: location
   tags: tags
   kind: 'StorageV2'
-  sku: { name: 'Standard_LRS' } //checkov:skip=CKV_AZURE_206:the package is rebuilt by `azd deploy`; LRS is enough
+  sku: { name: 'Standard_LRS' }
   properties: {
     allowBlobPublicAccess: false
     allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    //checkov:skip=CKV_AZURE_59:Flex Consumption without a VNet reads its package over the public endpoint; access is by identity only
-    //checkov:skip=CKV_AZURE_33:holds no queues
-    //checkov:skip=CKV2_AZURE_1:Microsoft-managed keys; the package is rebuilt from the repository
-    //checkov:skip=CKV2_AZURE_33:no private endpoint: Flex Consumption here runs without a VNet
-    //checkov:skip=CKV2_AZURE_38:the package is rebuilt by `azd deploy`; soft delete adds nothing
-    //checkov:skip=CKV2_AZURE_40:shared key access is off (allowSharedKeyAccess false); the check does not see it
-    //checkov:skip=CKV2_AZURE_41:no SAS is ever issued (shared keys are off)
   }
   resource blobs 'blobServices' = {
     name: 'default'
@@ -177,6 +169,8 @@ resource packages 'Microsoft.Storage/storageAccounts@2023-05-01' = {
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  //checkov:skip=CKV_AZURE_109:Key Vault references from Flex Consumption without a VNet come over the public endpoint; access is by RBAC only
+  //checkov:skip=CKV_AZURE_189:same reason as CKV_AZURE_109: public network access is needed without a VNet
   name: 'kv-${token}'
   location: location
   tags: tags
@@ -188,40 +182,46 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     softDeleteRetentionInDays: 90
     enablePurgeProtection: true
     publicNetworkAccess: 'Enabled'
-    //checkov:skip=CKV_AZURE_109:Key Vault references from Flex Consumption without a VNet come over the public endpoint; access is by RBAC only
-    //checkov:skip=CKV2_AZURE_32:no private endpoint: Flex Consumption here runs without a VNet
   }
 }
 
 // One secret per key; the previous keys exist only during a rotation, the admin password only when set.
 resource tokenKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  //checkov:skip=CKV_AZURE_41:no expiry: the app reads the key until it is rotated by hand (README); an expired key would stop the app
   parent: vault
   name: 'token-signing-key'
-  properties: { value: tokenSigningKey, contentType: 'text/plain' } //checkov:skip=CKV_AZURE_41:no expiry: the app reads it until it is rotated by hand (README); an expired key would stop the app
+  properties: { value: tokenSigningKey, contentType: 'text/plain' }
 }
 
 resource snapshotKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  //checkov:skip=CKV_AZURE_41:no expiry, as for tokenKeySecret
   parent: vault
   name: 'snapshot-signing-key'
-  properties: { value: snapshotSigningKey, contentType: 'text/plain' } //checkov:skip=CKV_AZURE_41:no expiry, as above
+  properties: { value: snapshotSigningKey, contentType: 'text/plain' }
 }
 
 resource tokenKeyPreviousSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(tokenSigningKeyPrevious)) {
+  //checkov:skip=CKV_AZURE_41:no expiry, as for tokenKeySecret
+  //checkov:skip=CKV_AZURE_114:contentType is set; checkov does not read properties of a conditional resource
   parent: vault
   name: 'token-signing-key-previous'
-  properties: { value: tokenSigningKeyPrevious, contentType: 'text/plain' } //checkov:skip=CKV_AZURE_41:no expiry, as above
+  properties: { value: tokenSigningKeyPrevious, contentType: 'text/plain' }
 }
 
 resource snapshotKeyPreviousSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(snapshotSigningKeyPrevious)) {
+  //checkov:skip=CKV_AZURE_41:no expiry, as for tokenKeySecret
+  //checkov:skip=CKV_AZURE_114:contentType is set; checkov does not read properties of a conditional resource
   parent: vault
   name: 'snapshot-signing-key-previous'
-  properties: { value: snapshotSigningKeyPrevious, contentType: 'text/plain' } //checkov:skip=CKV_AZURE_41:no expiry, as above
+  properties: { value: snapshotSigningKeyPrevious, contentType: 'text/plain' }
 }
 
 resource adminPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(localAdminPassword)) {
+  //checkov:skip=CKV_AZURE_41:no expiry, as for tokenKeySecret
+  //checkov:skip=CKV_AZURE_114:contentType is set; checkov does not read properties of a conditional resource
   parent: vault
   name: 'local-admin-password'
-  properties: { value: localAdminPassword, contentType: 'text/plain' } //checkov:skip=CKV_AZURE_41:no expiry, as above
+  properties: { value: localAdminPassword, contentType: 'text/plain' }
 }
 
 // App settings read secrets through Key Vault references (versionless: the newest version, re-read
@@ -229,18 +229,20 @@ resource adminPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if
 var kvRef = '@Microsoft.KeyVault(SecretUri='
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_225:zone redundancy on Flex Consumption needs a supporting region and always-ready instances (billed while idle)
   name: 'plan-${token}'
   location: location
   tags: tags
   kind: 'functionapp'
   sku: { name: 'FC1', tier: 'FlexConsumption' }
   properties: { reserved: true }
-  //checkov:skip=CKV_AZURE_211:Flex Consumption (FC1) scales per instance; App Service SKU checks do not apply
-  //checkov:skip=CKV_AZURE_212:Flex Consumption scales out by itself (maximumInstanceCount); there is no fixed instance count
-  //checkov:skip=CKV_AZURE_225:Flex Consumption zone redundancy needs a region that supports it; left to the deployer
 }
 
 resource app 'Microsoft.Web/sites@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_222:the API is public by design; callers authenticate with bearer tokens
+  //checkov:skip=CKV_AZURE_17:callers authenticate with bearer tokens (o16n login or Entra ID), not client certificates
+  //checkov:skip=CKV_AZURE_212:scale from zero is intended: always-ready instances are billed while idle
+  //checkov:skip=CKV_AZURE_213:a platform health check would call every instance every minute, keeping it busy and billed; GET /status serves an external probe
   name: 'func-${token}'
   location: location
   tags: union(tags, { 'azd-service-name': 'api' })
@@ -249,7 +251,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
-    clientCertEnabled: false //checkov:skip=CKV_AZURE_17:callers authenticate with bearer tokens (o16n login or Entra ID), not client certificates
+    clientCertEnabled: false
     functionAppConfig: {
       deployment: {
         storage: {
@@ -270,9 +272,6 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      //checkov:skip=CKV_AZURE_13:authentication is done in code (o16n tokens and Entra ID access tokens); App Service Authentication would refuse o16n's own tokens
-      //checkov:skip=CKV_AZURE_56:same: App Service Authentication is not used, see CKV_AZURE_13
-      //checkov:skip=CKV_AZURE_221:Flex Consumption without a VNet is reached over its public endpoint; that is the API
       appSettings: [
         // The Functions host's storage, by identity: blobs (leases, host keys), queues (the batch
         // trigger and its poison queue). The data account's three Data Contributor roles cover it.
