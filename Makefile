@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 12800
 
-.PHONY: run test bench soak deps clean
+.PHONY: run test bench soak checkov deps clean
 
 run: deps
 	PORT=$(PORT) $(PY) -m devhost run
@@ -31,6 +31,18 @@ $(SOAK_VENV)/.installed: bench/soak-requirements.txt
 	$(SOAK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/soak-requirements.txt
 	touch $@
 
+# Policy scan of infra/ (Bicep) with checkov, which lives in .venv-checkov (it pins an older
+# pycep-parser than the tests use): `make test` and CI never install it. Each suppressed check
+# has its reason beside it in the template (//checkov:skip=ID:reason).
+CHECKOV_VENV := .venv-checkov
+checkov: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov -d infra --framework bicep --compact --quiet --skip-download
+
+$(CHECKOV_VENV)/.installed:
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'checkov>=3.2,<4'
+	touch $@
+
 deps: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
@@ -43,4 +55,4 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(SOAK_VENV) node_modules .azurite .pytest_cache
+	rm -rf $(VENV) $(SOAK_VENV) $(CHECKOV_VENV) node_modules .azurite .pytest_cache
