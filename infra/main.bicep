@@ -395,10 +395,11 @@ resource metricsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// Whoever runs `azd up` reads the admin password (and azd reads secrets back) from the vault.
-resource deployerVaultRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+// Whoever runs `azd up` reads the admin password (azd reads it back on the next provision): that
+// one secret, not the signing keys.
+resource deployerVaultRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId) && !empty(localAdminPassword)) {
   name: guid(vault.id, deployerPrincipalId, roles.keyVaultSecretsUser)
-  scope: vault
+  scope: adminPasswordSecret
   properties: {
     principalId: deployerPrincipalId
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)

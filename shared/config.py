@@ -11,6 +11,7 @@ from . import passwords
 from .errors import ConfigError
 
 _PLACEHOLDER = "change-me"
+_UNRESOLVED = ("@microsoft.keyvault(", "@microsoft.appconfiguration(")
 # a Storage queue name with room for "-poison" (queue names hold at most 63 characters)
 _QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,54}[a-z0-9]")
 #: ML Server's roles, most rights first
@@ -150,6 +151,12 @@ class Settings:
             raw = env.get(f.name.upper())
             if raw is None or raw == "":
                 continue
+            if raw.strip().casefold().startswith(_UNRESOLVED):
+                # App Service passes a reference it could not resolve on as the value itself: text
+                # anyone can work out from the app's name, never to be taken as a key or password.
+                raise ConfigError(f"setting {f.name.upper()} is a Key Vault or App Configuration reference that "
+                                  "App Service did not resolve: check that the app's identity may read it "
+                                  "(Key Vault Secrets User), then refresh the app's references or restart it")
             try:
                 values[f.name] = type(f.default)(raw)
             except ValueError:

@@ -83,3 +83,16 @@ def test_sample_settings_name_every_setting():
 
     sample = json.loads((Path(__file__).parents[2] / "local.settings.sample.json").read_text())["Values"]
     assert {f.name.upper() for f in fields(Settings)} <= set(sample)
+
+
+@pytest.mark.parametrize("setting", ["TOKEN_SIGNING_KEY", "SNAPSHOT_SIGNING_KEY", "LOCAL_ADMIN_PASSWORD",
+                                     "TOKEN_SIGNING_KEY_PREVIOUS", "AAD_AUDIENCE"])
+def test_a_key_vault_reference_app_service_did_not_resolve_is_refused(setting):
+    """App Service hands an unresolved reference on as the value: predictable text (the vault's
+    name follows the app's) that passed as a 32-character key and a 12-character password."""
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-abc123.vault.azure.net/secrets/token-signing-key)"
+    with pytest.raises(ConfigError, match=f"{setting} is a Key Vault or App Configuration reference") as caught:
+        Settings.from_env({**GOOD, setting: reference})
+    assert "kv-abc123" not in str(caught.value)
+    with pytest.raises(ConfigError, match="did not resolve"):
+        Settings.from_env({**GOOD, setting: " @microsoft.appconfiguration(Endpoint=https://x.azconfig.io; Key=k)"})

@@ -147,9 +147,9 @@ def test_the_identity_has_exactly_the_listed_roles(res):
         if _text(props["principalId"]) == APP_PRINCIPAL:
             assert props["principalType"] == "ServicePrincipal" and r["_if"] is None, name
             granted.add((_text(r["scope"]), role))
-        else:  # the deployer may read the vault, nothing else
-            assert (_text(r["scope"]), role, props["principalId"]) == ("vault", "roles.keyVaultSecretsUser",
-                                                                       "deployerPrincipalId"), name
+        else:  # the deployer may read the admin password, nothing else (not the signing keys)
+            assert (_text(r["scope"]), role, props["principalId"]) == (
+                "adminPasswordSecret", "roles.keyVaultSecretsUser", "deployerPrincipalId"), name
     assert granted == {
         ("storage", "roles.blobDataContributor"),
         ("storage", "roles.tableDataContributor"),
