@@ -89,6 +89,7 @@ var poolsBySize = {
     workerTemplates: 2
     workerMemoryMB: 1024
     httpConcurrency: 8
+    pythonThreads: 14 // httpConcurrency + 6: see PYTHON_THREADPOOL_THREAD_COUNT
   }
   '4096': {
     maxWarmServices: 10
@@ -98,6 +99,7 @@ var poolsBySize = {
     workerTemplates: 3
     workerMemoryMB: 2048
     httpConcurrency: 16
+    pythonThreads: 22
   }
 }
 var pools = poolsBySize[string(instanceMemoryMB)]
@@ -297,6 +299,11 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'AAD_DEFAULT_ROLE', value: 'none' }
         { name: 'SANDBOX', value: 'strict' }
         { name: 'EXECUTION_TIMEOUT_SECONDS', value: '60' }
+        // Sync handlers and batch lanes share the Python worker's thread pool, min(32, CPUs + 4) by
+        // default (6 on 2 cores): a thread for each HTTP request taken at once, plus the 6 queue
+        // messages host.json lets an instance run (batchSize 4 + newBatchThreshold 2). Raise it
+        // with httpPerInstanceConcurrency.
+        { name: 'PYTHON_THREADPOOL_THREAD_COUNT', value: string(pools.pythonThreads) }
         { name: 'MAX_WARM_SERVICES', value: string(pools.maxWarmServices) }
         { name: 'WARM_SERVICES_MB', value: string(pools.warmServicesMB) }
         { name: 'MAX_WARM_SESSIONS', value: string(pools.maxWarmSessions) }

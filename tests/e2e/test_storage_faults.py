@@ -19,6 +19,9 @@ pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
 
 DEADLINE = STORAGE_DEADLINE
 SLACK = 1.5  # the host's own work around the storage call, on a busy machine
+# Threads for the concurrent requests below: with the Python worker's default, min(32, CPUs + 4),
+# a 2-core machine has 6, and requests beyond them wait for a thread, not for storage.
+_THREADS = "16"
 SECRETS = ("devstoreaccount1", "AccountKey", "Eby8vdM02", "127.0.0.1", "http://")
 CODE = "y = x * 2"
 IO = {"inputParameterDefinitions": [{"name": "x", "type": "numeric"}],
@@ -190,7 +193,7 @@ def test_a_publish_whose_writes_keep_being_cut_is_503_and_whole_or_absent(host, 
 def test_requests_during_a_stall_do_not_queue_behind_each_other(storage):
     """A fresh instance creates its tables on first use: that must not be done under one lock
     that every request waits for, one deadline after another."""
-    proc, url = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
+    proc, url = start_host(STORAGE_CONNECTION_STRING=storage.connection_string, PYTHON_THREADPOOL_THREAD_COUNT=_THREADS,
                            STORAGE_TIMEOUT_SECONDS=str(DEADLINE), STORAGE_PREFIX="q" + uuid.uuid4().hex[:8])
     try:
         r = requests.post(f"{url}/login", json={"username": "alice", "password": USERS["alice"]}, timeout=30)
@@ -221,7 +224,7 @@ def test_a_host_started_while_storage_stalls_answers_every_request_within_one_de
     storage.signal(signal.SIGSTOP)
     proc = None
     try:
-        proc, fresh = start_host(STORAGE_CONNECTION_STRING=storage.connection_string,
+        proc, fresh = start_host(STORAGE_CONNECTION_STRING=storage.connection_string, PYTHON_THREADPOOL_THREAD_COUNT=_THREADS,
                                  STORAGE_TIMEOUT_SECONDS=str(DEADLINE))
         calls = [
             ("anonymous", 401, lambda: requests.get(f"{fresh}/sessions", timeout=60)),

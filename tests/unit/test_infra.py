@@ -207,6 +207,9 @@ def test_worker_pools_fit_the_instance(doc, size):
     assert p["warmServicesMB"] >= p["maxWarmServices"] * WORKER_MB
     assert p["workerMemoryMB"] <= size // 2
     assert 1 <= p["httpConcurrency"] <= 16
+    # a thread per HTTP request taken at once, and per queue message an instance runs (host.json)
+    queues = json.loads((INFRA.parent / "host.json").read_text())["extensions"]["queues"]
+    assert p["pythonThreads"] >= p["httpConcurrency"] + queues["batchSize"] + queues["newBatchThreshold"]
 
 
 def test_the_parameters_file_holds_no_secret(doc):
