@@ -223,7 +223,7 @@ def _score_chunk(row: dict, owner: Principal, c: int, turn_ends: float) -> None:
                 return  # cancelled: the rest of the chunk is not scored
             looked = time.monotonic()
         results.append(_score(owner, svc, record, turn_ends + _WAIT_SECONDS))
-    _commit(row, c, results, failed=False)
+    _commit(row, c, results, failed=False, resumed=first > 0)  # no listing for chunks scored in one turn
 
 
 def _scored_so_far(row: dict, c: int) -> list[dict]:
@@ -278,7 +278,7 @@ def _capped(svc: dict, result: dict) -> dict:
                                "per record (consume it on its own)")
 
 
-def _commit(row: dict, c: int, results: list[dict], *, failed: bool) -> None:
+def _commit(row: dict, c: int, results: list[dict], *, failed: bool, resumed: bool = False) -> None:
     """Results first, then the row that counts them: what a reader counts is always there."""
     batch_id = row["RowKey"]
     try:
@@ -292,8 +292,9 @@ def _commit(row: dict, c: int, results: list[dict], *, failed: bool) -> None:
     if _current(row) is None:  # cancelled while this chunk was scored: what it wrote goes too
         _discard(row)
         return
-    for part in blobs.names(_partial_blob(batch_id, c, None)):
-        blobs.delete(part)  # what earlier turns kept of it: in the results now
+    if resumed:
+        for part in blobs.names(_partial_blob(batch_id, c, None)):
+            blobs.delete(part)  # what earlier turns kept of it: in the results now
 
 
 def _note_error(row: dict, c: int, exc: Exception) -> None:

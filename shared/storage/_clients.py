@@ -9,7 +9,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 from azure.core.exceptions import (AzureError, HttpResponseError, ResourceExistsError, ResourceModifiedError,
@@ -119,13 +119,7 @@ def _service(cls, endpoint: str):  # noqa: ANN001, ANN202 - one of the three ser
 
 def queue(name: str) -> QueueClient:
     client = _queue_service().get_queue_client(name)
-    if name not in _ready:
-        with translated("queue"):
-            try:
-                client.create_queue()
-            except ResourceExistsError:
-                pass
-            _ready.add(name)
+    _made_once(name, "queue", client.create_queue)
     return client
 
 
@@ -142,14 +136,20 @@ def table(suffix: str) -> TableClient:
 def container() -> ContainerClient:
     name = f"{get_settings().storage_prefix.lower()}-data"
     client = _blob_service().get_container_client(name)
-    if name not in _ready:
-        with translated("container"):
-            try:
-                client.create_container()
-            except ResourceExistsError:
-                pass
-            _ready.add(name)
+    _made_once(name, "container", client.create_container)
     return client
+
+
+def _made_once(name: str, what: str, create: Callable[[], object]) -> None:
+    """Create a queue or container at its first use in this process ("exists" is done)."""
+    if name in _ready:
+        return
+    with translated(what):
+        try:
+            create()
+        except ResourceExistsError:
+            pass
+        _ready.add(name)
 
 
 def ping() -> None:
