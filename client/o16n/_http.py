@@ -1,0 +1,90 @@
+"""The one place requests are sent: base URL, bearer token, retries, and errors translated."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import requests
+
+from . import __version__
+from .errors import ClientAuthenticationError, HttpResponseError, O16nError, from_response
+
+if TYPE_CHECKING:
+    from .credentials import Credential
+
+log = logging.getLogger("o16n")
+#: GETs and DELETEs are retried on these (a cold instance, a storage hiccup); POSTs never are
+_RETRY_STATUS = {502, 503, 504}
+_RETRIES = 3
+
+
+def segment(value: str, what: str) -> str:
+    """A value that goes into a URL path: refused client-side when it could not name anything."""
+    if not isinstance(value, str) or not value or value in {".", ".."}:
+        raise ValueError(f"{what} must be a non-empty string")
+    return quote(value, safe="")
+
+
+class Transport:
+    def __init__(self, endpoint: str, credential: Credential | None, *, timeout: float = 120.0,
+                 verify: bool | str = True) -> None:
+        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+            raise ValueError("endpoint must be the server's http:// or https:// address")
+        self.endpoint = endpoint.rstrip("/")
+        self.credential = credential
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.verify = verify
+        self.session.headers["User-Agent"] = f"o16n-client/{__version__}"
+        if credential is not None:
+            credential.attach(self)
+
+    def url(self, path: str) -> str:
+        return f"{self.endpoint}/{path.lstrip('/')}"
+
+    def send(self, method: str, path: str, *, authenticated: bool = True, **kwargs: Any) -> requests.Response:
+        """The answer to one request; a non-2xx answer raises the error it stands for."""
+        kwargs.setdefault("timeout", self.timeout)
+        base_headers = kwargs.pop("headers", None) or {}
+        retried_auth = False
+        for attempt in range(_RETRIES + 1):
+            headers = dict(base_headers)
+            if authenticated:
+                if self.credential is None:
+                    raise ClientAuthenticationError("no credential: sign in first (o16n login)")
+                headers["Authorization"] = "Bearer " + self.credential.get_token(force_refresh=retried_auth)
+            try:
+                response = self.session.request(method, self.url(path), headers=headers, **kwargs)
+            except requests.RequestException as exc:
+                if method in ("GET", "DELETE") and attempt < _RETRIES:
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+                raise O16nError(f"could not reach {self.endpoint}: {type(exc).__name__}") from exc
+            if response.ok:
+                return response
+            if response.status_code == 401 and authenticated and not retried_auth \
+                    and self.credential is not None and self.credential.can_refresh:
+                retried_auth = True  # the token may have been renewed or revoked elsewhere: once more, fresh
+                continue
+            if response.status_code in _RETRY_STATUS and method in ("GET", "DELETE") and attempt < _RETRIES:
+                time.sleep(min(float(response.headers.get("Retry-After") or 1), 5.0) * (attempt + 1) / 2)
+                continue
+            error = from_response(response.status_code, _body(response), response.headers)
+            log.info("%s %s -> %s %s", method, path.split("?")[0], response.status_code, error.error_code)
+            raise error
+        raise HttpResponseError("gave up after retries")  # pragma: no cover - the loop returns or raises
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.send(method, path, **kwargs)
+        return _body(response) if response.content else None
+
+
+def _body(response: requests.Response) -> Any:
+    if "json" in response.headers.get("Content-Type", ""):
+        try:
+            return response.json()
+        except ValueError:
+            pass
+    return response.text
