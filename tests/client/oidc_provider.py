@@ -13,6 +13,7 @@ import json
 import secrets
 import shutil
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -39,6 +40,10 @@ class OAuthError(Exception):
 
 
 class Provider:
+    """clients: client id -> secret (None: a public client); users: name -> {"oid", "roles"} (app roles
+    on the API); app_roles: client id -> roles of its app-only tokens. `authority`, `jwks_url` and
+    `ca_file` exist once started (a context manager, or start()/stop())."""
+
     def __init__(self, *, tenant: str, api: str, clients: dict[str, str | None], users: dict[str, dict],
                  app_roles: dict[str, list[str]], token_lifetime: int = 3600, device_code_lifetime: int = 900,
                  interval: int = 1):
@@ -55,7 +60,6 @@ class Provider:
         self._servers: list[ThreadingHTTPServer] = []
         self._dir: str | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Provider:
         self._dir = tempfile.mkdtemp(prefix="oidc-")
         self.ca_file, cert_file, key_file = _make_tls_files(Path(self._dir))
@@ -80,7 +84,6 @@ class Provider:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # -- what a person or an admin does -----------------------------------------------------
     def approve(self, user_code: str, user: str) -> None:
         if user not in self.users:
             raise ValueError(f"unknown user {user!r}")
@@ -101,7 +104,6 @@ class Provider:
                     return
         raise KeyError(f"no pending device flow with user code {user_code!r}")
 
-    # -- endpoints ---------------------------------------------------------------------------
     def _route(self, method: str, path: str, form: dict, authorization: str) -> tuple[int, dict]:
         base = f"/{self.tenant}"
         try:
@@ -149,7 +151,7 @@ class Provider:
 
     def _token(self, form: dict, authorization: str) -> dict:
         client_id, secret = form.get("client_id", ""), form.get("client_secret")
-        if authorization.startswith("Basic "):  # msal sends a client secret this way, not in the form
+        if authorization.startswith("Basic "):  # RFC 6749's preferred way; msal posts it in the form
             client_id, _, secret = base64.b64decode(authorization[6:]).decode().partition(":")
             client_id, secret = unquote_plus(client_id), unquote_plus(secret)
         if client_id not in self.clients:
@@ -161,12 +163,12 @@ class Provider:
         if grant == "urn:ietf:params:oauth:grant-type:device_code":
             return self._device_code_grant(client_id, form)
         if grant == "refresh_token":
+            scopes = self._user_scopes(form["scope"]) if form.get("scope") else None
             with self._lock:  # rotating: each refresh token is good for one exchange
                 rt = self._refresh_tokens.pop(form.get("refresh_token", ""), None)
             if rt is None or rt["client_id"] != client_id:
                 raise OAuthError("invalid_grant", "the refresh token has expired, was revoked or was already used")
-            scopes = self._user_scopes(form["scope"]) if form.get("scope") else rt["scopes"]
-            return self._user_tokens(client_id, rt["user"], scopes, form)
+            return self._user_tokens(client_id, rt["user"], scopes or rt["scopes"], form)
         if grant == "client_credentials":
             if expected is None:
                 raise OAuthError("invalid_client", "a public client has no credentials to present", 401)
@@ -199,7 +201,6 @@ class Provider:
                              f"api://{self.api}/user_impersonation")
         return scopes
 
-    # -- tokens ------------------------------------------------------------------------------
     def _user_tokens(self, client_id: str, user: str, scopes: list[str], form: dict) -> dict:
         info = self.users[user]
         out = self._access_token(client_id, user, info["oid"], info.get("roles", []))
@@ -237,7 +238,6 @@ class Provider:
     def _sign(self, claims: dict) -> str:
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid, "typ": "JWT"})
 
-    # -- HTTP --------------------------------------------------------------------------------
     def _serve(self, tls: ssl.SSLContext | None) -> ThreadingHTTPServer:
         provider = self
 
@@ -272,7 +272,8 @@ class Provider:
             daemon_threads = True
 
             def handle_error(self, request, client_address):
-                pass  # e.g. a client that does not trust the CA drops the handshake
+                if not isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+                    super().handle_error(request, client_address)  # a client that distrusts the CA is no bug
 
         server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
