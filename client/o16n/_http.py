@@ -20,6 +20,20 @@ _RETRY_STATUS = {502, 503, 504}
 _RETRIES = 3
 
 
+class TrustingSession(requests.Session):
+    """A session that trusts `verify` (a CA bundle's path, or False) on every request: requests
+    lets REQUESTS_CA_BUNDLE override a session's own `verify`, not a request's."""
+
+    def __init__(self, verify: bool | str = True) -> None:
+        super().__init__()
+        self._verify = verify
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if self._verify is not True:
+            kwargs.setdefault("verify", self._verify)
+        return super().request(method, url, *args, **kwargs)
+
+
 def segment(value: str, what: str) -> str:
     """A value that goes into a URL path: refused client-side when it could not name anything."""
     if not isinstance(value, str) or not value or value in {".", ".."}:
@@ -35,8 +49,7 @@ class Transport:
         self.endpoint = endpoint.rstrip("/")
         self.credential = credential
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.verify = verify
+        self.session = TrustingSession(verify)
         self.session.headers["User-Agent"] = f"o16n-client/{__version__}"
         if credential is not None:
             credential.attach(self)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import _files
+from ._http import TrustingSession
 from .client import O16nClient
 from .credentials import (AccessTokenCredential, ClientSecretCredential, Credential, DeviceCodeCredential,
                           PasswordCredential)
@@ -74,12 +75,7 @@ class Profile:
             if not token:
                 raise ClientAuthenticationError("no token kept: sign in again (o16n login --token-stdin)")
             return AccessTokenCredential(token)
-        http_client = None
-        if self.ca_bundle:
-            import requests
-
-            http_client = requests.Session()
-            http_client.verify = self.ca_bundle
+        http_client = TrustingSession(self.ca_bundle) if self.ca_bundle else None
         if self.method == "device-code":
             return DeviceCodeCredential(self.client_id or "", authority=self.authority or "", scopes=self.scopes,
                                         cache_path=self.tokens_path, prompt=prompt, http_client=http_client)
