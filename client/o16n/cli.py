@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -320,7 +319,11 @@ def publish(name: str, version: str,
                                  param_hint="--inputs")
     client = _client()
     definition = client.service(name).version(version)
-    target = ", ".join(out_types) if out_types else "_"
+    if update and outputs is None:  # kept: the call line still assigns them
+        out_names = [p.name for p in client.get_service(name, version=version).outputs]
+    else:
+        out_names = list(out_types)
+    target = ", ".join(out_names) if out_names else "_"
     call = f"{target} = {function}({', '.join(f'{a}={a}' for a in args)})\n"
     definition.code_str(call, source + (f"\n{init}()\n" if init else ""))
     definition.alias(alias or function)
@@ -718,14 +721,16 @@ def snapshots_delete(snapshot_id: str, json_: JsonFlag = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="o16n", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        code = command.main(args=argv, prog_name="o16n", standalone_mode=False)
+        if isinstance(code, int):  # typer.Exit raised by a command comes back as its code
+            return code
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("aborted")
         return 1
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # a usage error (typer's own click)
+        exc.show()  # type: ignore[attr-defined]
         return 2
     except O16nError as exc:
         err.print(f"error: {exc}", markup=False)

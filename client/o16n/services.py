@@ -79,6 +79,7 @@ class ServiceDefinition(_Definition):
         self._outputs: dict[str, str] | None = None
         self._objects: dict[str, Any] = {}
         self._artifacts: list[str] | None = None
+        self._kept_outputs: list[str] = []
 
     def code_fn(self, code: Callable, init: Callable | None = None) -> ServiceDefinition:
         """The service runs `code(inputs...)` and, once per worker, `init()` first. Their source is
@@ -125,8 +126,10 @@ class ServiceDefinition(_Definition):
 
     def redeploy(self) -> Service:
         """Update the version; what was not set here (inputs, outputs, artifacts) is kept."""
-        if self._version is None:
-            self._version = self._client.get_service(self._name).version
+        current = self._client.get_service(self._name, version=self._version)
+        self._version = current.version
+        if self._fn is not None and self._outputs is None:
+            self._kept_outputs = [p.name for p in current.outputs]  # the call line assigns them
         return self._publish("PATCH", full=False)
 
     def _request(self, full: bool) -> dict[str, Any]:
@@ -159,7 +162,7 @@ class ServiceDefinition(_Definition):
     def _call_line(self) -> str:
         assert self._fn is not None
         args = ", ".join(f"{a}={a}" for a in inspect.signature(self._fn).parameters)
-        outs = list(self._outputs or {})
+        outs = list(self._outputs) if self._outputs is not None else self._kept_outputs
         target = outs[0] if len(outs) == 1 else ", ".join(outs)  # several outputs: the function returns a tuple
         call = f"{self._fn.__name__}({args})"
         return f"{target} = {call}\n" if outs else f"{call}\n"
