@@ -43,11 +43,16 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'checkov>=3.2,<4'
 	touch $@
 
-deps: $(VENV)/.installed node_modules/.installed
+deps: $(VENV)/.installed $(VENV)/.client-installed node_modules/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+# The client and CLI (client/), installed as its users install it: `pip install ./client`.
+$(VENV)/.client-installed: $(VENV)/.installed $(wildcard client/pyproject.toml client/o16n/*.py)
+	$(PY) -m pip install --quiet --disable-pip-version-check ./client -c constraints.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

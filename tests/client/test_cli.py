@@ -3,10 +3,8 @@ exit codes (0 done, 1 the server said no, 2 usage) and what the sign-in leaves o
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import stat
-import subprocess
 import uuid
 
 import pytest
