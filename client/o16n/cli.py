@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,7 +16,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Table as _RichTable
+from rich.text import Text
 
 from . import _types
 from .client import O16nClient
@@ -35,8 +37,28 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(snapshots_app, name="snapshots")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+def _clean(text: str) -> str:
+    """Server-sent text made inert for a terminal: control and format characters (escape
+    sequences, bidi overrides) shown as escapes, never sent raw."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf") else f"\\u{ord(c):04x}"
+                   for c in text)
+
+
+class _Console(Console):
+    """Strings are printed as plain text: a service's name or output never becomes rich markup."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        kwargs.pop("markup", None)
+        super().print(*(Text(_clean(o)) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+class Table(_RichTable):
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().add_row(*(Text(_clean(str(c))) for c in cells), **kwargs)
+
+
+out = _Console(highlight=False, soft_wrap=True)
+err = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class _State:
@@ -66,7 +88,8 @@ def _json_mode(flag: bool) -> bool:
 
 
 def _print_json(value: Any) -> None:
-    out.print_json(json.dumps(value, default=str), highlight=False)
+    # plain stdout: rich would wrap long lines; ASCII escapes keep control characters inert
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _client() -> O16nClient:

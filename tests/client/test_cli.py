@@ -248,3 +248,16 @@ def test_every_command_has_help_with_examples(cli):
         assert "Examples" in done.stdout and f"o16n {' '.join(command)}" in done.stdout, command
         if command not in (["call"], ["swagger"]):
             assert "--json" in done.stdout, command
+
+
+def test_text_from_the_server_cannot_drive_the_terminal(alice_cli, tmp_path):
+    (tmp_path / "loud.py").write_text(
+        "def loud():\n    print('\\x1b[2J\\x1b]0;owned\\x07[red]markup[/red] \\u202eevil')\n    return '\\x1b[31m'\n")
+    name = unique("Loud")
+    alice_cli.ok("publish", name, "1", "--code", str(tmp_path / "loud.py"), "--function", "loud",
+                 "--outputs", "y=character")
+    shown = alice_cli.ok("call", name, "1").stdout
+    assert "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown
+    assert "\\u001b[2J" in shown and "[red]markup[/red]" in shown and "\\u202e" in shown
+    raw = alice_cli.ok("--json", "call", name, "1").stdout
+    assert "\x1b" not in raw and json.loads(raw)["outputParameters"]["y"] == "\x1b[31m"
