@@ -236,3 +236,20 @@ def test_client_side_checks_name_the_problem(alice):
         alice.service("X").version("1").code_fn(add).inputs(x=float).outputs(total=float)._request(True)
     with pytest.raises(ValueError, match="endpoint"):
         O16nClient("localhost:12800", None)
+
+
+def test_processes_sharing_a_sign_in_renew_it_once(server, tmp_path):
+    """Renewal spends the refresh token: two CLI processes renewing at once must not sign each other out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = tmp_path / "tokens.json"
+    O16nClient(server, PasswordCredential("bob", PASSWORDS["bob"], cache_path=cache)).list_services()
+    kept = json.loads(cache.read_text())
+    kept["expires_on"] = int(time.time()) + 5
+    cache.write_text(json.dumps(kept))
+
+    def one(_):  # each its own credential, as separate processes would have, sharing only the file
+        return O16nClient(server, PasswordCredential("bob", cache_path=cache)).list_services() is not None
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(one, range(6)))
+    assert json.loads(cache.read_text())["refresh_token"] != kept["refresh_token"]
