@@ -4,16 +4,33 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.client.oidc_provider import Provider
 from tests.constants import ADMIN_PASSWORD, USERS
 from tests.e2e.conftest import start_host, stop_host
 
 #: the command `pip install ./client` put beside this interpreter (make's deps install it)
 O16N = Path(sys.executable).parent / "o16n"
 PASSWORDS = {"admin": ADMIN_PASSWORD, **USERS}
+
+# The Entra tenant the loopback provider plays: the API, a public client (the CLI) and a service
+# with a secret; Carol has an app role, Dave none.
+TENANT, API = str(uuid.uuid4()), str(uuid.uuid4())
+CLI, CI, CI_SECRET = str(uuid.uuid4()), str(uuid.uuid4()), "ci-" + uuid.uuid4().hex
+CAROL, DAVE = "carol@contoso.test", "dave@contoso.test"
+
+
+@pytest.fixture(scope="module")
+def provider():
+    with Provider(tenant=TENANT, api=API, clients={CLI: None, CI: CI_SECRET},
+                  users={CAROL: {"oid": str(uuid.uuid4()), "roles": ["Contributor"]},
+                         DAVE: {"oid": str(uuid.uuid4()), "roles": []}},
+                  app_roles={CI: ["Reader"]}) as p:
+        yield p
 
 
 @pytest.fixture(scope="session")

@@ -2,30 +2,17 @@
 client credentials; and its tokens accepted by a real o16n local host."""
 import threading
 import time
-import uuid
 
 import jwt
 import msal
 import pytest
 import requests
 
-from tests.client.oidc_provider import Provider
+from tests.client.conftest import API, CAROL, CI, CI_SECRET, CLI, DAVE, TENANT
 from tests.e2e.conftest import start_host, stop_host
 
-TENANT, API = str(uuid.uuid4()), str(uuid.uuid4())
-CLI, CI, CI_SECRET = str(uuid.uuid4()), str(uuid.uuid4()), "ci-" + uuid.uuid4().hex
-CAROL, DAVE = "carol@contoso.test", "dave@contoso.test"
 USER_SCOPES, APP_SCOPES = [f"api://{API}/user_impersonation"], [f"api://{API}/.default"]
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-
-@pytest.fixture(scope="module")
-def provider():
-    with Provider(tenant=TENANT, api=API, clients={CLI: None, CI: CI_SECRET},
-                  users={CAROL: {"oid": str(uuid.uuid4()), "roles": ["Contributor"]},
-                         DAVE: {"oid": str(uuid.uuid4()), "roles": []}},
-                  app_roles={CI: ["Reader"]}) as p:
-        yield p
 
 
 @pytest.fixture

@@ -13,25 +13,11 @@ import pytest
 
 from o16n import ClientAuthenticationError, ClientSecretCredential, DeviceCodeCredential, HttpResponseError, O16nClient
 from o16n._http import TrustingSession
-from tests.client.conftest import O16N, Cli
+from tests.client.conftest import API, CAROL, CI, CI_SECRET, CLI, DAVE, O16N, TENANT, Cli
 from tests.client.oidc_provider import Provider
 from tests.e2e.conftest import start_host, stop_host
 
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
-
-TENANT, API = str(uuid.uuid4()), str(uuid.uuid4())
-CLI_APP, CI, CI_SECRET = str(uuid.uuid4()), str(uuid.uuid4()), "ci-" + uuid.uuid4().hex
-CAROL, DAVE = "carol@contoso.test", "dave@contoso.test"
-
-
-@pytest.fixture(scope="module")
-def provider():
-    with Provider(tenant=TENANT, api=API, clients={CLI_APP: None, CI: CI_SECRET},
-                  users={CAROL: {"oid": str(uuid.uuid4()), "roles": ["Contributor"]},
-                         DAVE: {"oid": str(uuid.uuid4()), "roles": []}},
-                  app_roles={CI: ["Reader"]}) as p:
-        yield p
-
 
 @pytest.fixture(scope="module")
 def entra_host(azurite, provider):
@@ -41,7 +27,7 @@ def entra_host(azurite, provider):
     stop_host(proc)
 
 
-def entra_args(provider, *, client_id=CLI_APP):
+def entra_args(provider, *, client_id=CLI):
     return ["--authority", provider.authority, "--client-id", client_id, "--api", API, "--ca-bundle", provider.ca_file]
 
 
@@ -74,7 +60,7 @@ def test_the_cli_signs_a_person_in_with_a_device_code_and_renews_silently(entra_
     assert json.loads(cli.ok("services", "list", "--json").stdout) is not None  # no prompt: from the cache
     assert sum(r["grant_type"] == "refresh_token" for r in provider.token_requests) == refreshes + 1
     status = json.loads(cli.ok("status", "--json").stdout)
-    assert status["method"] == "device-code" and status["user"] == CLI_APP
+    assert status["method"] == "device-code" and status["user"] == CLI
 
     cli.ok("logout")
     assert not (cli.config / "default.tokens.json").exists()
@@ -116,19 +102,19 @@ def test_the_client_signs_in_with_both_msal_flows(entra_host, provider, tmp_path
         code = re.search(r"enter the code (\S+)", message).group(1)
         threading.Timer(0.2, provider.approve, (code, CAROL)).start()
 
-    person = DeviceCodeCredential(CLI_APP, authority=provider.authority, scopes=[f"api://{API}/user_impersonation"],
+    person = DeviceCodeCredential(CLI, authority=provider.authority, scopes=[f"api://{API}/user_impersonation"],
                                   cache_path=tmp_path / "msal.json", prompt=approve, http_client=http)
     carol = O16nClient(entra_host, person)
     svc = carol.service(f"Entra{uuid.uuid4().hex[:6]}").version("1").code_str("y = x + 1").inputs(x=float) \
         .outputs(y=float).deploy()
     assert svc.published_by.startswith("aad:") and svc.consume(x=1).output("y") == 2.0
     # another process, no prompt: the cached sign-in carries on
-    again = DeviceCodeCredential(CLI_APP, authority=provider.authority, scopes=[f"api://{API}/user_impersonation"],
+    again = DeviceCodeCredential(CLI, authority=provider.authority, scopes=[f"api://{API}/user_impersonation"],
                                  cache_path=tmp_path / "msal.json", http_client=http)
     assert O16nClient(entra_host, again).get_service(svc.name, version="1").name == svc.name
     again.sign_out()
     with pytest.raises(ClientAuthenticationError, match="sign in again"):
-        O16nClient(entra_host, DeviceCodeCredential(CLI_APP, authority=provider.authority,
+        O16nClient(entra_host, DeviceCodeCredential(CLI, authority=provider.authority,
                                                     scopes=[f"api://{API}/user_impersonation"],
                                                     cache_path=tmp_path / "msal.json", http_client=http)).list_services()
 
