@@ -33,7 +33,8 @@ def seen(sdk_python, base_url, tmp_path_factory):
     script = Path(__file__).with_name("sdk_client.py")
     onnx_file = _cars_onnx(tmp_path_factory.mktemp("onnx") / "cars.onnx")
     run = subprocess.run([str(sdk_python), str(script), base_url, "alice", USERS["alice"], str(onnx_file)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path_factory.mktemp("sdk"))  # the SDK downloads artifacts into the folder it runs in
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     line = next(x for x in run.stdout.splitlines() if x.startswith("SDK-RESULT "))
     return json.loads(line[len("SDK-RESULT "):])
