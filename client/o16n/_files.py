@@ -22,12 +22,17 @@ def config_dir() -> Path:
 
 
 def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    old = os.umask(0o077)  # folders made here (parents too) are the owner's alone
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    finally:
+        os.umask(old)
     info = path.stat()
     if info.st_uid != os.getuid():
         raise O16nError(f"{path} belongs to another user: tokens are not kept there")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    if info.st_mode & 0o077:  # a folder others may open: not changed behind its owner's back
+        raise O16nError(f"{path} is open to other users: tokens are not kept there "
+                        f"(chmod 700 it, or set O16N_CONFIG_DIR to a folder of your own)")
 
 
 def read_private(path: Path) -> bytes | None:

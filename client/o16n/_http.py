@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from . import __version__
-from .errors import ClientAuthenticationError, HttpResponseError, O16nError, from_response
+from .errors import ClientAuthenticationError, HttpResponseError, O16nError, from_response, retry_after
 
 if TYPE_CHECKING:
     from .credentials import Credential
@@ -43,12 +44,13 @@ def segment(value: str, what: str) -> str:
 
 class Transport:
     def __init__(self, endpoint: str, credential: Credential | None, *, timeout: float = 120.0,
-                 verify: bool | str = True) -> None:
+                 verify: bool | str = True, max_bytes: int = 1 << 30) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             raise ValueError("endpoint must be the server's http:// or https:// address")
         self.endpoint = endpoint.rstrip("/")
         self.credential = credential
         self.timeout = timeout
+        self.max_bytes = max_bytes
         self.session = TrustingSession(verify)
         self.session.headers["User-Agent"] = f"o16n-client/{__version__}"
         if credential is not None:
@@ -60,6 +62,8 @@ class Transport:
     def send(self, method: str, path: str, *, authenticated: bool = True, **kwargs: Any) -> requests.Response:
         """The answer to one request; a non-2xx answer raises the error it stands for."""
         kwargs.setdefault("timeout", self.timeout)
+        # o16n never redirects: following one would re-send a password or a refresh token elsewhere
+        kwargs["allow_redirects"] = False
         base_headers = kwargs.pop("headers", None) or {}
         retried_auth = False
         for attempt in range(_RETRIES + 1):
@@ -69,25 +73,54 @@ class Transport:
                     raise ClientAuthenticationError("no credential: sign in first (o16n login)")
                 headers["Authorization"] = "Bearer " + self.credential.get_token(force_refresh=retried_auth)
             try:
-                response = self.session.request(method, self.url(path), headers=headers, **kwargs)
+                response = self._read(self.session.request(method, self.url(path), headers=headers, stream=True,
+                                                           **kwargs))
             except requests.RequestException as exc:
                 if method in ("GET", "DELETE") and attempt < _RETRIES:
                     time.sleep(0.5 * 2 ** attempt)
                     continue
                 raise O16nError(f"could not reach {self.endpoint}: {type(exc).__name__}") from exc
-            if response.ok:
+            if 200 <= response.status_code < 300:
                 return response
+            if 300 <= response.status_code < 400:
+                raise HttpResponseError("the server answered with a redirect, which the client does not follow "
+                                        "(is the server's address right, with https?)",
+                                        status_code=response.status_code)
             if response.status_code == 401 and authenticated and not retried_auth \
                     and self.credential is not None and self.credential.can_refresh:
                 retried_auth = True  # the token may have been renewed or revoked elsewhere: once more, fresh
                 continue
             if response.status_code in _RETRY_STATUS and method in ("GET", "DELETE") and attempt < _RETRIES:
-                time.sleep(min(float(response.headers.get("Retry-After") or 1), 5.0) * (attempt + 1) / 2)
+                time.sleep(min(retry_after(response.headers) or 1.0, 5.0) * (attempt + 1) / 2)
                 continue
             error = from_response(response.status_code, _body(response), response.headers)
             log.info("%s %s -> %s %s", method, path.split("?")[0], response.status_code, error.error_code)
             raise error
         raise HttpResponseError("gave up after retries")  # pragma: no cover - the loop returns or raises
+
+    def _read(self, response: requests.Response) -> requests.Response:
+        """The whole body, within `timeout` in all (requests' timeout bounds each read only, so a
+        trickling server could hold a call forever) and within `max_bytes`."""
+        deadline = time.monotonic() + self.timeout
+        body = bytearray()
+        with response:
+            # read1: what has arrived, not a full chunk (read() waits for 64 KiB, however slowly it comes)
+            read = getattr(response.raw, "read1", None) or response.raw.read
+            while True:
+                try:
+                    chunk = read(1 << 16, decode_content=True)
+                except (urllib3.exceptions.HTTPError, OSError) as exc:  # what iter_content would have wrapped
+                    raise requests.ConnectionError(str(exc)) from exc
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise O16nError(f"the server's answer is larger than {self.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise O16nError(f"the server took longer than {self.timeout:g} s to answer")
+        response._content = bytes(body)  # noqa: SLF001 - what requests keeps once it has read a body
+        response._content_consumed = True  # noqa: SLF001
+        return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.send(method, path, **kwargs)

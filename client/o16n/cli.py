@@ -3,6 +3,7 @@ service's code failed), 2 the command was not used right."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import io
 import json
@@ -12,6 +13,7 @@ import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -137,7 +139,7 @@ def login(server: Annotated[str, typer.Argument(help="The o16n server's address.
           authority: Annotated[Optional[str], typer.Option(
               help="Entra authority URL (default https://login.microsoftonline.com/TENANT).")] = None,
           ca_bundle: Annotated[Optional[Path], typer.Option(
-              help="A CA bundle to trust (a private CA in front of the server or authority).")] = None,
+              exists=True, dir_okay=False, readable=True, help="A CA bundle to trust (a private CA in front of the server or authority).")] = None,
           json_: JsonFlag = False) -> None:
     """Sign in and remember the server and the method in a profile (tokens are kept owner-only)."""
     chosen = [m for m, on in (("password", username is not None), ("device-code", device_code),
@@ -156,33 +158,31 @@ def login(server: Annotated[str, typer.Argument(help="The o16n server's address.
         profile.client_id = client_id
         profile.authority = (authority or f"https://login.microsoftonline.com/{tenant}").rstrip("/")
         profile.scopes = entra_scopes(api, app_only=method == "client-credentials")
-    old = _old_profile()
-    profile.forget()  # whatever was kept for this profile belongs to the previous sign-in
     if method == "password":
         password = _read_secret(password_stdin, "O16N_PASSWORD", f"Password for {username}")
-        credential = profile.credential(password=password)
+        credential = profile.credential(password=password, kept=False)
     elif method == "token":
-        token = sys.stdin.readline().strip()
-        if not token:
-            raise typer.BadParameter("no token on standard input")
-        credential = profile.credential(token=token)
-        profile.keep_token(token)
+        token = _read_secret(True, "", "Access token").strip()
+        credential = profile.credential(token=token, kept=False)
     elif method == "device-code":
-        credential = profile.credential(prompt=lambda message: err.print(message))
+        credential = profile.credential(prompt=lambda message: err.print(message), kept=False)
     else:
         secret = os.environ.get("O16N_CLIENT_SECRET")
         if not secret:
             raise typer.BadParameter("set O16N_CLIENT_SECRET to the application's client secret")
-        credential = profile.credential(client_secret=secret)
+        credential = profile.credential(client_secret=secret, kept=False)
+    _warn_if_cleartext(profile.server)
+    # Signed in in memory first: a sign-in that fails leaves the profile and its tokens as they were.
     client = profile.client(credential)
     try:
         credential.get_token()
         client.status()  # proves the server takes the token
     except O16nError:
-        credential.sign_out()
+        with contextlib.suppress(O16nError):
+            credential.sign_out()
         raise
-    if old is not None and (old.server, old.method, old.username) != (profile.server, profile.method, profile.username):
-        pass  # the previous sign-in's tokens were dropped above; the server keeps them until they lapse
+    _end_previous_sign_in()
+    credential.persist(profile.tokens_path)
     profile.save()
     who = username or client_id or "the given token"
     if _json_mode(json_):
@@ -191,20 +191,35 @@ def login(server: Annotated[str, typer.Argument(help="The o16n server's address.
         out.print(f"Signed in to {profile.server} as {who} ({method}); profile '{profile.name}'.")
 
 
-def _old_profile() -> Profile | None:
+def _end_previous_sign_in() -> None:
+    """The profile's previous sign-in is replaced: revoked where the server can revoke it."""
     try:
-        return Profile.load(state.profile)
+        old = Profile.load(state.profile)
     except O16nError:
-        return None
+        return
+    try:
+        if old.method == "password":
+            old.client().sign_out()
+    except O16nError as exc:
+        err.print(f"note: the previous sign-in of profile '{old.name}' could not be revoked ({exc}); "
+                  "it lapses on its own")
+    finally:
+        old.forget()
+
+
+def _warn_if_cleartext(server: str) -> None:
+    host = urlsplit(server).hostname or ""
+    if server.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+        err.print(f"warning: {host} is reached over plain http: passwords and tokens cross the network unencrypted")
 
 
 def _read_secret(from_stdin: bool, env: str, prompt: str) -> str:
-    if from_stdin:
+    if from_stdin and not sys.stdin.isatty():
         value = sys.stdin.readline().rstrip("\n")
-    else:
-        value = os.environ.get(env) or typer.prompt(prompt, hide_input=True)
+    else:  # a terminal: never echoed
+        value = (os.environ.get(env) if env else None) or typer.prompt(prompt, hide_input=True)
     if not value:
-        raise typer.BadParameter("the password is empty")
+        raise typer.BadParameter(f"{prompt.lower()} is empty")
     return value
 
 
@@ -213,10 +228,10 @@ def logout(json_: JsonFlag = False) -> None:
     """Sign out: revoke the refresh token (local accounts) and forget every kept token."""
     profile = Profile.load(state.profile)
     try:
-        profile.client().sign_out()
+        profile.client().sign_out()  # revokes; when the server cannot be told, the tokens stay, to retry
     except ClientAuthenticationError:
-        pass  # nothing valid was kept: forgetting it is all there is to do
-    finally:
+        profile.forget()  # nothing valid was kept: forgetting it is all there is to do
+    else:
         profile.forget()
     if _json_mode(json_):
         _print_json({"profile": profile.name, "signedOut": True})
@@ -285,7 +300,7 @@ def services_delete(name: str, version: str,
     """Delete one version (its callers get 404 from then on)."""
     if not yes and not typer.confirm(f"Delete {name} {version}?"):
         raise typer.Exit(1)
-    _client().delete_service(name, version=version)
+    _client().delete_service(name, version=version, missing_ok=False)
     if _json_mode(json_):
         _print_json({"name": name, "version": version, "deleted": True})
     else:
@@ -483,17 +498,21 @@ def _cell(text: str | None, kind: str | None, row: int) -> Any:
     return text
 
 
-def _follow(batch: Batch, json_: bool) -> BatchResult:
+WaitTimeout = Annotated[Optional[float], typer.Option("--timeout", min=0,
+                                                    help="With --wait: give up (exit 1) after this many seconds.")]
+
+
+def _follow(batch: Batch, json_: bool, timeout: float | None) -> BatchResult:
     if _json_mode(json_) or not err.is_terminal and os.environ.get("O16N_PROGRESS") != "1":
-        return batch.wait()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err) as progress:
-        task = progress.add_task(f"batch {batch.execution_id}", total=None)
+        return batch.wait(timeout=timeout)
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err) as progress:
+        task = progress.add_task(_clean(f"batch {batch.execution_id}"), total=None)
 
         def show(result: BatchResult) -> None:
             progress.update(task, total=result.total_item_count, completed=result.completed_item_count,
-                            description=f"batch {batch.execution_id} {result.state}")
-        return batch.wait(progress=show)
+                            description=_clean(f"batch {batch.execution_id} {result.state}"))
+        return batch.wait(progress=show, timeout=timeout)
 
 
 def _show_batch(result: BatchResult, execution_id: str, json_: bool, *, rows: bool) -> None:
@@ -509,6 +528,15 @@ def _show_batch(result: BatchResult, execution_id: str, json_: bool, *, rows: bo
         out.print(table)
 
 
+def _exit_if_failed(result: BatchResult) -> None:
+    """A batch that failed, or any of whose records failed, exits 1 (as a failed call does)."""
+    failed = sum(not r.success for r in result)
+    if failed:
+        err.print(f"{failed} of {result.total_item_count} records failed")
+    if failed or result.state.lower() == "failed":
+        raise typer.Exit(1)
+
+
 @batch_app.command("start", epilog=_examples(
     "o16n batch start Iris 1.0 flowers.csv --parallel 4 --wait",
     "o16n batch start Add 1.0 records.jsonl   (one JSON object per line)"))
@@ -517,15 +545,14 @@ def batch_start(name: str, version: str,
                                                         help="CSV with a header of input names, or JSON lines.")],
                 parallel: Annotated[int, typer.Option(min=1, help="Records scored at once.")] = 10,
                 wait: Annotated[bool, typer.Option(help="Follow it with a progress bar until it ends.")] = False,
-                json_: JsonFlag = False) -> None:
-    """Start a batch; prints its id (or, with --wait, its results)."""
+                timeout: WaitTimeout = None, json_: JsonFlag = False) -> None:
+    """Start a batch; prints its id (or, with --wait, its results). Exits 1 if any record failed."""
     svc = _client().get_service(name, version=version)
     batch = svc.batch(_read_records(records, svc), parallel_count=parallel).start()
     if wait:
-        result = _follow(batch, json_)
+        result = _follow(batch, json_, timeout)
         _show_batch(result, batch.execution_id or "", json_, rows=True)
-        if result.state.lower() == "failed":
-            raise typer.Exit(1)
+        _exit_if_failed(result)
     elif _json_mode(json_):
         _print_json({"batchExecutionId": batch.execution_id})
     else:
@@ -548,13 +575,12 @@ def batch_status(name: str, version: str, execution_id: str, json_: JsonFlag = F
                                                "o16n batch results Iris 1.0 BATCH_ID --json > results.json"))
 def batch_results(name: str, version: str, execution_id: str,
                   wait: Annotated[bool, typer.Option(help="Follow it with a progress bar until it ends.")] = False,
-                  json_: JsonFlag = False) -> None:
-    """The results so far (in input order), or all of them with --wait."""
+                  timeout: WaitTimeout = None, json_: JsonFlag = False) -> None:
+    """The results so far (in input order), or all of them with --wait. Exits 1 if any record failed."""
     batch = _client().get_service(name, version=version).get_batch(execution_id)
-    result = _follow(batch, json_) if wait else batch.results()
+    result = _follow(batch, json_, timeout) if wait else batch.results()
     _show_batch(result, execution_id, json_, rows=True)
-    if result.state.lower() == "failed":
-        raise typer.Exit(1)
+    _exit_if_failed(result)
 
 
 @batch_app.command("list", epilog=_examples("o16n batch list Iris 1.0"))
@@ -673,8 +699,8 @@ def sessions_download(session_id: str, name: str,
                                                                      help="Where to write it (default: its name).")] = None,
                       json_: JsonFlag = False) -> None:
     """Fetch a file from a session's folder."""
+    target = output or Path(_base_name(name))
     data = _client().get_session(session_id).get_file(name)
-    target = output or Path(Path(name).name)
     target.write_bytes(data)
     _emit({"file": str(target), "bytes": len(data)}, json_, _lines([f"Wrote {target} ({len(data)} bytes)."]))
 
@@ -705,8 +731,16 @@ def sessions_history(session_id: str, json_: JsonFlag = False) -> None:
 def sessions_close(session_id: str, force: Annotated[bool, typer.Option(help="Even while it runs code.")] = False,
                    json_: JsonFlag = False) -> None:
     """Close a session (its objects and files go with it)."""
-    _client().close_session(session_id, force=force)
+    _client().close_session(session_id, force=force, missing_ok=False)
     _emit({"sessionId": session_id, "closed": True}, json_, _lines([f"Closed {session_id}."]))
+
+
+def _base_name(name: str) -> str:
+    """A default file name from a name the server may have chosen: this folder, never a hidden file."""
+    base = Path(name.replace("\\", "/")).name
+    if not base or base.startswith("."):
+        raise typer.BadParameter(f"{_clean(name)!r} is no file name to write to: give --output")
+    return base
 
 
 @snapshots_app.command("list", epilog=_examples("o16n snapshots list"))
@@ -728,8 +762,8 @@ def snapshots_download(snapshot_id: str,
                        output: Annotated[Optional[Path], typer.Option("--output", "-o")] = None,
                        json_: JsonFlag = False) -> None:
     """A snapshot's content, as a zip file."""
+    target = output or Path(_base_name(snapshot_id) + ".zip")
     data = _client().get_snapshot_content(snapshot_id)
-    target = output or Path(f"{snapshot_id}.zip")
     target.write_bytes(data)
     _emit({"file": str(target), "bytes": len(data)}, json_, _lines([f"Wrote {target} ({len(data)} bytes)."]))
 
@@ -737,7 +771,7 @@ def snapshots_download(snapshot_id: str,
 @snapshots_app.command("delete", epilog=_examples("o16n snapshots delete SNAPSHOT_ID"))
 def snapshots_delete(snapshot_id: str, json_: JsonFlag = False) -> None:
     """Delete a snapshot (services published from it keep their copy)."""
-    _client().delete_snapshot(snapshot_id)
+    _client().delete_snapshot(snapshot_id, missing_ok=False)
     _emit({"snapshotId": snapshot_id, "deleted": True}, json_, _lines([f"Deleted {snapshot_id}."]))
 
 
@@ -756,11 +790,22 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()  # type: ignore[attr-defined]
         return 2
     except O16nError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {exc}")
         return 1
-    except ValueError as exc:
-        err.print(f"error: {exc}", markup=False)
+    except TimeoutError as exc:
+        err.print(f"error: {exc}")
+        return 1
+    except UnicodeError as exc:  # text the server sent that cannot be written here
+        err.print(f"error: {type(exc).__name__}: {exc}")
+        return 1
+    except ValueError as exc:  # what the client refuses before sending anything
+        err.print(f"error: {exc}")
         return 2
+    except (KeyError, TypeError, AttributeError, OSError) as exc:
+        if os.environ.get("O16N_DEBUG"):
+            raise
+        err.print(f"error: {type(exc).__name__}: {exc} (O16N_DEBUG=1 shows where)")
+        return 1
     return 0
 
 

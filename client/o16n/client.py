@@ -52,12 +52,17 @@ class O16nClient:
             raise ResourceNotFoundError(f"no service named {name!r}", status_code=404, error_code="not_found")
         return Service(self, versions[-1])
 
-    def delete_service(self, name: str, *, version: str) -> None:
-        """Succeeds when the version is already gone."""
+    def delete_service(self, name: str, *, version: str, missing_ok: bool = True) -> None:
+        """Succeeds when the version is already gone (unless `missing_ok` is False).
+        :raises ResourceNotFoundError: with missing_ok=False"""
+        self._delete(f"services/{segment(name, 'name')}/{segment(version, 'version')}", missing_ok)
+
+    def _delete(self, path: str, missing_ok: bool) -> None:
         try:
-            self._transport.send("DELETE", f"services/{segment(name, 'name')}/{segment(version, 'version')}")
+            self._transport.send("DELETE", path)
         except ResourceNotFoundError:
-            pass
+            if not missing_ok:
+                raise
 
     # sessions and snapshots
     def create_session(self, *, name: str | None = None, snapshot_id: str | None = None) -> Session:
@@ -72,12 +77,9 @@ class O16nClient:
     def list_sessions(self) -> list[dict[str, Any]]:
         return self._transport.json("GET", "sessions")
 
-    def close_session(self, session_id: str, *, force: bool = False) -> None:
-        """Succeeds when the session is already gone."""
-        try:
-            self._transport.send("DELETE", f"sessions/{segment(session_id, 'session id')}" + ("/force" if force else ""))
-        except ResourceNotFoundError:
-            pass
+    def close_session(self, session_id: str, *, force: bool = False, missing_ok: bool = True) -> None:
+        """Succeeds when the session is already gone (unless `missing_ok` is False)."""
+        self._delete(f"sessions/{segment(session_id, 'session id')}" + ("/force" if force else ""), missing_ok)
 
     def list_snapshots(self) -> list[Snapshot]:
         return [Snapshot.from_body(b) for b in self._transport.json("GET", "snapshots")]
@@ -86,12 +88,9 @@ class O16nClient:
         """The snapshot as a zip file."""
         return self._transport.send("GET", f"snapshots/{segment(snapshot_id, 'snapshot id')}").content
 
-    def delete_snapshot(self, snapshot_id: str) -> None:
-        """Succeeds when the snapshot is already gone."""
-        try:
-            self._transport.send("DELETE", f"snapshots/{segment(snapshot_id, 'snapshot id')}")
-        except ResourceNotFoundError:
-            pass
+    def delete_snapshot(self, snapshot_id: str, *, missing_ok: bool = True) -> None:
+        """Succeeds when the snapshot is already gone (unless `missing_ok` is False)."""
+        self._delete(f"snapshots/{segment(snapshot_id, 'snapshot id')}", missing_ok)
 
     # the server
     def status(self) -> dict[str, Any]:

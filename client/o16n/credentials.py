@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _files
-from .errors import ClientAuthenticationError, O16nError
+from .errors import ClientAuthenticationError, HttpResponseError, O16nError
 
 if TYPE_CHECKING:
     from ._http import Transport
@@ -45,6 +45,10 @@ class Credential:
     def sign_out(self) -> None:
         """Forget the tokens (and revoke them where the server can)."""
 
+    def persist(self, cache_path: str | Path) -> None:
+        """Keep the tokens in `cache_path` from now on (a sign-in made in memory, once it works)."""
+        raise NotImplementedError
+
 
 class AccessTokenCredential(Credential):
     def __init__(self, token: str) -> None:
@@ -54,6 +58,17 @@ class AccessTokenCredential(Credential):
 
     def get_token(self, *, force_refresh: bool = False) -> str:
         return self._token
+
+    def persist(self, cache_path: str | Path) -> None:
+        _files.write_private(Path(cache_path), json.dumps({"access_token": self._token}).encode())
+
+    @classmethod
+    def from_cache(cls, cache_path: str | Path) -> AccessTokenCredential:
+        raw = _files.read_private(Path(cache_path))
+        token = json.loads(raw).get("access_token") if raw else None
+        if not token:
+            raise ClientAuthenticationError("no token kept: sign in again (o16n login --token-stdin)")
+        return cls(token)
 
 
 class PasswordCredential(Credential):
@@ -136,17 +151,24 @@ class PasswordCredential(Credential):
         if self._cache is not None:
             _files.remove(self._cache)
 
+    def persist(self, cache_path: str | Path) -> None:
+        self._cache = Path(cache_path)
+        self._save()
+
     def sign_out(self) -> None:
+        """Revokes the refresh token, then forgets the tokens. When the server cannot be told,
+        they are kept (and this raises), so signing out can be tried again."""
         with self._lock:
             refresh = self._tokens.get("refresh_token")
             try:
                 if refresh and self._transport is not None:
                     self._transport.send("DELETE", "login/refreshToken", params={"refreshToken": refresh},
                                          authenticated=False)
-            except ClientAuthenticationError:
-                pass  # already revoked or expired: nothing left to revoke
-            finally:
-                self._forget()
+            except HttpResponseError as exc:
+                if exc.status_code not in (400, 401):
+                    raise
+                # already revoked or expired: nothing left to revoke
+            self._forget()
 
 
 class _MsalCredential(Credential):
@@ -170,7 +192,8 @@ class _MsalCredential(Credential):
 
     def _app_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"authority": self.authority, "token_cache": self._cache,
-                                   "instance_discovery": False}  # the authority is the one given, never looked up
+                                   "instance_discovery": False,  # the authority is the one given, never looked up
+                                   "timeout": 30}
         if self._http_client is not None:
             options["http_client"] = self._http_client
         return options
@@ -179,6 +202,10 @@ class _MsalCredential(Credential):
         if self._cache_path is not None and self._cache.has_state_changed:
             _files.write_private(self._cache_path, self._cache.serialize().encode())
             self._cache.has_state_changed = False
+
+    def persist(self, cache_path: str | Path) -> None:
+        self._cache_path = Path(cache_path)
+        _files.write_private(self._cache_path, self._cache.serialize().encode())
 
     def sign_out(self) -> None:
         # Entra tokens cannot be revoked by their holder: forgetting them is what a client can do
@@ -236,9 +263,9 @@ class DeviceCodeCredential(_MsalCredential):
 
     def sign_out(self) -> None:
         with self._lock:
-            app = self._application()
-            for account in app.get_accounts():
-                app.remove_account(account)
+            if self._app is not None:  # never made just to sign out: that would need the authority
+                for account in self._app.get_accounts():
+                    self._app.remove_account(account)
             super().sign_out()
 
 

@@ -73,10 +73,16 @@ def from_response(status: int, body: Any, headers: Any) -> HttpResponseError:
     else:
         text = body if isinstance(body, str) else ""
         message, code, cid = (text.strip()[:500] or f"the server answered {status}"), None, None
-    retry = headers.get("Retry-After") if headers is not None else None
-    try:
-        retry_after = float(retry) if retry else None
-    except ValueError:
-        retry_after = None
     return _BY_STATUS.get(status, HttpResponseError)(message, status_code=status, error_code=code,
-                                                      correlation_id=cid, retry_after=retry_after)
+                                                      correlation_id=cid,
+                                                      retry_after=retry_after(headers) if headers is not None else None)
+
+
+def retry_after(headers: Any) -> float | None:
+    """Retry-After in seconds (a date, or nonsense, counts as absent)."""
+    try:
+        value = float(headers.get("Retry-After") or "")
+    except (TypeError, ValueError):
+        return None
+    return value if 0 <= value < 3600 else None
+

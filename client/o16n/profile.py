@@ -65,30 +65,25 @@ class Profile:
             raise O16nError(f"the profile {name!r} cannot be read: sign in again (o16n login)") from exc
 
     def credential(self, *, password: str | None = None, token: str | None = None,
-                   client_secret: str | None = None, prompt: Callable[[str], None] | None = None) -> Credential:
+                   client_secret: str | None = None, prompt: Callable[[str], None] | None = None,
+                   kept: bool = True) -> Credential:
+        """The profile's credential; `kept=False`: in memory only (a sign-in not yet proven)."""
+        cache = self.tokens_path if kept else None
         if self.method == "password":
-            return PasswordCredential(self.username or "", password, cache_path=self.tokens_path)
+            return PasswordCredential(self.username or "", password, cache_path=cache)
         if self.method == "token":
-            if token is None:
-                raw = _files.read_private(self.tokens_path)
-                token = json.loads(raw)["access_token"] if raw else None
-            if not token:
-                raise ClientAuthenticationError("no token kept: sign in again (o16n login --token-stdin)")
-            return AccessTokenCredential(token)
+            return AccessTokenCredential(token) if token is not None else AccessTokenCredential.from_cache(self.tokens_path)
         http_client = TrustingSession(self.ca_bundle) if self.ca_bundle else None
         if self.method == "device-code":
             return DeviceCodeCredential(self.client_id or "", authority=self.authority or "", scopes=self.scopes,
-                                        cache_path=self.tokens_path, prompt=prompt, http_client=http_client)
+                                        cache_path=cache, prompt=prompt, http_client=http_client)
         return ClientSecretCredential(self.client_id or "", client_secret or os.environ.get("O16N_CLIENT_SECRET"),
                                       authority=self.authority or "", scopes=self.scopes,
-                                      cache_path=self.tokens_path, http_client=http_client)
+                                      cache_path=cache, http_client=http_client)
 
     def client(self, credential: Credential | None = None) -> O16nClient:
         return O16nClient(self.server, credential if credential is not None else self.credential(),
                           verify=self.ca_bundle or True)
-
-    def keep_token(self, token: str) -> None:
-        _files.write_private(self.tokens_path, json.dumps({"access_token": token}).encode())
 
     def forget(self) -> None:
         _files.remove(self.tokens_path)

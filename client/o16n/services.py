@@ -294,7 +294,9 @@ class Service:
         self.inputs = [Parameter(p["name"], p["type"]) for p in body.get("inputParameterDefinitions") or []]
         self.outputs = [Parameter(p["name"], p["type"]) for p in body.get("outputParameterDefinitions") or []]
         op = self.operation_id
-        if op.isidentifier() and not keyword.iskeyword(op) and not hasattr(type(self), op):
+        # the publisher chose the name: it may add a method, never replace a field or a method
+        if op.isidentifier() and not keyword.iskeyword(op) and not op.startswith("_") \
+                and not hasattr(self, op):
             setattr(self, op, self._method())
 
     def _method(self) -> Callable[..., ServiceResponse]:
@@ -377,14 +379,21 @@ def _records(records: Any, names: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 class BatchResult:
     """A batch's state (`Pending`, `InProgress`, `Complete`, `Failed`) and the results so far."""
 
     def __init__(self, body: dict[str, Any], outputs: list[Parameter]) -> None:
         self.raw = body
         self.state: str = body.get("state") or ""
-        self.completed_item_count: int = int(body.get("completedItemCount") or 0)
-        self.total_item_count: int = int(body.get("totalItemCount") or 0)
+        self.completed_item_count: int = _int(body.get("completedItemCount"))
+        self.total_item_count: int = _int(body.get("totalItemCount"))
         self._results = body.get("batchExecutionResults") or []
         self._outputs = outputs
 
@@ -455,7 +464,15 @@ class Batch:
         return self.service._client._transport.send(
             "GET", f"{self._api}/{int(index)}/files/{segment(name, 'file name')}").content
 
-    def download(self, index: int, name: str, destination: str | os.PathLike = ".") -> Path:
-        target = Path(destination) / Path(name).name  # a file name from the server never picks the folder
-        target.write_bytes(self.artifact(index, name))
+    def download(self, index: int, name: str, destination: str | os.PathLike = ".", *,
+                 overwrite: bool = False) -> Path:
+        """Writes the file into `destination` under its base name (never a hidden one), and
+        refuses to replace a file there unless `overwrite`."""
+        base = Path(name.replace("\\", "/")).name
+        if not base or base.startswith("."):
+            raise ValueError(f"{name!r} is not a file name to write")
+        target = Path(destination) / base
+        data = self.artifact(index, name)
+        with open(target, "wb" if overwrite else "xb") as f:
+            f.write(data)
         return target

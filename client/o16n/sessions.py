@@ -27,8 +27,12 @@ class Snapshot:
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Snapshot:
-        return cls(body["id"], body.get("name") or "", body.get("owner") or "", body.get("creationTime") or "",
-                   int(body.get("contentSize") or 0))
+        try:
+            size = int(body.get("contentSize") or 0)
+        except (TypeError, ValueError):
+            size = 0
+        return cls(str(body["id"]), str(body.get("name") or ""), str(body.get("owner") or ""),
+                   str(body.get("creationTime") or ""), size)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from tests.client.conftest import cli, server  # noqa: F401 - the client's fixtures, for test_client.py
 from tests.constants import USERS
 from tests.e2e.conftest import ROOT, start_host, stop_host
 
