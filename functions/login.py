@@ -21,7 +21,11 @@ def renew_token(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.renew(read_json(req)))
 
 
-@operation(bp, "DELETE", "login/refreshToken", "revokeRefreshToken", tag=TAG, summary="Revoke a refresh token",
-           query=("refreshToken",), returns="AccessTokenResponse", authenticated=False, errors=(400, 401))
+@operation(bp, "DELETE", "login/refreshToken", "revokeRefreshToken", tag=TAG,
+           summary="Revoke a refresh token: ML Server's query parameter, or a RenewTokenRequest body "
+                   "(which keeps the token out of URLs, and so out of request logs)",
+           optional_query=("refreshToken",), body="RenewTokenRequest", body_required=False,
+           returns="AccessTokenResponse", authenticated=False, errors=(400, 401))
 def revoke_refresh_token(req: func.HttpRequest) -> func.HttpResponse:
-    return json_response(auth.revoke(req.params.get("refreshToken")))
+    token = req.params.get("refreshToken") or read_json(req, required=False).get("refreshToken")
+    return json_response(auth.revoke(token))

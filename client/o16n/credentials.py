@@ -162,7 +162,8 @@ class PasswordCredential(Credential):
             refresh = self._tokens.get("refresh_token")
             try:
                 if refresh and self._transport is not None:
-                    self._transport.send("DELETE", "login/refreshToken", params={"refreshToken": refresh},
+                    # in the body, not ML Server's query parameter: URLs end up in request logs
+                    self._transport.send("DELETE", "login/refreshToken", json={"refreshToken": refresh},
                                          authenticated=False)
             except HttpResponseError as exc:
                 if exc.status_code not in (400, 401):

@@ -31,15 +31,24 @@ def test_renew_gives_a_new_pair_and_the_old_pair_stops_working(base_url):
     assert again.status_code == 401 and "refresh token" in again.json()["message"]
 
 
-def test_revoke_ends_the_refresh_token_and_its_access_token(base_url):
+@pytest.mark.parametrize("how", ["query", "body"])  # ML Server's query parameter, or a body that keeps it out of logs
+def test_revoke_ends_the_refresh_token_and_its_access_token(base_url, how):
     pair = login(base_url)
-    r = requests.delete(f"{base_url}/login/refreshToken", params={"refreshToken": pair["refresh_token"]})
+    sent = {"params": {"refreshToken": pair["refresh_token"]}} if how == "query" else \
+        {"json": {"refreshToken": pair["refresh_token"]}}
+    r = requests.delete(f"{base_url}/login/refreshToken", **sent)
     assert r.status_code == 200
     assert not works(base_url, pair["access_token"])
     r = requests.post(f"{base_url}/login/refreshToken", json={"refreshToken": pair["refresh_token"]})
     assert r.status_code == 401
     assert requests.delete(f"{base_url}/login/refreshToken",
                            params={"refreshToken": pair["refresh_token"]}).status_code == 401
+
+
+def test_a_revoke_without_a_refresh_token_is_refused(base_url):
+    for sent in ({}, {"json": {}}, {"json": {"refreshToken": ""}}, {"data": "[]", "headers": {"Content-Type": "application/json"}}):
+        r = requests.delete(f"{base_url}/login/refreshToken", **sent)
+        assert r.status_code == 400 and r.json()["message"], (sent, r.text)
 
 
 def test_other_logins_are_untouched_by_a_revoke(base_url):
