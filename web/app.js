@@ -3,7 +3,8 @@
 // names, console output, error messages) reaches the page as text nodes, never as HTML: `el`
 // below is the only way this file makes elements, and it has no HTML path. The CSP's Trusted
 // Types rule makes any innerHTML assignment throw besides.
-// The token lives in sessionStorage (this tab only) and in memory; never in a cookie or a URL.
+// The token lives in sessionStorage (this tab only) and in memory; never in a cookie or a URL
+// (signing out sends the refresh token in a DELETE body, not ML Server's query parameter).
 "use strict";
 
 (function () {
@@ -107,9 +108,14 @@
   // Every call of the API: with the token, renewed once on a 401; a second 401 ends the session.
   async function api(method, path, body) {
     if (!state.session) throw new SignedOut("sign in first");
+    const sent = state.session.accessToken;
     let response = await send(method, path, body, state.session);
-    if (response.status === 401 && (await renew())) {
-      response = await send(method, path, body, state.session);
+    if (response.status === 401 && state.session) {
+      // Renewed meanwhile by another call: retry with that token. Renewing again would spend the
+      // new refresh token and sign out the calls still using the new access token.
+      if (state.session.accessToken !== sent || (await renew())) {
+        response = await send(method, path, body, state.session);
+      }
     }
     if (response.status === 401) {
       const why = await readError(response);
@@ -155,11 +161,22 @@
     endSession("You are signed out.", "muted");
     if (!session) return;
     if (session.kind === "local" && session.refreshToken) {
-      // ML Server's revoke takes the refresh token as a query parameter; it goes to this origin only.
+      // In the body, not ML Server's query parameter: URLs end up in request logs. keepalive: the
+      // revoke still goes out if the tab is closed right after.
+      let revoked = false;
       try {
-        await send("DELETE", "/login/refreshToken?refreshToken=" + encodeURIComponent(session.refreshToken));
+        const response = await fetch("/login/refreshToken", {
+          method: "DELETE", credentials: "omit", cache: "no-store", redirect: "error", keepalive: true,
+          headers: { "Content-Type": "application/json", Accept: "application/json" },
+          body: JSON.stringify({ refreshToken: session.refreshToken }),
+        });
+        revoked = response.ok || response.status === 400 || response.status === 401; // 401: already ended
       } catch (e) {
-        /* signed out here either way; the token pair expires on its own */
+        revoked = false;
+      }
+      if (!revoked) {
+        say($("sign-in-message"), "You are signed out here, but the server could not be told: that sign-in " +
+            "stays valid until it lapses. Sign in and out again to end it.", "error");
       }
     } else if (session.kind === "entra" && state.msal) {
       try {
@@ -183,6 +200,9 @@
     show($("app"), false);
     show($("who"), false);
     $("who-name").textContent = "";
+    // nothing one person typed is left for the next one at this tab
+    for (const form of document.querySelectorAll("form")) form.reset();
+    for (const field of document.querySelectorAll("input, textarea")) field.value = field.defaultValue;
     $("password").value = "";
     show($("sign-in"), true);
     say($("sign-in-message"), message, kind || "error");
@@ -412,7 +432,7 @@
   // The form's values as the service's JSON inputs. Only JSON syntax is checked here: the
   // server checks the types and says what is wrong.
   function readInputs() {
-    const inputs = {};
+    const inputs = Object.create(null); // an input named __proto__ is an input, not a prototype
     for (const control of $("try-fields").querySelectorAll("[data-name]")) {
       const name = control.dataset.name;
       const type = control.dataset.type;

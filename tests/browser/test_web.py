@@ -52,6 +52,12 @@ def published(web_url):
         "code": f"print({HOSTILE!r})\nopen('report.txt', 'w').write({HOSTILE!r})\nanswer = 'ok'",
         "description": HOSTILE, "outputFileNames": ["report.txt"],
         "outputParameterDefinitions": [{"name": "answer", "type": "character"}], "runtimeType": "Python"}, 201)
+    # a publisher's means of breaking the page's layout: a 128-character name, a tall description,
+    # and an input named like Object.prototype's accessor
+    _post(web_url, bob, "/services/Wide/v1", {
+        "code": "o" + "W" * 127 + " = str(__proto__)", "description": "tall\n" * 3000,
+        "inputParameterDefinitions": [{"name": "__proto__", "type": "character"}],
+        "outputParameterDefinitions": [{"name": "o" + "W" * 127, "type": "character"}], "runtimeType": "Python"}, 201)
     requests.delete(f"{web_url}/sessions/{sid}", headers=alice, timeout=30)
     return {"alice": alice, "bob": bob}
 
@@ -203,13 +209,36 @@ def test_the_page_fits_a_phone_and_still_works_there(browser):
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def test_a_publisher_cannot_break_the_layout_or_an_input_name(browser):
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        card = _card(browser, "Wide")
+        assert card.size["height"] < 600  # 3,000 lines of description scroll inside their box
+        card.find_element(By.XPATH, ".//button[text()='Try it']").click()
+        _visible(browser, "#try-fields input, #try-fields textarea").send_keys("through the prototype")
+        browser.find_element(By.ID, "try-run").click()
+        out = _visible(browser, '#try-answer pre[data-output="o' + "W" * 127 + '"]', timeout=60)
+        assert "through the prototype" in out.text and out.size["width"] > 100
+        width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], width
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def test_signing_out_forgets_the_token_and_revokes_it(web_url, browser):
     token = json.loads(_session(browser))["accessToken"]
+    # what this person typed must not be there for the next one at this tab
+    browser.find_element(By.ID, "catalog-filter").send_keys("iris")
+    browser.execute_script("document.getElementById('batch-records').value = '[{\"x\": \"a patient record\"}]'")
     browser.find_element(By.ID, "sign-out").click()
     _visible(browser, "#login-form")
     assert _session(browser) is None
     assert not browser.find_element(By.ID, "app").is_displayed()
     assert browser.find_elements(By.CSS_SELECTOR, "#services li") == []
+    for field in ("catalog-filter", "batch-records", "username", "password"):
+        assert browser.find_element(By.ID, field).get_attribute("value") == "", field
+    assert browser.find_element(By.ID, "batch-parallel").get_attribute("value") == "4"
     # the server refuses the old token: revoking the refresh token ended its family
     deadline = time.monotonic() + 10
     while requests.get(f"{web_url}/services", headers={"Authorization": f"Bearer {token}"},
