@@ -44,10 +44,27 @@ def compile_route(template: str) -> tuple[re.Pattern[str], tuple[int, ...]]:
             parts.append(f"(?:/(?P<{name}>.*))?")
             rank.append(4)
             continue
-        pat = arg if cons == "regex" else _CONSTRAINTS.get(cons or "", "[^/]+")
+        pat = arg if cons == "regex" else _length(cons, arg) or _CONSTRAINTS.get(cons or "", "[^/]+")
         parts.append(f"(?:/(?P<{name}>{pat}))?" if opt else f"/(?P<{name}>{pat})")
         rank.append(1 if cons else (3 if opt else 2))
     return re.compile("(?i)^" + "".join(parts) + r"/?\Z"), tuple(rank)
+
+
+def _length(cons: str | None, arg: str | None) -> str | None:
+    """ASP.NET's length constraints as a segment pattern. A segment is never empty, so
+    maxlength(0) matches none: an optional parameter with it matches only its absence (the root)."""
+    if cons not in ("maxlength", "minlength", "length") or not arg:
+        return None
+    bounds = [int(x) for x in arg.split(",")]
+    if cons == "maxlength":
+        low, high = 1, bounds[0]
+    elif cons == "minlength":
+        low, high = max(bounds[0], 1), None
+    else:  # length(n) or length(min,max)
+        low, high = max(bounds[0], 1), bounds[-1]
+    if high is not None and high < low:
+        return "(?!)"
+    return f"[^/]{{{low},{'' if high is None else high}}}"
 
 
 def index(app: func.FunctionApp, route_prefix: str = "") -> list[Route]:

@@ -50,6 +50,9 @@ param aadTenantId string = ''
 @description('This API\'s audience in Entra ID: its application id and/or App ID URI, comma-separated.')
 param aadAudience string = ''
 
+@description('The web page\'s own Entra app registration (a single-page application with redirect URI https://<app>.azurewebsites.net/); with aadTenantId and aadAudience, the page at / offers Entra sign-in. Empty: local accounts only.')
+param aadSpaClientId string = ''
+
 @description('Maximum instances Flex Consumption may scale out to.')
 param maximumInstanceCount int = 40
 
@@ -294,10 +297,14 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'LOCAL_ADMIN_PASSWORD', value: empty(localAdminPassword) ? '' : '${kvRef}${adminPasswordSecret.properties.secretUri})' }
         { name: 'AAD_TENANT_ID', value: aadTenantId }
         { name: 'AAD_AUDIENCE', value: aadAudience }
+        { name: 'AAD_SPA_CLIENT_ID', value: aadSpaClientId }
         // Said here rather than left to defaults: an Entra user without an app role gets nothing, and
         // user code runs only under Landlock + seccomp.
         { name: 'AAD_DEFAULT_ROLE', value: 'none' }
         { name: 'SANDBOX', value: 'strict' }
+        // GET / is the app's web page (functions/web.py); were it ever not matched, an empty 204
+        // rather than the Functions landing page.
+        { name: 'AzureWebJobsDisableHomepage', value: 'true' }
         { name: 'EXECUTION_TIMEOUT_SECONDS', value: '60' }
         // Sync handlers and batch lanes share the Python worker's thread pool, min(32, CPUs + 4) by
         // default (6 on 2 cores): a thread for each HTTP request taken at once, plus the 6 queue

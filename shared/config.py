@@ -51,6 +51,10 @@ class Settings:
     aad_default_role: str = "none"
     #: the delegated scope a user's token must carry (app-only tokens need an app role instead)
     aad_scope: str = "user_impersonation"
+    #: the web page's own app registration in Entra ID (a single-page application whose redirect
+    #: URI is this app's https://<host>/): with AAD_TENANT_ID and AAD_AUDIENCE set, the page offers
+    #: Entra sign-in through MSAL.js and asks for AAD_AUDIENCE's AAD_SCOPE. Empty: local accounts only
+    aad_spa_client_id: str = ""
     #: the admin's password: a hash from `python -m shared.passwords`, or a plain password of at
     #: least 12 characters that is hashed at start and never kept
     local_admin_password: str = ""

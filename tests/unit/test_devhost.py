@@ -20,6 +20,30 @@ def test_route_templates_follow_asp_net_rules():
     assert regex.match("/files/a/b/c").group("path") == "a/b/c"
 
 
+
+@pytest.mark.parametrize("template, matching, other", [
+    ("{page:maxlength(0)?}", ["/", ""], ["/x", "/login", "/ui/app.js"]),  # the site root and nothing else
+    ("codes/{c:maxlength(3)}", ["/codes/abc", "/codes/a"], ["/codes/abcd"]),
+    ("codes/{c:minlength(2)}", ["/codes/ab", "/codes/abcdef"], ["/codes/a"]),
+    ("codes/{c:length(2)}", ["/codes/ab"], ["/codes/a", "/codes/abc"]),
+    ("codes/{c:length(2,3)}", ["/codes/ab", "/codes/abc"], ["/codes/a", "/codes/abcd"]),
+])
+def test_length_constraints_follow_asp_net(template, matching, other):
+    regex, _ = compile_route(template)
+    assert all(regex.match(p) for p in matching) and not any(regex.match(p) for p in other)
+
+
+def test_the_web_page_takes_the_root_and_leaves_every_other_path_as_it_was():
+    from function_app import app
+
+    host = FunctionHost(app)
+    assert host.match("GET", "/")[0].name == "web_page"
+    assert host.match("GET", "/ui/app.js")[0].name == "web_asset"
+    assert host.match("GET", "/ui/config.json")[0].name == "web_config"
+    # still 404: a method the API does not take, a path it does not have, a nested /ui path
+    assert host.match("GET", "/login") is None and host.match("GET", "/nothing") is None
+    assert host.match("POST", "/") is None and host.match("GET", "/ui/a/b") is None
+
 def _app():
     app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 

@@ -7,6 +7,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from function_app import app
+from functions import web
 from shared import ids, models, services, swagger
 from shared.errors import BadRequest, NotFound
 
@@ -38,6 +39,10 @@ def test_every_documented_path_and_method_is_a_registered_function():
                   if f.is_http_function() for m in f.get_trigger().methods}
     documented = {(p, m) for p, ops in swagger.core_document()["paths"].items() for m in ops}
     assert documented <= registered
+    # the web page for people (functions/web.py) is no API operation
+    page = {("/" + web.PAGE_ROUTE, "get"), ("/ui/{name}", "get"), ("/ui/config.json", "get")}
+    assert page <= registered
+    registered -= page
     # only consumption and batch are left to each service's own document
     assert {r for r in registered - documented if not r[0].startswith("/api/{name}/{version}/batch")} == {
         ("/api/{name}/{version}", "post")}
