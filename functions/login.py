@@ -21,11 +21,11 @@ def renew_token(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(auth.renew(read_json(req)))
 
 
+# ML Server's revoke, as its swagger has it (the query parameter). A RenewTokenRequest body is taken
+# instead when the query is absent: it keeps the token out of URLs, and so out of request logs.
 @operation(bp, "DELETE", "login/refreshToken", "revokeRefreshToken", tag=TAG,
-           summary="Revoke a refresh token: ML Server's query parameter, or a RenewTokenRequest body "
-                   "(which keeps the token out of URLs, and so out of request logs)",
-           optional_query=("refreshToken",), body="RenewTokenRequest", body_required=False,
-           returns="AccessTokenResponse", authenticated=False, errors=(400, 401))
+           summary="Revoke a refresh token (or send it as a RenewTokenRequest body, kept out of request logs)",
+           query=("refreshToken",), returns="AccessTokenResponse", authenticated=False, errors=(400, 401))
 def revoke_refresh_token(req: func.HttpRequest) -> func.HttpResponse:
     token = req.params.get("refreshToken") or read_json(req, required=False).get("refreshToken")
     return json_response(auth.revoke(token))

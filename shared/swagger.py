@@ -45,8 +45,6 @@ QUERY = {
     "parallelCount": {"type": "integer", "minimum": 1, "description": "records scored at once (default 10)"},
     "showPartialResults": _PARTIAL,
     "showPartialResult": {**_PARTIAL, "description": "the same, as ML Server's Python client spells it"},
-    "refreshToken": {"type": "string", "minLength": 1,
-                     "description": "ML Server's way; a RenewTokenRequest body keeps the token out of URLs and logs"},
 }
 HEADERS = {
     "If-Match": {"name": "If-Match", "in": "header", "required": False, "type": "string",
