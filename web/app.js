@@ -12,7 +12,8 @@
   const COMPOSITE = new Set(["vector", "matrix", "data.frame"]);
   const EXAMPLES = { vector: "[1, 2, 3]", matrix: "[[1, 2], [3, 4]]", "data.frame": '{"x": [1, 2], "y": ["a", "b"]}' };
 
-  const state = { session: null, entra: null, msal: null, services: [], selected: null, objectUrls: [] };
+  // generation: counts sign-outs, so an answer to a call made before one is dropped, not shown
+  const state = { session: null, entra: null, msal: null, services: [], selected: null, objectUrls: [], generation: 0 };
   let renewing = null;
 
   // ---- DOM helpers: text only -------------------------------------------------------------
@@ -108,13 +109,20 @@
   // Every call of the API: with the token, renewed once on a 401; a second 401 ends the session.
   async function api(method, path, body) {
     if (!state.session) throw new SignedOut("sign in first");
+    const generation = state.generation;
+    const current = () => {
+      if (generation !== state.generation || !state.session) throw new SignedOut("signed out meanwhile");
+    };
     const sent = state.session.accessToken;
     let response = await send(method, path, body, state.session);
-    if (response.status === 401 && state.session) {
+    current();
+    if (response.status === 401) {
       // Renewed meanwhile by another call: retry with that token. Renewing again would spend the
       // new refresh token and sign out the calls still using the new access token.
       if (state.session.accessToken !== sent || (await renew())) {
+        current();
         response = await send(method, path, body, state.session);
+        current();
       }
     }
     if (response.status === 401) {
@@ -126,9 +134,12 @@
   }
 
   async function apiJson(method, path, body) {
+    const generation = state.generation;
     const response = await api(method, path, body);
     if (!response.ok) throw new Error(await readError(response));
-    return response.json();
+    const value = await response.json();
+    if (generation !== state.generation) throw new SignedOut("signed out meanwhile");
+    return value;
   }
 
   // One renewal at a time, whoever asks.
@@ -143,10 +154,13 @@
 
   async function renewLocal() {
     const session = state.session;
+    const generation = state.generation;
     if (!session || !session.refreshToken) return false;
     const response = await send("POST", "/login/refreshToken", { refreshToken: session.refreshToken });
     if (!response.ok) return false;
-    saveSession(fromTokenPair(session.user, await response.json()));
+    const pair = await response.json();
+    if (generation !== state.generation) return false; // signed out meanwhile: keep nothing
+    saveSession(fromTokenPair(session.user, pair));
     return true;
   }
 
@@ -170,7 +184,7 @@
           headers: { "Content-Type": "application/json", Accept: "application/json" },
           body: JSON.stringify({ refreshToken: session.refreshToken }),
         });
-        revoked = response.ok || response.status === 400 || response.status === 401; // 401: already ended
+        revoked = response.ok || response.status === 401; // 401: already ended; a 400 means it never arrived
       } catch (e) {
         revoked = false;
       }
@@ -189,6 +203,7 @@
 
   // Forget everything the signed-in view showed, and ask for a sign-in.
   function endSession(message, kind) {
+    state.generation += 1;
     saveSession(null);
     state.services = [];
     state.selected = null;
@@ -268,8 +283,10 @@
     const list = clear($("health-components"));
     let doc;
     try {
+      const generation = state.generation;
       const response = await api("GET", "/status");
       doc = await response.json().catch(() => null);
+      if (generation !== state.generation) return;
       if (!doc || typeof doc !== "object") throw new Error(await readError(response));
       if (!response.ok && !doc.statusCode) throw new Error(doc.message || "the server answered " + response.status);
     } catch (e) {
@@ -473,13 +490,16 @@
     button.disabled = true;
     answer.appendChild(el("p", { className: "muted" }, "Running..."));
     try {
+      const generation = state.generation;
       const response = await api("POST", servicePath(s), inputs);
+      const result = response.ok ? await response.json() : await readError(response);
+      if (generation !== state.generation) return; // signed out meanwhile: the answer is no one's now
       clear(answer);
       if (!response.ok) {
-        answer.appendChild(el("p", { className: "error", role: "alert" }, "Refused (" + response.status + "): " + (await readError(response))));
+        answer.appendChild(el("p", { className: "error", role: "alert" }, "Refused (" + response.status + "): " + result));
         return;
       }
-      answer.appendChild(renderResult(await response.json()));
+      answer.appendChild(renderResult(result));
     } catch (e) {
       clear(answer);
       if (!(e instanceof SignedOut)) answer.appendChild(el("p", { className: "error", role: "alert" }, "The call failed: " + e.message));

@@ -58,6 +58,9 @@ def published(web_url):
         "code": "o" + "W" * 127 + " = str(__proto__)", "description": "tall\n" * 3000,
         "inputParameterDefinitions": [{"name": "__proto__", "type": "character"}],
         "outputParameterDefinitions": [{"name": "o" + "W" * 127, "type": "character"}], "runtimeType": "Python"}, 201)
+    _post(web_url, bob, "/services/Slow/v1", {
+        "code": "import time\ntime.sleep(3)\nprint('SECRET-OF-THE-LAST-PERSON')\ny = 42",
+        "outputParameterDefinitions": [{"name": "y", "type": "numeric"}], "runtimeType": "Python"}, 201)
     requests.delete(f"{web_url}/sessions/{sid}", headers=alice, timeout=30)
     return {"alice": alice, "bob": bob}
 
@@ -248,6 +251,27 @@ def test_signing_out_forgets_the_token_and_revokes_it(web_url, browser):
     browser.refresh()
     _visible(browser, "#login-form")
     assert not browser.find_element(By.ID, "app").is_displayed()
+
+
+def _sign_in(browser, user: str) -> None:
+    browser.find_element(By.ID, "username").send_keys(user)
+    browser.find_element(By.ID, "password").send_keys(USERS[user], Keys.ENTER)
+    _visible(browser, "#catalog")
+
+
+def test_an_answer_that_arrives_after_sign_out_is_shown_to_no_one(browser):
+    _sign_in(browser, "alice")
+    _card(browser, "Slow").find_element(By.XPATH, ".//button[text()='Try it']").click()
+    _visible(browser, "#try-run").click()
+    browser.find_element(By.ID, "sign-out").click()  # while the call runs (3 s)
+    _visible(browser, "#login-form")
+    _sign_in(browser, "bob")
+    _card(browser, "Iris").find_element(By.XPATH, ".//button[text()='Try it']").click()
+    time.sleep(5)  # the call made before the sign-out has answered by now
+    assert "SECRET-OF-THE-LAST-PERSON" not in browser.page_source
+    assert "bob" in browser.find_element(By.ID, "who-name").text
+    browser.find_element(By.ID, "sign-out").click()
+    _visible(browser, "#login-form")
 
 
 def test_with_entra_configured_the_page_offers_both_sign_ins_and_breaks_nothing(azurite, browser):
