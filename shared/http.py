@@ -138,13 +138,18 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
     return _json(value, status, headers)
 
 
+#: on every API answer: a browser never takes JSON or a user's file for HTML or script
+_NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
 def _json(value: Any, status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
     body = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    return func.HttpResponse(body, status_code=status, headers=headers, mimetype="application/json")
+    return func.HttpResponse(body, status_code=status, headers={**_NOSNIFF, **(headers or {})},
+                             mimetype="application/json")
 
 
 def bytes_response(data: bytes, *, mimetype: str, filename: str | None = None) -> func.HttpResponse:
-    headers = {"Content-Disposition": content_disposition(filename)} if filename else None
+    headers = {**_NOSNIFF, "Content-Disposition": content_disposition(filename)} if filename else dict(_NOSNIFF)
     return func.HttpResponse(data, status_code=200, headers=headers, mimetype=mimetype)
 
 

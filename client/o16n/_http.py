@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -47,12 +48,18 @@ class Transport:
                  verify: bool | str = True, max_bytes: int = 1 << 30) -> None:
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             raise ValueError("endpoint must be the server's http:// or https:// address")
+        parts = urlsplit(endpoint)
+        if parts.username is not None or parts.password is not None:
+            # requests would send them as Basic auth, and they would sit in the profile
+            raise ValueError("the server's address must not hold a user name or password")
         self.endpoint = endpoint.rstrip("/")
         self.credential = credential
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.session = TrustingSession(verify)
         self.session.headers["User-Agent"] = f"o16n-client/{__version__}"
+        # uncompressed answers only: a small compressed one could inflate past any sane size
+        self.session.headers["Accept-Encoding"] = "identity"
         if credential is not None:
             credential.attach(self)
 
@@ -73,8 +80,8 @@ class Transport:
                     raise ClientAuthenticationError("no credential: sign in first (o16n login)")
                 headers["Authorization"] = "Bearer " + self.credential.get_token(force_refresh=retried_auth)
             try:
-                response = self._read(self.session.request(method, self.url(path), headers=headers, stream=True,
-                                                           **kwargs))
+                deadline = time.monotonic() + self.timeout
+                response = self._read(self._within_deadline(method, path, headers, kwargs), deadline)
             except requests.RequestException as exc:
                 if method in ("GET", "DELETE") and attempt < _RETRIES:
                     time.sleep(0.5 * 2 ** attempt)
@@ -98,11 +105,35 @@ class Transport:
             raise error
         raise HttpResponseError("gave up after retries")  # pragma: no cover - the loop returns or raises
 
-    def _read(self, response: requests.Response) -> requests.Response:
+    def _within_deadline(self, method: str, path: str, headers: dict, kwargs: dict) -> requests.Response:
+        """The answer's status and headers, within `timeout` in all: requests bounds each read
+        only, so headers sent a line at a time could hold the call forever. On a deadline the
+        request is left to its own thread, which its read timeout ends."""
+        done: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                done["response"] = self.session.request(method, self.url(path), headers=headers, stream=True,
+                                                        **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                done["error"] = exc
+        worker = threading.Thread(target=run, name="o16n-request", daemon=True)
+        worker.start()
+        worker.join(self.timeout)  # the first part of the one deadline `_read` finishes
+        if worker.is_alive():
+            raise O16nError(f"the server took longer than {self.timeout:g} s to answer")
+        if "error" in done:
+            raise done["error"]
+        return done["response"]
+
+    def _read(self, response: requests.Response, deadline: float) -> requests.Response:
         """The whole body, within `timeout` in all (requests' timeout bounds each read only, so a
         trickling server could hold a call forever) and within `max_bytes`."""
-        deadline = time.monotonic() + self.timeout
         body = bytearray()
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            response.close()
+            raise O16nError(f"the server compressed its answer ({encoding[:20]}) although asked not to")
         with response:
             # read1: what has arrived, not a full chunk (read() waits for 64 KiB, however slowly it comes)
             read = getattr(response.raw, "read1", None) or response.raw.read
@@ -131,6 +162,6 @@ def _body(response: requests.Response) -> Any:
     if "json" in response.headers.get("Content-Type", ""):
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
             pass
     return response.text

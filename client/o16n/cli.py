@@ -150,6 +150,8 @@ def login(server: Annotated[str, typer.Argument(help="The o16n server's address.
     method = chosen[0]
     if not server.startswith(("http://", "https://")):
         raise typer.BadParameter("the server's address starts with http:// or https://", param_hint="SERVER")
+    if "@" in urlsplit(server).netloc:
+        raise typer.BadParameter("the server's address must not hold a user name or password", param_hint="SERVER")
     profile = Profile(state.profile, server.rstrip("/"), method, username=username,
                       ca_bundle=str(ca_bundle.resolve()) if ca_bundle else None)
     if method in ("device-code", "client-credentials"):
@@ -177,8 +179,8 @@ def login(server: Annotated[str, typer.Argument(help="The o16n server's address.
     try:
         credential.get_token()
         client.status()  # proves the server takes the token
-    except O16nError:
-        with contextlib.suppress(O16nError):
+    except BaseException:  # whatever went wrong, a token the server issued is revoked, not left live
+        with contextlib.suppress(Exception):
             credential.sign_out()
         raise
     _end_previous_sign_in()

@@ -30,6 +30,13 @@ __all__ = ["Credential", "PasswordCredential", "AccessTokenCredential", "DeviceC
 _MARGIN_SECONDS = 300
 
 
+def _seconds(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default  # a server's odd answer costs an early renewal, nothing more
+
+
 class Credential:
     """What the client asks for a token. `can_refresh`: a 401 is worth one more try."""
 
@@ -140,10 +147,10 @@ class PasswordCredential(Credential):
 
     def _store(self, answer: dict) -> None:
         now = time.time()
-        expires_in = int(answer.get("expires_in") or 3600)
-        self._tokens = {"username": self.username, "access_token": answer["access_token"],
+        expires_in = _seconds(answer.get("expires_in"), 3600)
+        self._tokens = {"username": self.username, "access_token": str(answer["access_token"]),
                         "refresh_token": answer.get("refresh_token"), "expires_in": expires_in,
-                        "expires_on": int(answer.get("expires_on") or now + expires_in)}
+                        "expires_on": _seconds(answer.get("expires_on"), int(now) + expires_in)}
         self._save()
 
     def _forget(self) -> None:
@@ -166,7 +173,7 @@ class PasswordCredential(Credential):
                     self._transport.send("DELETE", "login/refreshToken", json={"refreshToken": refresh},
                                          authenticated=False)
             except HttpResponseError as exc:
-                if exc.status_code not in (400, 401):
+                if exc.status_code != 401:  # a 400 means the token never arrived (a proxy dropped the body)
                     raise
                 # already revoked or expired: nothing left to revoke
             self._forget()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _types
 from ._http import segment
-from .errors import ServiceError
+from .errors import HttpResponseError, ServiceError
 
 if TYPE_CHECKING:
     from .client import O16nClient
@@ -280,6 +280,8 @@ class Service:
 
     def __init__(self, client: O16nClient, body: dict[str, Any]) -> None:
         self._client = client
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) and body[k] for k in ("name", "version")):
+            raise HttpResponseError("the server sent a service without a name or a version")
         self.raw = body
         self.name: str = body["name"]
         self.version: str = body["version"]
@@ -432,7 +434,11 @@ class Batch:
             raise ValueError("this batch has no records to send")
         answer = self.service._client._transport.json(
             "POST", f"{self.service.api}/batch", json=self.records, params={"parallelCount": self.parallel_count})
-        self.execution_id = answer.get("batchExecutionId") or answer.get("BatchExecutionId")
+        execution_id = answer.get("batchExecutionId") or answer.get("BatchExecutionId") \
+            if isinstance(answer, dict) else None
+        if not isinstance(execution_id, str) or not execution_id:
+            raise HttpResponseError("the server's answer to a batch start named no batch")
+        self.execution_id = execution_id
         return self
 
     def results(self, *, show_partial_results: bool = True) -> BatchResult:

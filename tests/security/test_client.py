@@ -250,3 +250,78 @@ def test_a_batch_that_never_ends_can_be_given_up_on(hostile, cli, tmp_path):
     (tmp_path / "r.jsonl").write_text('{"x": 1}\n')
     done = cli("batch", "start", "Add", "1.0", str(tmp_path / "r.jsonl"), "--wait", "--timeout", "1")
     assert done.returncode == 1 and "still InProgress" in done.stderr
+
+
+# ---- the second attacker round --------------------------------------------------------------
+
+def signed_in_with_password(cli: Cli, url: str) -> None:
+    cli.config.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tokens = {"username": "bob", "access_token": "a", "refresh_token": "r.secret", "expires_in": 3600,
+              "expires_on": int(time.time()) + 3600}
+    for name, value in (("default.json", {"name": "default", "server": url, "method": "password", "username": "bob"}),
+                        ("default.tokens.json", tokens)):
+        (cli.config / name).write_text(json.dumps(value))
+        os.chmod(cli.config / name, 0o600)
+
+
+def test_a_revoke_that_never_reached_the_server_is_not_a_sign_out(hostile, cli):
+    h = hostile({("DELETE", "/login/refreshToken"): (400, {"message": "send the refresh token as 'refreshToken'"})})
+    signed_in_with_password(cli, h.url)
+    done = cli("logout")
+    assert done.returncode == 1 and "(400)" in done.stderr
+    assert json.loads((cli.config / "default.tokens.json").read_text())["refresh_token"] == "r.secret"
+
+
+def test_a_compressed_answer_is_refused_unread(hostile):
+    import gzip
+
+    bomb = gzip.compress(b"[" + b"0," * 5_000_000 + b"0]")
+
+    def send(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(bomb)))
+        handler.end_headers()
+        handler.wfile.write(bomb)
+    h = hostile({("GET", "/status"): send})
+    with pytest.raises(O16nError, match="compressed"):
+        O16nClient(h.url, None).status()
+    assert h.seen[-1][2].get("Accept-Encoding") == "identity"
+
+
+def test_headers_sent_a_line_at_a_time_cannot_hold_a_call(hostile):
+    def slow_headers(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(30):
+            handler.wfile.write(f"X-Slow-{i}: 1\r\n".encode())
+            handler.wfile.flush()
+            time.sleep(0.5)
+        handler.close_connection = True
+    h = hostile({("GET", "/status"): slow_headers})
+    start = time.monotonic()
+    with pytest.raises(O16nError, match="longer than 2 s"):
+        O16nClient(h.url, None, timeout=2).status()
+    assert time.monotonic() - start < 4
+
+
+def test_odd_answers_are_the_servers_fault_never_a_usage_error(hostile, cli, tmp_path):
+    h = hostile({("GET", "/services/Add/1.0"): (200, [SERVICE]),
+                 ("POST", "/api/Add/1.0/batch"): (202, {}),
+                 ("GET", "/services/Odd/1.0"): (200, [{**SERVICE, "name": "Odd", "version": ""}])})
+    h.routes[("GET", "/sessions")] = lambda handler: (  # nested past what Python's json parses
+        handler.send_response(200), handler.send_header("Content-Type", "application/json"), handler.end_headers(),
+        handler.wfile.write(b"[" * 200_000 + b"]" * 200_000))
+    login_as(cli, h.url)
+    (tmp_path / "r.jsonl").write_text('{"x": 1}\n')
+    for args in (("batch", "start", "Add", "1.0", str(tmp_path / "r.jsonl")), ("call", "Odd", "1.0"),
+                 ("sessions", "list")):
+        done = cli(*args)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (args, done.stderr[-500:])
+
+
+def test_a_server_address_holding_credentials_is_refused(cli):
+    done = cli("login", "http://bob:hunter2@127.0.0.1:9", "--username", "alice", "--password-stdin", stdin="pw\n")
+    assert done.returncode == 2 and "hunter2" not in done.stderr + done.stdout
+    with pytest.raises(ValueError, match="user name or password"):
+        O16nClient("http://bob:hunter2@127.0.0.1:9", None)
