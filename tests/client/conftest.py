@@ -68,3 +68,12 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path) -> Cli:
     return Cli(tmp_path / "config")
+
+
+@pytest.fixture(scope="module")
+def entra_host(azurite, provider):
+    """A host that trusts the loopback tenant's tokens."""
+    proc, url = start_host(SPARE_WORKERS="0", AAD_TENANT_ID=TENANT, AAD_AUDIENCE=f"{API},api://{API}",
+                           AAD_JWKS_URL=provider.jwks_url)
+    yield url
+    stop_host(proc)

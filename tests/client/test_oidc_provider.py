@@ -9,7 +9,6 @@ import pytest
 import requests
 
 from tests.client.conftest import API, CAROL, CI, CI_SECRET, CLI, DAVE, TENANT
-from tests.e2e.conftest import start_host, stop_host
 
 USER_SCOPES, APP_SCOPES = [f"api://{API}/user_impersonation"], [f"api://{API}/.default"]
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -133,19 +132,11 @@ def test_trust_through_requests_ca_bundle(provider, monkeypatch):
         msal.PublicClientApplication(CLI, authority=provider.authority, instance_discovery=False)
 
 
-@pytest.fixture(scope="module")
-def o16n(azurite, provider):
-    proc, url = start_host(SPARE_WORKERS="0", AAD_TENANT_ID=TENANT, AAD_AUDIENCE=f"{API},api://{API}",
-                           AAD_JWKS_URL=provider.jwks_url)
-    yield url
-    stop_host(proc)
-
-
 @pytest.mark.azurite
 @pytest.mark.e2e
-def test_the_tokens_are_accepted_by_an_o16n_host(o16n, provider, http):
+def test_the_tokens_are_accepted_by_an_o16n_host(entra_host, provider, http):
     def services(token):
-        return requests.get(f"{o16n}/services", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        return requests.get(f"{entra_host}/services", headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
     _, carol = device_login(provider, public_app(provider, http), CAROL)
     assert services(carol["access_token"]).status_code == 200

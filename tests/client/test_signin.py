@@ -13,19 +13,10 @@ import pytest
 
 from o16n import ClientAuthenticationError, ClientSecretCredential, DeviceCodeCredential, HttpResponseError, O16nClient
 from o16n._http import TrustingSession
-from tests.client.conftest import API, CAROL, CI, CI_SECRET, CLI, DAVE, O16N, TENANT, Cli
+from tests.client.conftest import API, CAROL, CI, CI_SECRET, CLI, DAVE, O16N, Cli
 from tests.client.oidc_provider import Provider
-from tests.e2e.conftest import start_host, stop_host
 
 pytestmark = [pytest.mark.azurite, pytest.mark.e2e]
-
-@pytest.fixture(scope="module")
-def entra_host(azurite, provider):
-    proc, url = start_host(SPARE_WORKERS="0", AAD_TENANT_ID=TENANT, AAD_AUDIENCE=f"{API},api://{API}",
-                           AAD_JWKS_URL=provider.jwks_url)
-    yield url
-    stop_host(proc)
-
 
 def entra_args(provider, *, client_id=CLI):
     return ["--authority", provider.authority, "--client-id", client_id, "--api", API, "--ca-bundle", provider.ca_file]
