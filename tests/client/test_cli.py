@@ -149,13 +149,19 @@ def test_publish_update_and_delete(alice_cli, tmp_path):
     assert alice_cli("services", "show", name, "1").returncode == 1
 
 
-def test_publish_realtime_from_a_pickle(alice_cli, tmp_path):
+@pytest.mark.parametrize("kind", ["pkl", "onnx"])
+def test_publish_realtime_from_a_pickle_or_onnx(alice_cli, tmp_path, kind):
+    import numpy as np
+    from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
     data = datasets.load_iris()
-    (tmp_path / "model.pkl").write_bytes(pickle.dumps(LogisticRegression(max_iter=500).fit(data.data, data.target)))
+    model = LogisticRegression(max_iter=500).fit(data.data.astype(np.float32), data.target)
+    blob = pickle.dumps(model) if kind == "pkl" else \
+        to_onnx(model, data.data[:1].astype(np.float32), options={id(model): {"zipmap": False}}).SerializeToString()
+    (tmp_path / f"model.{kind}").write_bytes(blob)
     name = unique("Rt")
-    published = json.loads(alice_cli.ok("publish-realtime", name, "1", str(tmp_path / "model.pkl"), "--json").stdout)
+    published = json.loads(alice_cli.ok("publish-realtime", name, "1", str(tmp_path / f"model.{kind}"), "--json").stdout)
     assert published["runtimeType"] == "Realtime"
     answer = json.loads(alice_cli.ok("--json", "call", name, "1", "--json", json.dumps(
         {"inputData": {"a": [7.0], "b": [3.2], "c": [4.7], "d": [1.4]}})).stdout)
