@@ -494,6 +494,7 @@
       const response = await api("POST", servicePath(s), inputs);
       const result = response.ok ? await response.json() : await readError(response);
       if (generation !== state.generation) return; // signed out meanwhile: the answer is no one's now
+      if (state.selected !== s) return; // another service is shown now: this answer is not its
       clear(answer);
       if (!response.ok) {
         answer.appendChild(el("p", { className: "error", role: "alert" }, "Refused (" + response.status + "): " + result));
@@ -595,9 +596,11 @@
     try {
       ids = await apiJson("GET", servicePath(s) + "/batch");
     } catch (e) {
-      if (!(e instanceof SignedOut)) message.textContent = "The batches could not be listed: " + e.message;
+      if (!(e instanceof SignedOut) && state.selected === s) message.textContent = "The batches could not be listed: " + e.message;
       return;
     }
+    if (state.selected !== s) return; // another service was opened meanwhile: this list is not its
+    clear(list); // two refreshes in flight: the last one's list, once
     ids = Array.isArray(ids) ? ids : [];
     message.textContent = ids.length ? ids.length + " batch" + (ids.length === 1 ? "" : "es") + " of yours" : "No batches of yours for this version.";
     for (const id of ids) {

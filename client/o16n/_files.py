@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -48,6 +49,18 @@ def read_private(path: Path) -> bytes | None:
             # someone else may have read it already: make the owner sign in again rather than use it
             raise O16nError(f"{path} is readable by others (or not the owner's file): delete it and sign in again")
         return f.read()
+
+
+def read_json(path: Path) -> dict:
+    """A private JSON file's object ({} when there is none). :raises O16nError: unreadable"""
+    raw = read_private(path)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise O16nError(f"{path} cannot be read (cut short?): sign in again (o16n login)") from None
+    return value if isinstance(value, dict) else {}
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -108,23 +108,33 @@ class Transport:
     def _within_deadline(self, method: str, path: str, headers: dict, kwargs: dict) -> requests.Response:
         """The answer's status and headers, within `timeout` in all: requests bounds each read
         only, so headers sent a line at a time could hold the call forever. On a deadline the
-        request is left to its own thread, which its read timeout ends."""
+        caller gets control back; the request's thread ends when the server stops sending or a
+        read times out, and closes what it got."""
         done: dict[str, Any] = {}
+        lock = threading.Lock()
 
         def run() -> None:
             try:
-                done["response"] = self.session.request(method, self.url(path), headers=headers, stream=True,
-                                                        **kwargs)
+                response = self.session.request(method, self.url(path), headers=headers, stream=True, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                done["error"] = exc
+                with lock:
+                    done["error"] = exc
+                return
+            with lock:
+                if done.get("abandoned"):
+                    response.close()  # the caller gave up: its connection is not kept open
+                else:
+                    done["response"] = response
         worker = threading.Thread(target=run, name="o16n-request", daemon=True)
         worker.start()
         worker.join(self.timeout)  # the first part of the one deadline `_read` finishes
-        if worker.is_alive():
-            raise O16nError(f"the server took longer than {self.timeout:g} s to answer")
-        if "error" in done:
-            raise done["error"]
-        return done["response"]
+        with lock:
+            if "error" in done:
+                raise done["error"]
+            if "response" not in done:
+                done["abandoned"] = True
+                raise O16nError(f"the server took longer than {self.timeout:g} s to answer")
+            return done["response"]
 
     def _read(self, response: requests.Response, deadline: float) -> requests.Response:
         """The whole body, within `timeout` in all (requests' timeout bounds each read only, so a

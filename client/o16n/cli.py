@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as _RichTable
 from rich.text import Text
 
-from . import _types
+from . import _files, _types
 from .client import O16nClient
 from .errors import ClientAuthenticationError, O16nError
 from .profile import Profile, entra_scopes
@@ -183,9 +183,10 @@ def login(server: Annotated[str, typer.Argument(help="The o16n server's address.
         with contextlib.suppress(Exception):
             credential.sign_out()
         raise
-    _end_previous_sign_in()
-    credential.persist(profile.tokens_path)
-    profile.save()
+    with _files.locked(profile.tokens_path):  # not while another o16n renews the previous sign-in
+        _end_previous_sign_in()
+        credential.persist(profile.tokens_path)
+        profile.save()
     who = username or client_id or "the given token"
     if _json_mode(json_):
         _print_json({"profile": profile.name, "server": profile.server, "method": method, "user": who})
@@ -197,12 +198,12 @@ def _end_previous_sign_in() -> None:
     """The profile's previous sign-in is replaced: revoked where the server can revoke it."""
     try:
         old = Profile.load(state.profile)
-    except O16nError:
-        return
+    except (O16nError, ValueError):
+        return  # none, or unreadable: the new sign-in replaces its files
     try:
         if old.method == "password":
-            old.client().sign_out()
-    except O16nError as exc:
+            old.client().sign_out(locked=False)  # the caller holds the lock
+    except Exception as exc:  # noqa: BLE001 - the new sign-in is proven: it is kept whatever the old one does
         err.print(f"note: the previous sign-in of profile '{old.name}' could not be revoked ({exc}); "
                   "it lapses on its own")
     finally:

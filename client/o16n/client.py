@@ -96,9 +96,11 @@ class O16nClient:
     def status(self) -> dict[str, Any]:
         return self._transport.json("GET", "status", authenticated=self.credential is not None)
 
-    def sign_out(self) -> None:
+    def sign_out(self, *, locked: bool = True) -> None:
+        """Revoke and forget the credential's tokens (`locked=False`: the caller already holds
+        the tokens file's lock)."""
         if self.credential is not None:
-            self.credential.sign_out()
+            self.credential.sign_out(locked=locked)
 
     def __repr__(self) -> str:
         return f"O16nClient({self.endpoint!r})"

@@ -10,6 +10,7 @@ A `cache_path` keeps tokens between processes (the CLI's profile uses one): writ
 never holding a password or a client secret."""
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -49,7 +50,7 @@ class Credential:
     def get_token(self, *, force_refresh: bool = False) -> str:
         raise NotImplementedError
 
-    def sign_out(self) -> None:
+    def sign_out(self, *, locked: bool = True) -> None:
         """Forget the tokens (and revoke them where the server can)."""
 
     def persist(self, cache_path: str | Path) -> None:
@@ -71,8 +72,7 @@ class AccessTokenCredential(Credential):
 
     @classmethod
     def from_cache(cls, cache_path: str | Path) -> AccessTokenCredential:
-        raw = _files.read_private(Path(cache_path))
-        token = json.loads(raw).get("access_token") if raw else None
+        token = _files.read_json(Path(cache_path)).get("access_token")
         if not token:
             raise ClientAuthenticationError("no token kept: sign in again (o16n login --token-stdin)")
         return cls(token)
@@ -97,8 +97,7 @@ class PasswordCredential(Credential):
     def _load(self) -> None:
         if self._cache is None:
             return
-        raw = _files.read_private(self._cache)
-        tokens = json.loads(raw) if raw else {}
+        tokens = _files.read_json(self._cache)
         self._tokens = tokens if isinstance(tokens, dict) and tokens.get("username") == self.username else {}
 
     def _save(self) -> None:
@@ -162,10 +161,11 @@ class PasswordCredential(Credential):
         self._cache = Path(cache_path)
         self._save()
 
-    def sign_out(self) -> None:
+    def sign_out(self, *, locked: bool = True) -> None:
         """Revokes the refresh token, then forgets the tokens. When the server cannot be told,
         they are kept (and this raises), so signing out can be tried again."""
-        with self._lock:
+        with self._lock, (_files.locked(self._cache) if locked and self._cache else contextlib.nullcontext()):
+            self._load()  # what another process renewed meanwhile is what there is to revoke
             refresh = self._tokens.get("refresh_token")
             try:
                 if refresh and self._transport is not None:
@@ -194,7 +194,10 @@ class _MsalCredential(Credential):
         if self._cache_path is not None:
             raw = _files.read_private(self._cache_path)
             if raw:
-                self._cache.deserialize(raw.decode())
+                try:
+                    self._cache.deserialize(raw.decode())
+                except ValueError:
+                    raise O16nError(f"{self._cache_path} cannot be read: sign in again (o16n login)") from None
         self._lock = threading.Lock()
         self._http_client = http_client
 
@@ -215,7 +218,7 @@ class _MsalCredential(Credential):
         self._cache_path = Path(cache_path)
         _files.write_private(self._cache_path, self._cache.serialize().encode())
 
-    def sign_out(self) -> None:
+    def sign_out(self, *, locked: bool = True) -> None:
         # Entra tokens cannot be revoked by their holder: forgetting them is what a client can do
         if self._cache_path is not None:
             _files.remove(self._cache_path)
@@ -269,12 +272,12 @@ class DeviceCodeCredential(_MsalCredential):
             self._save()
             return token
 
-    def sign_out(self) -> None:
+    def sign_out(self, *, locked: bool = True) -> None:
         with self._lock:
             if self._app is not None:  # never made just to sign out: that would need the authority
                 for account in self._app.get_accounts():
                     self._app.remove_account(account)
-            super().sign_out()
+            super().sign_out(locked=locked)
 
 
 class ClientSecretCredential(_MsalCredential):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ import requests
 from o16n import AccessTokenCredential, O16nClient, O16nError
 from o16n.services import Batch, Service
 from o16n import _files
-from tests.client.conftest import Cli
+from tests.client.conftest import O16N, Cli
 
 SERVICE = {"name": "Add", "version": "1.0", "operationId": "add", "runtimeType": "Python",
            "inputParameterDefinitions": [{"name": "x", "type": "numeric"}], "outputParameterDefinitions": []}
@@ -325,3 +326,54 @@ def test_a_server_address_holding_credentials_is_refused(cli):
     assert done.returncode == 2 and "hunter2" not in done.stderr + done.stdout
     with pytest.raises(ValueError, match="user name or password"):
         O16nClient("http://bob:hunter2@127.0.0.1:9", None)
+
+
+# ---- the third attacker round ---------------------------------------------------------------
+
+def test_signing_in_while_another_command_renews_keeps_the_new_sign_in(hostile, cli):
+    def slow_renew(handler):
+        time.sleep(3)
+        handler._json(200, {"access_token": "bob-renewed", "refresh_token": "bob-r2", "expires_in": 3600})
+    h = hostile({("POST", "/login/refreshToken"): slow_renew, ("GET", "/services"): (200, []),
+                 ("POST", "/login"): (200, {"access_token": "alice-a", "refresh_token": "alice-r", "expires_in": 3600}),
+                 ("GET", "/status"): (200, {"statusCode": "pass"}), ("DELETE", "/login/refreshToken"): (200, {})})
+    signed_in_with_password(cli, h.url)
+    tokens = json.loads((cli.config / "default.tokens.json").read_text())
+    (cli.config / "default.tokens.json").write_text(json.dumps({**tokens, "expires_on": 0}))  # due for renewal
+    renewing = subprocess.Popen([str(O16N), "services", "list"], env=cli.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    cli.login(h.url, "alice")
+    renewing.communicate(timeout=60)
+    kept = json.loads((cli.config / "default.tokens.json").read_text())
+    assert kept["username"] == "alice" and kept["refresh_token"] == "alice-r"
+    revoked = [json.loads(body) for method, path, _, body in h.seen if method == "DELETE"]
+    assert revoked == [{"refreshToken": "bob-r2"}]  # the previous sign-in, as renewed, was revoked
+
+
+def test_an_unreadable_previous_sign_in_does_not_stop_a_new_one(server, cli):
+    cli.login(server, "bob")
+    (cli.config / "default.tokens.json").write_text('{"username": "bob", "access_token": ')  # cut short
+    broken = cli("services", "list")
+    assert broken.returncode == 1 and "sign in again" in broken.stderr
+    cli.login(server, "alice")
+    assert json.loads(cli.ok("status", "--json").stdout)["user"] == "alice"
+
+
+def test_a_call_given_up_on_leaves_no_thread_behind_once_the_server_stops(hostile):
+    def slow_headers(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(6):
+            handler.wfile.write(f"X-Slow-{i}: 1\r\n".encode())
+            handler.wfile.flush()
+            time.sleep(0.5)
+        handler.wfile.write(b"Content-Length: 0\r\n\r\n")
+    h = hostile({("GET", "/status"): slow_headers})
+    client = O16nClient(h.url, None, timeout=1)
+    for _ in range(5):
+        with pytest.raises(O16nError, match="longer than 1 s"):
+            client.status()
+    deadline = time.monotonic() + 10
+    while any(t.name == "o16n-request" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "request threads outlived the server's answers"
+        time.sleep(0.2)
