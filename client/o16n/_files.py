@@ -13,6 +13,15 @@ from pathlib import Path
 from .errors import O16nError
 
 
+def base_name(name: str) -> str:
+    """The last part of a name a server may have chosen, to write in a folder the user picked.
+    :raises ValueError: a name that would be hidden, or empty"""
+    base = Path(name.replace("\\", "/")).name
+    if not base or base.startswith("."):
+        raise ValueError(f"{name!r} is not a file name to write")
+    return base
+
+
 def config_dir() -> Path:
     """O16N_CONFIG_DIR, else $XDG_CONFIG_HOME/o16n, else ~/.config/o16n."""
     explicit = os.environ.get("O16N_CONFIG_DIR")

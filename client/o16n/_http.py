@@ -133,7 +133,7 @@ class Transport:
                 raise done["error"]
             if "response" not in done:
                 done["abandoned"] = True
-                raise O16nError(f"the server took longer than {self.timeout:g} s to answer")
+                raise self._too_slow()
             return done["response"]
 
     def _read(self, response: requests.Response, deadline: float) -> requests.Response:
@@ -145,11 +145,9 @@ class Transport:
             response.close()
             raise O16nError(f"the server compressed its answer ({encoding[:20]}) although asked not to")
         with response:
-            # read1: what has arrived, not a full chunk (read() waits for 64 KiB, however slowly it comes)
-            read = getattr(response.raw, "read1", None) or response.raw.read
             while True:
-                try:
-                    chunk = read(1 << 16, decode_content=True)
+                try:  # read1: what has arrived, not a full chunk (read() waits for 64 KiB, however slowly)
+                    chunk = response.raw.read1(1 << 16, decode_content=True)
                 except (urllib3.exceptions.HTTPError, OSError) as exc:  # what iter_content would have wrapped
                     raise requests.ConnectionError(str(exc)) from exc
                 if not chunk:
@@ -158,10 +156,13 @@ class Transport:
                 if len(body) > self.max_bytes:
                     raise O16nError(f"the server's answer is larger than {self.max_bytes} bytes")
                 if time.monotonic() > deadline:
-                    raise O16nError(f"the server took longer than {self.timeout:g} s to answer")
+                    raise self._too_slow()
         response._content = bytes(body)  # noqa: SLF001 - what requests keeps once it has read a body
         response._content_consumed = True  # noqa: SLF001
         return response
+
+    def _too_slow(self) -> O16nError:
+        return O16nError(f"the server took longer than {self.timeout:g} s to answer")
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.send(method, path, **kwargs)

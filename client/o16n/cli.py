@@ -25,7 +25,7 @@ from . import _files, _types
 from .client import O16nClient
 from .errors import ClientAuthenticationError, O16nError
 from .profile import Profile, entra_scopes
-from .services import Batch, BatchResult, Pickled, Service, ServiceResponse
+from .services import Batch, BatchResult, Pickled, Service, ServiceResponse, call_line
 
 app = typer.Typer(name="o16n", no_args_is_help=True, rich_markup_mode="markdown", add_completion=False,
                   help="Publish Python code and models as web services on o16n, and call them. "
@@ -364,9 +364,7 @@ def publish(name: str, version: str,
         out_names = [p.name for p in client.get_service(name, version=version).outputs]
     else:
         out_names = list(out_types)
-    target = ", ".join(out_names) if out_names else "_"
-    call = f"{target} = {function}({', '.join(f'{a}={a}' for a in args)})\n"
-    definition.code_str(call, source + (f"\n{init}()\n" if init else ""))
+    definition.code_str(call_line(function, args, out_names), source + (f"\n{init}()\n" if init else ""))
     definition.alias(alias or function)
     if inputs is not None or not update:
         definition.inputs(**{a: in_types[a] for a in args})
@@ -739,11 +737,11 @@ def sessions_close(session_id: str, force: Annotated[bool, typer.Option(help="Ev
 
 
 def _base_name(name: str) -> str:
-    """A default file name from a name the server may have chosen: this folder, never a hidden file."""
-    base = Path(name.replace("\\", "/")).name
-    if not base or base.startswith("."):
-        raise typer.BadParameter(f"{_clean(name)!r} is no file name to write to: give --output")
-    return base
+    """A default file name, in this folder, from a name the server may have chosen."""
+    try:
+        return _files.base_name(name)
+    except ValueError:
+        raise typer.BadParameter(f"{_clean(name)!r} is no file name to write to: give --output") from None
 
 
 @snapshots_app.command("list", epilog=_examples("o16n snapshots list"))

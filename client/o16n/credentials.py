@@ -98,7 +98,7 @@ class PasswordCredential(Credential):
         if self._cache is None:
             return
         tokens = _files.read_json(self._cache)
-        self._tokens = tokens if isinstance(tokens, dict) and tokens.get("username") == self.username else {}
+        self._tokens = tokens if tokens.get("username") == self.username else {}
 
     def _save(self) -> None:
         if self._cache is not None:
@@ -112,16 +112,16 @@ class PasswordCredential(Credential):
         with self._lock:
             if force_refresh or not self._fresh():
                 if self._cache is None:
-                    self._renew(force_refresh)
+                    self._renew()
                 else:
                     with _files.locked(self._cache):
                         stale = self._tokens.get("access_token")
                         self._load()  # another process may have renewed already
                         if not self._fresh() or (force_refresh and self._tokens.get("access_token") == stale):
-                            self._renew(force_refresh)
+                            self._renew()
             return self._tokens["access_token"]
 
-    def _renew(self, force_refresh: bool) -> None:
+    def _renew(self) -> None:
         refresh = self._tokens.get("refresh_token")
         if refresh:
             try:
@@ -200,6 +200,7 @@ class _MsalCredential(Credential):
                     raise O16nError(f"{self._cache_path} cannot be read: sign in again (o16n login)") from None
         self._lock = threading.Lock()
         self._http_client = http_client
+        self._app: Any = None  # msal's application, made at the first token asked for
 
     def _app_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"authority": self.authority, "token_cache": self._cache,
@@ -209,14 +210,14 @@ class _MsalCredential(Credential):
             options["http_client"] = self._http_client
         return options
 
-    def _save(self) -> None:
-        if self._cache_path is not None and self._cache.has_state_changed:
+    def _save(self, *, changed: bool = False) -> None:
+        if self._cache_path is not None and (changed or self._cache.has_state_changed):
             _files.write_private(self._cache_path, self._cache.serialize().encode())
             self._cache.has_state_changed = False
 
     def persist(self, cache_path: str | Path) -> None:
         self._cache_path = Path(cache_path)
-        _files.write_private(self._cache_path, self._cache.serialize().encode())
+        self._save(changed=True)
 
     def sign_out(self, *, locked: bool = True) -> None:
         # Entra tokens cannot be revoked by their holder: forgetting them is what a client can do
@@ -242,7 +243,6 @@ class DeviceCodeCredential(_MsalCredential):
         super().__init__(client_id, authority=authority, scopes=scopes, cache_path=cache_path,
                          http_client=http_client)
         self._prompt = prompt
-        self._app: Any = None
 
     def _application(self) -> Any:
         import msal
@@ -289,7 +289,6 @@ class ClientSecretCredential(_MsalCredential):
         super().__init__(client_id, authority=authority, scopes=scopes, cache_path=cache_path,
                          http_client=http_client)
         self._secret = client_secret
-        self._app: Any = None
 
     def get_token(self, *, force_refresh: bool = False) -> str:
         import msal

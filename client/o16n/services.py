@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _types
+from . import _files, _types
 from ._http import segment
 from .errors import HttpResponseError, ServiceError
 
@@ -161,11 +161,8 @@ class ServiceDefinition(_Definition):
 
     def _call_line(self) -> str:
         assert self._fn is not None
-        args = ", ".join(f"{a}={a}" for a in inspect.signature(self._fn).parameters)
         outs = list(self._outputs) if self._outputs is not None else self._kept_outputs
-        target = outs[0] if len(outs) == 1 else ", ".join(outs)  # several outputs: the function returns a tuple
-        call = f"{self._fn.__name__}({args})"
-        return f"{target} = {call}\n" if outs else f"{call}\n"
+        return call_line(self._fn.__name__, list(inspect.signature(self._fn).parameters), outs)
 
     def _publish(self, method: str, *, full: bool) -> Service:
         body = self._request(full)
@@ -236,6 +233,13 @@ class RealtimeDefinition(_Definition):
                                               files=fields)
         version = self._version or (answer.strip('"') if isinstance(answer, str) else None)
         return self._client.get_service(self._name, version=version)
+
+
+def call_line(function: str, args: list[str], outputs: list[str]) -> str:
+    """What a service runs per call: the function, its inputs by name, its result into the
+    outputs (several outputs: the function returns a tuple in their order)."""
+    call = f"{function}({', '.join(f'{a}={a}' for a in args)})"
+    return f"{', '.join(outputs)} = {call}\n" if outputs else f"{call}\n"
 
 
 def _source(fn: Callable) -> str:
@@ -474,10 +478,7 @@ class Batch:
                  overwrite: bool = False) -> Path:
         """Writes the file into `destination` under its base name (never a hidden one), and
         refuses to replace a file there unless `overwrite`."""
-        base = Path(name.replace("\\", "/")).name
-        if not base or base.startswith("."):
-            raise ValueError(f"{name!r} is not a file name to write")
-        target = Path(destination) / base
+        target = Path(destination) / _files.base_name(name)
         data = self.artifact(index, name)
         with open(target, "wb" if overwrite else "xb") as f:
             f.write(data)

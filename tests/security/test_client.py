@@ -76,6 +76,22 @@ def hostile():
         h.close()
 
 
+def trickled_headers(lines: int, *, then_answer: bool = False):
+    """A handler sending a status line, then a header line every 0.5 s (each read is quick, the
+    answer never is); `then_answer`: it ends the headers afterwards, with an empty body."""
+    def send(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(lines):
+            handler.wfile.write(f"X-Slow-{i}: 1\r\n".encode())
+            handler.wfile.flush()
+            time.sleep(0.5)
+        if then_answer:
+            handler.wfile.write(b"Content-Length: 0\r\n\r\n")
+        else:
+            handler.close_connection = True
+    return send
+
+
 def login_as(cli: Cli, url: str) -> None:
     """A profile signed in to `url` with a token (no server call needed to write it by hand)."""
     cli.config.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -292,14 +308,7 @@ def test_a_compressed_answer_is_refused_unread(hostile):
 
 
 def test_headers_sent_a_line_at_a_time_cannot_hold_a_call(hostile):
-    def slow_headers(handler):
-        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
-        for i in range(30):
-            handler.wfile.write(f"X-Slow-{i}: 1\r\n".encode())
-            handler.wfile.flush()
-            time.sleep(0.5)
-        handler.close_connection = True
-    h = hostile({("GET", "/status"): slow_headers})
+    h = hostile({("GET", "/status"): trickled_headers(30)})
     start = time.monotonic()
     with pytest.raises(O16nError, match="longer than 2 s"):
         O16nClient(h.url, None, timeout=2).status()
@@ -361,14 +370,7 @@ def test_an_unreadable_previous_sign_in_does_not_stop_a_new_one(server, cli):
 
 
 def test_a_call_given_up_on_leaves_no_thread_behind_once_the_server_stops(hostile):
-    def slow_headers(handler):
-        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
-        for i in range(6):
-            handler.wfile.write(f"X-Slow-{i}: 1\r\n".encode())
-            handler.wfile.flush()
-            time.sleep(0.5)
-        handler.wfile.write(b"Content-Length: 0\r\n\r\n")
-    h = hostile({("GET", "/status"): slow_headers})
+    h = hostile({("GET", "/status"): trickled_headers(6, then_answer=True)})
     client = O16nClient(h.url, None, timeout=1)
     for _ in range(5):
         with pytest.raises(O16nError, match="longer than 1 s"):
